@@ -1,0 +1,18 @@
+# osquery-netutil: every target runs the idempotent set-up first (root, Debian/Ubuntu).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup watch test bench
+
+setup:
+	bash scripts/setup.sh
+
+# The main job: attach the probe and print network utility execs as they happen.
+watch: setup
+	$(VENV)/bin/osquery-netutil watch
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) bench/probe_bench.py

@@ -1,0 +1,123 @@
+"""The catalog of network utilities: which executables are reported, and as what.
+
+Built in: data/catalog.yaml (package data). A user file given with --catalog adds
+entries in the same format. A bad user file raises CatalogError with file, line and fix;
+callers then keep the built-in catalog (and say so in the probe status).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel", "recon")
+_FIELDS = {"name": str, "basenames": list, "category": str, "technique": str, "description": str}
+_BUILTIN = "catalog.yaml"
+
+
+class CatalogError(ValueError):
+    """A catalog file is wrong. The message names the file, the line and the fix."""
+
+
+@dataclass(frozen=True)
+class Utility:
+    name: str
+    basenames: tuple[str, ...]
+    category: str
+    technique: str
+    description: str
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of each mapping, for error messages."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping = super().construct_mapping(node, deep=deep)
+        mapping["__line__"] = node.start_mark.line + 1
+        return mapping
+
+
+class Catalog:
+    """Utilities by canonical name and by basename."""
+
+    def __init__(self, utilities: Iterable[Utility]) -> None:
+        self.utilities: tuple[Utility, ...] = tuple(utilities)
+        self._by_basename = {b: u for u in self.utilities for b in u.basenames}
+        self._by_name = {u.name: u for u in self.utilities}
+
+    def __len__(self) -> int:
+        return len(self.utilities)
+
+    def by_name(self, name: str) -> Utility | None:
+        return self._by_name.get(name)
+
+    def by_basename(self, basename: str) -> Utility | None:
+        """The utility installed under this file name, if any."""
+        return self._by_basename.get(basename)
+
+    def by_comm(self, comm: str) -> Utility | None:
+        """The utility whose basename the kernel truncated to this comm (15 bytes)."""
+        hit = self._by_basename.get(comm)
+        if hit is not None or len(comm.encode()) < 15:
+            return hit
+        return next((u for b, u in self._by_basename.items() if b.encode()[:15] == comm.encode()), None)
+
+    def basenames(self) -> list[str]:
+        return sorted(self._by_basename)
+
+    @classmethod
+    def load(cls, user_file: Path | None = None) -> "Catalog":
+        """The built-in catalog, plus the entries of user_file. Raises CatalogError."""
+        text = resources.files(__package__).joinpath("data", _BUILTIN).read_text()
+        builtin = _parse(text, f"<built-in {_BUILTIN}>", [])
+        if user_file is None:
+            return cls(builtin)
+        try:
+            user_text = Path(user_file).read_text()
+        except OSError as exc:
+            raise CatalogError(f"{user_file}: cannot read ({exc.strerror}): give a readable YAML file") from exc
+        return cls(builtin + _parse(user_text, str(user_file), builtin))
+
+
+def _parse(text: str, source: str, existing: list[Utility]) -> list[Utility]:
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise CatalogError(f"{where}: YAML error ({getattr(exc, 'problem', exc)}): fix the YAML syntax") from exc
+    if not isinstance(doc, dict) or set(doc) - {"__line__"} != {"utilities"} or not isinstance(doc["utilities"], list):
+        raise CatalogError(f"{source}:1: expected a mapping with one key, 'utilities:', holding a list of entries")
+    names = {u.name: "built in" for u in existing}
+    basenames = {b: u.name for u in existing for b in u.basenames}
+    result = []
+    for entry in doc["utilities"]:
+        if not isinstance(entry, dict):
+            raise CatalogError(f"{source}: each item of 'utilities' must be a mapping with keys {', '.join(_FIELDS)}")
+        line = entry.pop("__line__")
+        where = f"{source}:{line}"
+        unknown = sorted(set(entry) - set(_FIELDS))
+        if unknown:
+            raise CatalogError(f"{where}: unknown key {unknown[0]!r}: allowed keys are {', '.join(_FIELDS)}")
+        for key, kind in _FIELDS.items():
+            if key not in entry:
+                raise CatalogError(f"{where}: missing key {key!r}: every entry needs {', '.join(_FIELDS)}")
+            if not isinstance(entry[key], kind) or (kind is str and not entry[key].strip()):
+                raise CatalogError(f"{where}: {key!r} must be a non-empty {'list of strings' if kind is list else 'string'}")
+        if not entry["basenames"] or not all(isinstance(b, str) and b and "/" not in b for b in entry["basenames"]):
+            raise CatalogError(f"{where}: 'basenames' must list file names (no '/'), at least one")
+        if entry["category"] not in CATEGORIES:
+            raise CatalogError(f"{where}: category {entry['category']!r} unknown: use one of {', '.join(CATEGORIES)}")
+        if entry["name"] in names:
+            raise CatalogError(f"{where}: duplicate name {entry['name']!r} ({names[entry['name']]}): names must be unique")
+        names[entry["name"]] = f"line {line}"
+        for b in entry["basenames"]:
+            if b in basenames:
+                raise CatalogError(f"{where}: basename {b!r} already belongs to {basenames[b]!r}: list each basename once")
+            basenames[b] = entry["name"]
+        result.append(Utility(entry["name"], tuple(entry["basenames"]), entry["category"], entry["technique"], entry["description"]))
+    return result

@@ -1,0 +1,332 @@
+"""Loads the eBPF exec probe (bpf/netutil_exec.bpf.c) with bcc and hands its raw exec
+records to user space.
+
+The probe is the only part of the project that touches the kernel. It compiles the C
+program at start-up (bcc), fills the in-kernel filter (catalog comm names, forwarded path
+prefixes), polls the ring buffer on a thread and calls `on_exec` with each raw record.
+Enrichment (paths, users, containers, IPs) is someone else's job: see `events`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .locations import FD_PATH_PREFIXES, WRITABLE_DIRS
+
+BPF_SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "netutil_exec.bpf.c"
+
+# Sizes compiled into the program (-D flags). Powers of two where the C masks with them.
+SIZES: dict[str, int] = {
+    "FILENAME_LEN": 256,     # exec'd path kept per event and per ancestry entry
+    "ARGS_BUF": 8192,        # argv bytes kept per forwarded exec (plus one ARG_MAX_LEN of slack)
+    "ARG_MAX_LEN": 1024,     # longest single argument kept
+    "MAX_ARGS": 64,          # arguments kept per forwarded exec; argc is counted beyond
+    "ARGC_COUNT_MAX": 4096,  # argc counted up to MAX_ARGS + this; above, F_ARGC_CAPPED is set
+    "HEAD_LEN": 128,         # argv head kept in the ancestry map (every process)
+    "HEAD_ARGS": 4,
+    "PREFIX_LEN": 64,        # longest forwarded path prefix
+    "RINGBUF_PAGES": 2048,   # 8 MiB ring buffer
+    "LIVE_MAX": 65536,       # live processes tracked for their parent pid
+    "ANCESTRY_MAX": 32768,   # processes remembered after exit (LRU)
+    "PENDING_MAX": 8192,     # execs between syscall entry and completion
+}
+
+# Event flags (mirrors the F_* defines in the C program).
+F_ARGS_TRUNCATED = 1
+F_MATCH_COMM = 2
+F_MATCH_PATH = 4
+F_NO_ENTER = 8
+F_ARGC_CAPPED = 16
+
+# Ancestry flags (mirrors A_*).
+A_EXECED = 1
+A_FORKED = 2
+A_SCRIPT_NOEXEC = 4
+
+_COUNTERS = ("execs_seen", "forwarded", "lost", "failed")
+
+TRACEPOINTS = (
+    ("syscalls", "sys_enter_execve"),
+    ("syscalls", "sys_enter_execveat"),
+    ("syscalls", "sys_exit_execve"),
+    ("syscalls", "sys_exit_execveat"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+    ("task", "task_newtask"),
+)
+_TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+class ProbeError(RuntimeError):
+    """The probe cannot load. The message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class ExecRecord:
+    """One exec as the kernel reported it, before any enrichment.
+
+    Byte strings stay bytes: argv may hold anything but NUL, and a detection must see
+    exactly what was executed.
+    """
+
+    time: float          # unix time of the exec
+    ktime_ns: int        # CLOCK_MONOTONIC of the exec
+    pid: int
+    tid: int             # thread that called exec (== pid unless a non-leader thread did)
+    ppid: int            # parent recorded at fork by the probe; 0 when unknown
+    uid: int
+    gid: int
+    cgroup_id: int       # cgroup v2 id (inode of the cgroup directory)
+    comm: bytes
+    filename: bytes      # as the exec tracepoint gives it: as passed, a script path, /dev/fd/N
+    argv: tuple[bytes, ...]
+    argc: int            # real argument count (a lower bound when argc_capped)
+    flags: int
+
+    @property
+    def args_truncated(self) -> bool:
+        return bool(self.flags & F_ARGS_TRUNCATED)
+
+
+@dataclass(frozen=True)
+class AncestryEntry:
+    """What the kernel remembered of a process: kept after it exits, until evicted."""
+
+    pid: int
+    ppid: int
+    uid: int
+    comm: bytes
+    file: bytes          # the file it exec'd (a script's own path), or its parent's if it only forked
+    head: tuple[bytes, ...]   # first arguments, possibly cut
+    ktime_ns: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class Counters:
+    execs_seen: int      # successful execs on the host since attach
+    forwarded: int       # execs that passed the in-kernel filter
+    lost: int            # forwarded execs dropped because the ring buffer was full
+    failed: int          # exec syscalls that failed
+
+
+def check_bpf_syscall() -> str | None:
+    """Create and close a one-slot BPF array map; return why that failed, or None.
+
+    This is the cheapest proof that the kernel accepts bpf() from this process, so that
+    set-up and start-up can stop early with the cause instead of deep inside bcc.
+    """
+    number = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+    if number is None:
+        return f"unsupported architecture {platform.machine()}: the probe supports x86_64 and aarch64"
+    bpf_map_create, bpf_map_type_array = 0, 2
+    attr = (ctypes.c_uint32 * 32)(bpf_map_type_array, 4, 4, 1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(number, bpf_map_create, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:
+        os.close(fd)
+        return None
+    err = ctypes.get_errno()
+    if err == errno.EPERM:
+        return "bpf() refused (EPERM): run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
+    if err == errno.ENOSYS:
+        return "bpf() not available (ENOSYS): the kernel needs CONFIG_BPF_SYSCALL=y"
+    return f"bpf() failed ({errno.errorcode.get(err, err)}): the kernel refuses BPF maps"
+
+
+def comm_key(name: str) -> bytes:
+    """The kernel's comm for an exec'd file name: its first 15 bytes."""
+    return name.encode()[:15]
+
+
+def preflight() -> None:
+    """Raise ProbeError naming the first missing prerequisite, cheapest check first."""
+    if os.geteuid() != 0:
+        raise ProbeError("the eBPF probe needs root: run as root (sudo)")
+    problem = check_bpf_syscall()
+    if problem:
+        raise ProbeError(problem)
+    try:
+        import bcc  # noqa: F401  (Debian's python3-bpfcc, linked into the venv by set-up)
+    except ImportError as exc:
+        raise ProbeError(f"bcc is not importable ({exc}): run 'make setup' (installs Debian's python3-bpfcc)") from exc
+    build = Path("/lib/modules") / os.uname().release / "build" / "include"
+    if not build.exists():
+        raise ProbeError(f"kernel headers missing ({build.parent}): run 'make setup' (installs and links linux-headers)")
+    root = next((p for p in _TRACEFS if (p / "events").is_dir()), None)
+    if root is None:
+        raise ProbeError("tracefs is not mounted: run 'mount -t tracefs nodev /sys/kernel/tracing' (or 'make setup')")
+    for category, name in TRACEPOINTS:
+        if not (root / "events" / category / name).is_dir():
+            raise ProbeError(f"tracepoint {category}:{name} missing: the kernel needs CONFIG_FTRACE_SYSCALLS and CONFIG_TRACEPOINTS")
+    if not Path("/sys/kernel/debug/tracing/events").is_dir():
+        # bcc 0.26 reads tracepoint formats through debugfs.
+        raise ProbeError("debugfs is not mounted: run 'mount -t debugfs nodev /sys/kernel/debug' (or 'make setup')")
+
+
+def _field_bytes(struct: ctypes.Structure, name: str) -> bytes:
+    """All bytes of a char-array field (ctypes would stop at the first NUL)."""
+    field = getattr(type(struct), name)
+    return ctypes.string_at(ctypes.addressof(struct) + field.offset, field.size)
+
+
+def _cstr(raw: bytes) -> bytes:
+    return raw.split(b"\0", 1)[0]
+
+
+def _split_args(raw: bytes) -> tuple[bytes, ...]:
+    """NUL-terminated strings back to back -> tuple; an unterminated tail is kept."""
+    parts = raw.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return tuple(parts)
+
+
+class Probe:
+    """The loaded probe: start() attaches, stop() detaches, on_exec gets each record.
+
+    on_exec runs on the probe's poll thread, soon after the exec: the process is usually
+    still alive, which is when /proc can still tell about it.
+    """
+
+    def __init__(
+        self,
+        comm_names: Iterable[str],
+        on_exec: Callable[[ExecRecord], None],
+        forward_prefixes: Iterable[str] = WRITABLE_DIRS,
+        poll_ms: int = 100,
+    ) -> None:
+        self._comms = sorted({comm_key(n) for n in comm_names})
+        self._prefixes = tuple(dict.fromkeys([*forward_prefixes, *FD_PATH_PREFIXES]))
+        self._on_exec = on_exec
+        self._poll_ms = poll_ms
+        self._bpf = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wall_offset = time.time() - time.monotonic()
+        self.callback_errors = 0
+        self.last_callback_error: str = ""
+        for prefix in self._prefixes:
+            if not prefix.startswith("/") or not prefix.endswith("/") or len(prefix.encode()) > SIZES["PREFIX_LEN"]:
+                raise ProbeError(
+                    f"forward prefix {prefix!r} must be absolute, end with '/' and be at most {SIZES['PREFIX_LEN']} bytes"
+                )
+
+    # -- life cycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Compile, load and attach the program, fill the filter maps, start polling."""
+        preflight()
+        from bcc import BPF
+
+        cflags = [f"-D{k}={v}" for k, v in SIZES.items()] + ["-Wno-unused-function"]
+        try:
+            self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
+            raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
+        self._fill_filter()
+        self._event_type = self._bpf[b"pending_full"].Leaf
+        self._args_offset = self._event_type.args.offset
+        self._bpf[b"events"].open_ring_buffer(self._on_sample)
+        self._thread = threading.Thread(target=self._poll, name="netutil-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling (draining what is queued) and detach. Safe to call twice."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "Probe":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- queries ----------------------------------------------------------------------
+    def counters(self) -> Counters:
+        table = self._bpf[b"counters"]
+        values = [sum(table[ctypes.c_int(i)]) for i in range(len(_COUNTERS))]
+        return Counters(*values)
+
+    def ancestry(self, pid: int) -> AncestryEntry | None:
+        """What the kernel remembers of pid, alive or exited; None if never seen/evicted."""
+        try:
+            a = self._bpf[b"ancestry"][ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+        return AncestryEntry(
+            pid=pid,
+            ppid=a.ppid,
+            uid=a.uid,
+            comm=_cstr(_field_bytes(a, "comm")),
+            file=_cstr(_field_bytes(a, "file")),
+            head=_split_args(_field_bytes(a, "head")[: a.head_len]),
+            ktime_ns=a.ktime_ns,
+            flags=a.flags,
+        )
+
+    def drain(self) -> None:
+        """Consume whatever the ring buffer holds now (on the caller's thread)."""
+        self._bpf.ring_buffer_consume()
+
+    # -- internals --------------------------------------------------------------------
+    def _fill_filter(self) -> None:
+        comms = self._bpf[b"catalog_comms"]
+        for name in self._comms:
+            key = comms.Key()
+            key.name = name
+            comms[key] = ctypes.c_ubyte(1)
+        prefixes = self._bpf[b"forward_prefixes"]
+        for prefix in self._prefixes:
+            raw = prefix.encode()
+            key = prefixes.Key()
+            key.prefixlen = len(raw) * 8
+            key.path = raw
+            prefixes[key] = ctypes.c_ubyte(1)
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._bpf.ring_buffer_poll(self._poll_ms)
+        self._bpf.ring_buffer_consume()
+
+    def _on_sample(self, _ctx: object, data: int, size: int) -> None:
+        try:
+            self._on_exec(self._parse(ctypes.string_at(data, size)))
+        except Exception as exc:  # a consumer bug must not kill the poll thread
+            self.callback_errors += 1
+            self.last_callback_error = f"{type(exc).__name__}: {exc}"
+
+    def _parse(self, raw: bytes) -> ExecRecord:
+        ev = self._event_type.from_buffer_copy(raw[: self._args_offset].ljust(ctypes.sizeof(self._event_type), b"\0"))
+        argv = _split_args(raw[self._args_offset : self._args_offset + ev.args_size])
+        flags = ev.flags
+        if len(argv) < ev.argc or any(len(a) >= SIZES["ARG_MAX_LEN"] - 1 for a in argv):
+            flags |= F_ARGS_TRUNCATED   # the kernel leaves this part of the check to us
+        return ExecRecord(
+            time=self._wall_offset + ev.ktime_ns / 1e9,
+            ktime_ns=ev.ktime_ns,
+            pid=ev.pid,
+            tid=ev.old_tid,
+            ppid=ev.ppid,
+            uid=ev.uid,
+            gid=ev.gid,
+            cgroup_id=ev.cgroup_id,
+            comm=_cstr(_field_bytes(ev, "comm")),
+            filename=_cstr(_field_bytes(ev, "filename")),
+            argv=argv,
+            argc=ev.argc,
+            flags=flags,
+        )

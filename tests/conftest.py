@@ -1,0 +1,62 @@
+"""Fixtures for tests that need the real kernel probe.
+
+Such tests skip with the reason where root or eBPF is missing, except in CI (CI=true),
+where a skip would hide a broken set-up: there they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from osquery_netutil.catalog import Catalog
+from osquery_netutil.probe import Probe, ProbeError, preflight
+
+from .support import Collector
+
+
+def need(reason: str | None) -> None:
+    """Skip (or, in CI, fail) when reason says what is missing."""
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test, but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def probe_unavailable() -> str | None:
+    try:
+        preflight()
+    except ProbeError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+@pytest.fixture(scope="session")
+def collector() -> Collector:
+    return Collector()
+
+
+@pytest.fixture(scope="session")
+def probe(catalog: Catalog, collector: Collector) -> Iterator[Probe]:
+    """One probe attached for the whole session (compiling it takes about a second)."""
+    need(probe_unavailable())
+    p = Probe(catalog.basenames(), collector.add)
+    p.start()
+    yield p
+    p.stop()
+    assert p.callback_errors == 0, p.last_callback_error
+
+
+@pytest.fixture
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh directory under /tmp (a writable prefix the probe forwards)."""
+    return tmp_path_factory.mktemp("netutil", numbered=True)
