@@ -16,3 +16,4 @@ test: setup
 
 bench: setup
 	$(PY) bench/probe_bench.py
+	$(PY) bench/kernel_cost.py

@@ -29,10 +29,8 @@
 #define F_NO_ENTER 8         // exec began before the probe attached: no argv
 #define F_ARGC_CAPPED 16     // argc counting stopped at ARGC_COUNT_MAX: argc is a lower bound
 
-// ancestry.flags
-#define A_EXECED 1           // file/head are from an exec seen by the probe
-#define A_FORKED 2           // copied from the parent at fork, no exec since
-#define A_SCRIPT_NOEXEC 4    // exec failed with ENOEXEC: a shell is interpreting `file`
+// image.flags
+#define I_SCRIPT_NOEXEC 1    // exec failed with ENOEXEC: a shell is interpreting `file`
 
 // counters (per-CPU array indices, summed by user space)
 #define C_EXECS_SEEN 0
@@ -57,22 +55,30 @@ struct exec_event {
     char args[ARGS_BUF + ARG_MAX_LEN];
 };
 
-struct ancestry {
-    u64 ktime_ns;
+// Ancestry is two LRU maps so that each event writes only what it changes: a fork writes
+// 16 bytes of lineage, an exec writes the image. A process that forked and has not
+// exec'd runs its parent's image; user space resolves that (fork_ktime vs image ktime).
+struct lineage {
+    u64 fork_ktime_ns;
     u32 ppid;
+    u32 pad;
+};
+
+struct image {
+    u64 ktime_ns;                  // exec time
     u32 uid;
     u32 flags;
     u32 head_len;
     char comm[16];
-    char file[FILENAME_LEN];
+    char file[FILENAME_LEN];       // the file exec'd: for a script, the script
     char head[HEAD_LEN];           // first arguments, NUL-separated
 };
 
-struct pending_head {
-    u32 head_len;
+struct pending {
+    const char *filename;          // caller's pointer, still valid if the exec fails
     u32 candidate;
-    char head[2 * HEAD_LEN];
-    char filename[FILENAME_LEN];   // as passed, for the ENOEXEC script case
+    u32 head_len;
+    char head[2 * HEAD_LEN];       // HEAD_LEN of slack for constant-size reads
 };
 
 struct comm_key { char name[16]; };
@@ -84,15 +90,18 @@ BPF_PERCPU_ARRAY(counters, u64, C_COUNT);
 BPF_HASH(catalog_comms, struct comm_key, u8, 1024);            // filled by user space
 BPF_LPM_TRIE(forward_prefixes, struct prefix_key, u8, 64);    // filled by user space
 
-BPF_HASH(live_parents, u32, u32, LIVE_MAX);                   // pid -> parent pid, live processes
-BPF_TABLE("lru_hash", u32, struct ancestry, ancestry, ANCESTRY_MAX);
+BPF_TABLE("lru_hash", u32, struct lineage, lineage, ANCESTRY_MAX);   // pid -> parent
+BPF_TABLE("lru_hash", u32, struct image, images, ANCESTRY_MAX);      // pid -> exec'd image
 
-BPF_HASH(pending_head, u32, struct pending_head, PENDING_MAX);  // tid -> argv head, every exec
-BPF_HASH(pending_full, u32, struct exec_event, PENDING_MAX);    // tid -> event, candidates only
+// Between an exec's syscall entry and its completion, keyed by thread. LRU, so that the
+// entries of execs that die mid-way cannot fill the map.
+BPF_TABLE("lru_hash", u32, struct pending, pending, PENDING_MAX);
+BPF_TABLE("lru_hash", u32, struct exec_event, pending_full, PENDING_MAX);  // candidates only
 
 BPF_PERCPU_ARRAY(event_heap, struct exec_event, 1);
-BPF_PERCPU_ARRAY(ancestry_heap, struct ancestry, 1);
-BPF_PERCPU_ARRAY(head_heap, struct pending_head, 1);
+BPF_PERCPU_ARRAY(image_heap, struct image, 1);
+BPF_PERCPU_ARRAY(pending_heap, struct pending, 1);
+BPF_PERCPU_ARRAY(path_heap, struct prefix_key, 1);   // filename as passed, then lookup key
 
 static __always_inline void count(int which)
 {
@@ -101,19 +110,19 @@ static __always_inline void count(int which)
         (*v)++;
 }
 
-static __always_inline u32 current_tgid(void) { return bpf_get_current_pid_tgid() >> 32; }
 static __always_inline u32 current_tid(void) { return (u32)bpf_get_current_pid_tgid(); }
 
-// Forward on path: relative, or under a prefix in forward_prefixes (writable dirs, fd paths).
-static __always_inline int path_is_candidate(const char *path)
+// Forward on path: relative, or under a prefix in forward_prefixes (writable dirs, fd
+// paths). key->path holds the path's first PREFIX_LEN bytes.
+static __always_inline int path_is_candidate(struct prefix_key *key)
 {
-    if (path[0] == 0)
+    if (key->path[0] == 0)
         return 1;   // execveat(fd, "", AT_EMPTY_PATH): an fd exec
-    if (path[0] != '/')
+    if (key->path[0] != '/')
         return 1;
-    struct prefix_key key = {.prefixlen = PREFIX_LEN * 8};
-    bpf_probe_read_kernel(&key.path, PREFIX_LEN, path);
-    return forward_prefixes.lookup(&key) != 0;
+    key->prefixlen = PREFIX_LEN * 8;
+    u8 *hit = forward_prefixes.lookup(key);
+    return hit ? *hit : 0;   // read the value: clang must not fold the pointer into flags
 }
 
 // Forward on name: basename truncated to 15 chars, exactly as the kernel sets comm.
@@ -213,7 +222,9 @@ static __always_inline u32 read_head(char *head, const char *const *argv)
             break;
         if (bpf_probe_read_user(&ptr, sizeof(ptr), &argv[i]) || !ptr)
             break;
-        int len = bpf_probe_read_user_str(&head[off], HEAD_LEN, ptr);
+        u32 at = off;
+        asm volatile("" : "+r"(at));   // hide the bound from clang so the mask stays for the verifier
+        int len = bpf_probe_read_user_str(&head[at & (HEAD_LEN - 1)], HEAD_LEN, ptr);
         if (len <= 0)
             break;
         off += len;
@@ -227,28 +238,30 @@ static __always_inline int on_exec_enter(const char *filename, const char *const
 {
     u32 tid = current_tid();
     int zero = 0;
-    struct pending_head *ph = head_heap.lookup(&zero);
-    if (!ph)
+    struct pending *pd = pending_heap.lookup(&zero);
+    struct prefix_key *pk = path_heap.lookup(&zero);
+    struct exec_event *ev = event_heap.lookup(&zero);
+    if (!pd || !pk || !ev)
         return 0;
-    int len = bpf_probe_read_user_str(ph->filename, FILENAME_LEN, filename);
+    // The filename goes into the event buffer, whose first FILENAME_LEN bytes are free
+    // here; the prefix key gets a copy of its head.
+    int len = bpf_probe_read_user_str(ev->filename, FILENAME_LEN, filename);
     if (len < 0)
         return 0;
-    ph->candidate = fd_exec || path_is_candidate(ph->filename) || name_is_candidate(ph->filename, len);
+    bpf_probe_read_kernel(pk->path, PREFIX_LEN, ev->filename);
+    pd->filename = filename;
+    pd->candidate = fd_exec || path_is_candidate(pk) || name_is_candidate(ev->filename, len);
 
-    if (ph->candidate) {
-        struct exec_event *ev = event_heap.lookup(&zero);
-        if (!ev)
-            return 0;
+    if (pd->candidate) {
         ev->flags = 0;
         read_argv(ev, argv);
-        u32 n = ev->args_size < HEAD_LEN ? ev->args_size : HEAD_LEN;
-        ph->head_len = n;
-        bpf_probe_read_kernel(ph->head, HEAD_LEN, ev->args);
+        pd->head_len = ev->args_size < HEAD_LEN ? ev->args_size : HEAD_LEN;
+        bpf_probe_read_kernel(pd->head, HEAD_LEN, ev->args);
         pending_full.update(&tid, ev);
     } else {
-        ph->head_len = read_head(ph->head, argv);
+        pd->head_len = read_head(pd->head, argv);
     }
-    pending_head.update(&tid, ph);
+    pending.update(&tid, pd);
     return 0;
 }
 
@@ -265,88 +278,104 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 
 // A failed exec leaves no row. ENOEXEC is the exception worth keeping: the shell now
 // interprets the file itself (`./x.sh` without a #! line), so the ancestry of whatever it
-// runs next must name that file.
+// runs next must name that file. A successful exec already cleaned up: return at once.
 static __always_inline int on_exec_exit(long ret)
 {
+    if (ret >= 0)
+        return 0;
     u32 tid = current_tid();
-    if (ret == -ENOEXEC) {
-        u32 tgid = current_tgid();
-        struct pending_head *ph = pending_head.lookup(&tid);
-        struct ancestry *a = ancestry.lookup(&tgid);
-        if (ph && a) {
-            bpf_probe_read_kernel(a->file, FILENAME_LEN, ph->filename);
-            a->flags = A_SCRIPT_NOEXEC;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    count(C_FAILED);
+    struct pending *pd = pending.lookup(&tid);
+    if (ret == -ENOEXEC && pd) {
+        int zero = 0;
+        struct image *img = image_heap.lookup(&zero);
+        if (img) {
+            img->ktime_ns = bpf_ktime_get_ns();
+            img->uid = (u32)bpf_get_current_uid_gid();
+            img->flags = I_SCRIPT_NOEXEC;
+            img->head_len = pd->head_len;
+            bpf_get_current_comm(img->comm, sizeof(img->comm));
+            bpf_probe_read_user_str(img->file, FILENAME_LEN, pd->filename);
+            bpf_probe_read_kernel(img->head, HEAD_LEN, pd->head);
+            images.update(&tgid, img);
         }
     }
-    if (ret < 0)
-        count(C_FAILED);
-    pending_head.delete(&tid);
-    pending_full.delete(&tid);
+    pending.delete(&tid);
+    if (pd && pd->candidate)
+        pending_full.delete(&tid);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execve) { return on_exec_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return on_exec_exit(args->ret); }
 
-// The exec succeeded: comm and the final filename are known. Record ancestry for every
+// The exec succeeded: comm and the final filename are known. Record the image of every
 // process; forward candidates.
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     int zero = 0;
     u32 tgid = args->pid;
     u32 old_tid = args->old_pid;
-    u64 now = bpf_ktime_get_ns();
-    u64 uid_gid = bpf_get_current_uid_gid();
     count(C_EXECS_SEEN);
 
-    struct ancestry *a = ancestry_heap.lookup(&zero);
-    if (!a)
+    struct image *img = image_heap.lookup(&zero);
+    if (!img)
         return 0;
-    u32 *parent = live_parents.lookup(&tgid);
-    struct ancestry *prev = ancestry.lookup(&tgid);
-    a->ppid = parent ? *parent : (prev ? prev->ppid : 0);
-    a->ktime_ns = now;
-    a->uid = (u32)uid_gid;
-    a->flags = A_EXECED;
-    bpf_get_current_comm(a->comm, sizeof(a->comm));
-    bpf_probe_read_kernel_str(a->file, FILENAME_LEN, (void *)args + (args->data_loc_filename & 0xFFFF));
+    u64 uid_gid = bpf_get_current_uid_gid();
+    img->ktime_ns = bpf_ktime_get_ns();
+    img->uid = (u32)uid_gid;
+    img->flags = 0;
+    bpf_get_current_comm(img->comm, sizeof(img->comm));
+    bpf_probe_read_kernel_str(img->file, FILENAME_LEN, (void *)args + (args->data_loc_filename & 0xFFFF));
+    struct pending *pd = pending.lookup(&old_tid);
+    img->head_len = pd ? pd->head_len : 0;
+    if (pd)
+        bpf_probe_read_kernel(img->head, HEAD_LEN, pd->head);
+    images.update(&tgid, img);
 
-    struct pending_head *ph = pending_head.lookup(&old_tid);
-    a->head_len = ph ? ph->head_len : 0;
-    if (ph)
-        bpf_probe_read_kernel(a->head, HEAD_LEN, ph->head);
-    ancestry.update(&tgid, a);
-
-    struct exec_event *ev = pending_full.lookup(&old_tid);
     u32 match = 0;
     struct comm_key ck = {};
-    __builtin_memcpy(ck.name, a->comm, 16);
+    __builtin_memcpy(ck.name, img->comm, 16);
     if (catalog_comms.lookup(&ck))
         match |= F_MATCH_COMM;
-    if ((ph && ph->candidate) || path_is_candidate(a->file))
+    if (pd && pd->candidate) {
         match |= F_MATCH_PATH;
+    } else if (!pd) {
+        // Exec entered before the probe attached: judge the path from the tracepoint.
+        struct prefix_key *pk = path_heap.lookup(&zero);
+        if (pk) {
+            bpf_probe_read_kernel(pk->path, PREFIX_LEN, img->file);
+            if (path_is_candidate(pk))
+                match |= F_MATCH_PATH;
+        }
+    }
+    struct exec_event *ev = 0;
+    if (pd && pd->candidate)
+        ev = pending_full.lookup(&old_tid);
     if (match) {
         if (!ev) {
-            // Exec entered before the probe attached, or an exec the entry filter did
-            // not expect (comm differs from the basename): forward what we have.
+            // No argv was read at entry (exec entered before attach, or comm differs
+            // from the basename): forward the argv head.
             ev = event_heap.lookup(&zero);
             if (!ev)
                 goto out;
-            ev->flags = F_ARGS_TRUNCATED | (ph ? 0 : F_NO_ENTER);
-            ev->args_size = a->head_len;
+            ev->flags = F_ARGS_TRUNCATED | (pd ? 0 : F_NO_ENTER);
+            ev->args_size = img->head_len;
             ev->argc = 0;
-            bpf_probe_read_kernel(ev->args, HEAD_LEN, a->head);
+            bpf_probe_read_kernel(ev->args, HEAD_LEN, img->head);
         }
-        ev->ktime_ns = now;
+        struct lineage *ln = lineage.lookup(&tgid);
+        ev->ktime_ns = img->ktime_ns;
         ev->cgroup_id = bpf_get_current_cgroup_id();
         ev->pid = tgid;
         ev->old_tid = old_tid;
-        ev->ppid = a->ppid;
+        ev->ppid = ln ? ln->ppid : 0;
         ev->uid = (u32)uid_gid;
         ev->gid = uid_gid >> 32;
         ev->flags |= match;
-        __builtin_memcpy(ev->comm, a->comm, 16);
-        bpf_probe_read_kernel(ev->filename, FILENAME_LEN, a->file);
+        __builtin_memcpy(ev->comm, img->comm, 16);
+        bpf_probe_read_kernel(ev->filename, FILENAME_LEN, img->file);
         u32 size = ev->args_size;
         if (size > ARGS_BUF + ARG_MAX_LEN)
             size = ARGS_BUF + ARG_MAX_LEN;
@@ -356,56 +385,28 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
             count(C_FORWARDED);
     }
 out:
-    pending_head.delete(&old_tid);
-    pending_full.delete(&old_tid);
+    if (pd) {
+        if (pd->candidate)
+            pending_full.delete(&old_tid);
+        pending.delete(&old_tid);
+    }
     return 0;
 }
 
-// A new process (not a thread): remember its parent, and give it its parent's exec'd
-// file and argv head until it execs itself (a subshell running a command is the fork
-// of the script that holds it).
+// A new process (not a thread): remember its parent and when it was born. Nothing is
+// deleted at exit: the LRU keeps exited processes so that children reported later can
+// still name them, and a reused pid is simply overwritten at its fork.
 TRACEPOINT_PROBE(task, task_newtask)
 {
     if (args->clone_flags & CLONE_THREAD)
         return 0;
-    int zero = 0;
     u32 child = args->pid;
-    u32 parent = current_tgid();
-    struct ancestry *pa = ancestry.lookup(&parent);
+    struct lineage ln = {.fork_ktime_ns = bpf_ktime_get_ns(), .ppid = bpf_get_current_pid_tgid() >> 32};
     if (args->clone_flags & CLONE_PARENT) {
         // The child becomes a sibling of the caller.
-        u32 *gp = live_parents.lookup(&parent);
-        parent = gp ? *gp : (pa ? pa->ppid : 0);
+        struct lineage *up = lineage.lookup(&ln.ppid);
+        ln.ppid = up ? up->ppid : 0;
     }
-    live_parents.update(&child, &parent);
-
-    struct ancestry *a = ancestry_heap.lookup(&zero);
-    if (!a)
-        return 0;
-    if (pa) {
-        bpf_probe_read_kernel(a, sizeof(*a), pa);
-    } else {
-        a->head_len = 0;
-        a->flags = 0;
-        a->file[0] = 0;
-        a->head[0] = 0;
-        bpf_get_current_comm(a->comm, sizeof(a->comm));
-    }
-    a->ppid = parent;
-    a->ktime_ns = bpf_ktime_get_ns();
-    a->uid = (u32)bpf_get_current_uid_gid();
-    a->flags = (a->flags & ~A_EXECED) | A_FORKED;
-    ancestry.update(&child, a);
-    return 0;
-}
-
-// Process gone: forget its live parent link. Its ancestry entry stays (LRU) so that
-// children reported later can still name it.
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if ((u32)id == tgid)
-        live_parents.delete(&tgid);
+    lineage.update(&child, &ln);
     return 0;
 }

@@ -34,8 +34,7 @@ SIZES: dict[str, int] = {
     "HEAD_ARGS": 4,
     "PREFIX_LEN": 64,        # longest forwarded path prefix
     "RINGBUF_PAGES": 2048,   # 8 MiB ring buffer
-    "LIVE_MAX": 65536,       # live processes tracked for their parent pid
-    "ANCESTRY_MAX": 32768,   # processes remembered after exit (LRU)
+    "ANCESTRY_MAX": 32768,   # processes remembered, alive or exited (LRU)
     "PENDING_MAX": 8192,     # execs between syscall entry and completion
 }
 
@@ -46,10 +45,9 @@ F_MATCH_PATH = 4
 F_NO_ENTER = 8
 F_ARGC_CAPPED = 16
 
-# Ancestry flags (mirrors A_*).
-A_EXECED = 1
-A_FORKED = 2
-A_SCRIPT_NOEXEC = 4
+# AncestryEntry.flags. I_SCRIPT_NOEXEC mirrors the C define; A_FORKED is user space's.
+I_SCRIPT_NOEXEC = 1    # exec failed with ENOEXEC: a shell interprets `file` (no #! line)
+A_FORKED = 2           # the process has not exec'd since its fork: file/head are its parent's
 
 _COUNTERS = ("execs_seen", "forwarded", "lost", "failed")
 
@@ -59,7 +57,6 @@ TRACEPOINTS = (
     ("syscalls", "sys_exit_execve"),
     ("syscalls", "sys_exit_execveat"),
     ("sched", "sched_process_exec"),
-    ("sched", "sched_process_exit"),
     ("task", "task_newtask"),
 )
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -262,21 +259,49 @@ class Probe:
         return Counters(*values)
 
     def ancestry(self, pid: int) -> AncestryEntry | None:
-        """What the kernel remembers of pid, alive or exited; None if never seen/evicted."""
-        try:
-            a = self._bpf[b"ancestry"][ctypes.c_uint32(pid)]
-        except KeyError:
+        """What the kernel remembers of pid, alive or exited; None if never seen/evicted.
+
+        A process that has not exec'd since its fork runs its parent's image: that image
+        is reported (flag A_FORKED) if the parent had it when the fork happened.
+        """
+        lineage = self._lookup(b"lineage", pid)
+        image = self._lookup(b"images", pid)
+        flags = 0
+        if lineage is not None and (image is None or image.ktime_ns < lineage.fork_ktime_ns):
+            image = None  # stale: from an earlier process with this pid, or none yet
+            parent = self._lookup(b"images", lineage.ppid)
+            if parent is not None and parent.ktime_ns <= lineage.fork_ktime_ns:
+                image, flags = parent, A_FORKED
+        if lineage is None and image is None:
             return None
         return AncestryEntry(
             pid=pid,
-            ppid=a.ppid,
-            uid=a.uid,
-            comm=_cstr(_field_bytes(a, "comm")),
-            file=_cstr(_field_bytes(a, "file")),
-            head=_split_args(_field_bytes(a, "head")[: a.head_len]),
-            ktime_ns=a.ktime_ns,
-            flags=a.flags,
+            ppid=lineage.ppid if lineage is not None else 0,
+            uid=image.uid if image is not None else 0,
+            comm=_cstr(_field_bytes(image, "comm")) if image is not None else b"",
+            file=_cstr(_field_bytes(image, "file")) if image is not None else b"",
+            head=_split_args(_field_bytes(image, "head")[: image.head_len]) if image is not None else (),
+            ktime_ns=image.ktime_ns if image is not None else lineage.fork_ktime_ns,
+            flags=flags | (image.flags if image is not None else 0),
         )
+
+    def _lookup(self, table: bytes, pid: int) -> ctypes.Structure | None:
+        try:
+            return self._bpf[table][ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """Per program: (runs, total ns), from the kernel's BPF stats.
+
+        The kernel counts only while sysctl kernel.bpf_stats_enabled is 1.
+        """
+        stats = {}
+        for name, fn in self._bpf.funcs.items():
+            info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+            fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
+            stats[name.decode()] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+        return stats
 
     def drain(self) -> None:
         """Consume whatever the ring buffer holds now (on the caller's thread)."""
