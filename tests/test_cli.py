@@ -1,0 +1,88 @@
+"""`osquery-netutil watch`, the README's main command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from osquery_netutil.cli import main
+
+from .conftest import need, probe_unavailable
+from .support import write_executable
+
+pytestmark = pytest.mark.probe
+
+
+class LineReader:
+    """Whole lines from a pipe, waiting at most `timeout` for one that matches.
+
+    Reads the raw fd (no Python buffering), so select() never misses lines that a
+    buffered readline() had already swallowed.
+    """
+
+    def __init__(self, pipe) -> None:
+        self.fd = pipe.fileno()
+        self.pending = b""
+
+    def until(self, pred, timeout: float = 20.0) -> list[str]:
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            while b"\n" in self.pending:
+                line, self.pending = self.pending.split(b"\n", 1)
+                lines.append(line.decode())
+                if pred(lines[-1]):
+                    return lines
+            if sel.select(timeout=0.2):
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                self.pending += chunk
+        raise AssertionError(f"no matching line within {timeout}s: {lines}")
+
+
+def test_watch_prints_a_utility_run_by_a_tmp_script(workdir: Path) -> None:
+    need(probe_unavailable())
+    bad_catalog = workdir / "bad.yaml"
+    bad_catalog.write_text("utilities: [oops\n")
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "osquery_netutil.cli", "watch", "--catalog", str(bad_catalog)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = LineReader(watch.stdout), LineReader(watch.stderr)
+    try:
+        errors = err.until(lambda line: "watching execs" in line)
+        assert any("bad.yaml:" in e and "keeping the built-in catalog" in e for e in errors), errors
+        script = write_executable(workdir / "stage2.sh", "#!/bin/sh\nnc -h 2>/dev/null\ncurl --version 203.0.113.9 >/dev/null\n")
+        subprocess.run([str(script)], timeout=30)
+        rows = [json.loads(line) for line in out.until(lambda line: '"curl"' in line)]
+        by_utility = {r["utility"]: r for r in rows}
+        assert by_utility["netcat"]["cmdline"] == "nc -h"
+        assert by_utility["curl"]["cmdline"] == "curl --version 203.0.113.9"
+        assert by_utility["curl"]["parent_path"] == str(script)
+        assert by_utility["curl"]["category"] == "transfer"
+    finally:
+        watch.send_signal(signal.SIGINT)
+    assert "lost 0" in err.until(lambda line: "execs seen" in line)[-1]
+    assert watch.wait(timeout=20) == 0
+
+
+def test_watch_without_root_exits_with_the_cause(capsys: pytest.CaptureFixture[str]) -> None:
+    need(None if os.geteuid() == 0 else "needs root to drop to another user and back")
+    os.seteuid(65534)
+    try:
+        code = main(["watch"])
+    finally:
+        os.seteuid(0)
+    assert code == 2
+    assert "needs root: run as root" in capsys.readouterr().err
