@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from osquery_netutil.probe import F_MATCH_COMM, F_MATCH_PATH, SIZES, Probe, ProbeError, preflight
+from osquery_netutil.probe import A_FORKED, F_MATCH_COMM, F_MATCH_PATH, I_SCRIPT_NOEXEC, SIZES, Probe, ProbeError, preflight
 
 from .conftest import need
 from .support import Collector, DnsServer, HttpServer, tiny_elf, write_executable
@@ -183,3 +183,29 @@ def test_loading_without_root_names_the_cause() -> None:
             preflight()
     finally:
         os.seteuid(0)
+
+
+def test_scripts_without_exec_stay_named_in_the_ancestry(probe: Probe, collector: Collector, workdir: Path) -> None:
+    # A subshell forks without exec'ing: it runs the script's image.
+    forked = write_executable(workdir / "forked.sh", "#!/bin/sh\n( nc -h 2>/dev/null; true )\n")
+    # No #! line: exec fails with ENOEXEC and bash interprets the file in the child it
+    # forked. (dash instead re-execs /bin/sh with the script as argument: see below.)
+    plain = write_executable(workdir / "plain.sh", "nc -h 2>/dev/null\n")
+    mark = collector.mark()
+    subprocess.run([str(forked)], timeout=30)
+    subprocess.run(["bash", "-c", f"{plain}; true"], timeout=30)
+    subprocess.run(["dash", "-c", f"{plain}; true"], timeout=30)
+
+    for script, flag in ((forked, A_FORKED), (plain, I_SCRIPT_NOEXEC)):
+        hits = collector.wait_for(
+            lambda r: r.comm == b"nc" and (a := probe.ancestry(r.ppid)) is not None and a.file == str(script).encode(),
+            since=mark,
+        )
+        assert len(hits) == 1, script
+        assert probe.ancestry(hits[0].ppid).flags & flag
+    (by_dash,) = collector.wait_for(
+        lambda r: r.comm == b"nc" and (a := probe.ancestry(r.ppid)) is not None
+        and a.file in (b"/bin/sh", b"/usr/bin/sh") and a.head[-1:] == (str(plain).encode(),),
+        since=mark,
+    )
+    assert not probe.ancestry(by_dash.ppid).flags & I_SCRIPT_NOEXEC

@@ -4,7 +4,7 @@ records to user space.
 The probe is the only part of the project that touches the kernel. It compiles the C
 program at start-up (bcc), fills the in-kernel filter (catalog comm names, forwarded path
 prefixes), polls the ring buffer on a thread and calls `on_exec` with each raw record.
-Enrichment (paths, users, containers, IPs) is someone else's job: see `events`.
+Enrichment (paths, users, containers, IPs) happens downstream, in user space.
 """
 
 from __future__ import annotations
