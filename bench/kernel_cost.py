@@ -3,30 +3,28 @@ non-catalog static binary. Run as root after set-up; prints figures."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.probe_bench import timed_spawns  # noqa: E402
+from bench.probe_bench import timed_spawns, unfiltered_binary  # noqa: E402
 from osquery_netutil.catalog import Catalog  # noqa: E402
 from osquery_netutil.probe import Probe  # noqa: E402
-from tests.support import tiny_elf, write_executable  # noqa: E402
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def main(count: int = 5000) -> int:
-    workdir = Path(__file__).resolve().parent / ".work"
-    workdir.mkdir(exist_ok=True)
-    binary = str(write_executable(workdir / "bench-true", tiny_elf()))
+    binary = unfiltered_binary()
     probe = Probe(Catalog.load().basenames(), lambda rec: None)
     probe.start()
     previous = STATS.read_text().strip()
     STATS.write_text("1")
     try:
         before = probe.program_stats()
-        timed_spawns(binary, count, 2)
+        timed_spawns(binary, count, os.cpu_count() or 1)
         after = probe.program_stats()
     finally:
         STATS.write_text(previous)

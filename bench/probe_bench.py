@@ -78,10 +78,15 @@ def storm(catalog: Catalog, count: int, workers: int) -> None:
           f"received in user space {received}")
 
 
-def overhead(catalog: Catalog, count: int, rounds: int, workers: int) -> None:
+def unfiltered_binary() -> str:
+    """The tiny ELF under a name and directory that the kernel filter drops."""
     workdir = Path(__file__).resolve().parent / ".work"    # not a forwarded prefix
     workdir.mkdir(exist_ok=True)
-    binary = str(write_executable(workdir / "bench-true", tiny_elf()))
+    return str(write_executable(workdir / "bench-true", tiny_elf()))
+
+
+def overhead(catalog: Catalog, count: int, rounds: int, workers: int) -> None:
+    binary = unfiltered_binary()
     timed_spawns(binary, 500, workers)                      # warm up caches
     off, on = [], []
     for _ in range(rounds):

@@ -272,17 +272,19 @@ class Probe:
             parent = self._lookup(b"images", lineage.ppid)
             if parent is not None and parent.ktime_ns <= lineage.fork_ktime_ns:
                 image, flags = parent, A_FORKED
-        if lineage is None and image is None:
-            return None
+        if image is None:
+            if lineage is None:
+                return None
+            return AncestryEntry(pid, lineage.ppid, 0, b"", b"", (), lineage.fork_ktime_ns, 0)
         return AncestryEntry(
             pid=pid,
             ppid=lineage.ppid if lineage is not None else 0,
-            uid=image.uid if image is not None else 0,
-            comm=_cstr(_field_bytes(image, "comm")) if image is not None else b"",
-            file=_cstr(_field_bytes(image, "file")) if image is not None else b"",
-            head=_split_args(_field_bytes(image, "head")[: image.head_len]) if image is not None else (),
-            ktime_ns=image.ktime_ns if image is not None else lineage.fork_ktime_ns,
-            flags=flags | (image.flags if image is not None else 0),
+            uid=image.uid,
+            comm=_cstr(_field_bytes(image, "comm")),
+            file=_cstr(_field_bytes(image, "file")),
+            head=_split_args(_field_bytes(image, "head")[: image.head_len]),
+            ktime_ns=image.ktime_ns,
+            flags=flags | image.flags,
         )
 
     def _lookup(self, table: bytes, pid: int) -> ctypes.Structure | None:
