@@ -14,6 +14,8 @@ import pytest
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.probe import Probe, ProbeError, preflight
+from osquery_netutil.sensor import Sensor
+from osquery_netutil.store import Store
 
 from .support import Collector
 
@@ -54,6 +56,24 @@ def probe(catalog: Catalog, collector: Collector) -> Iterator[Probe]:
     yield p
     p.stop()
     assert p.callback_errors == 0, p.last_callback_error
+
+
+@pytest.fixture(scope="session")
+def rows() -> Collector:
+    return Collector()
+
+
+@pytest.fixture(scope="session")
+def sensor(catalog: Catalog, rows: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sensor]:
+    """The whole pipeline (probe, enrichment, store) for the session; rows also go to `rows`."""
+    need(probe_unavailable())
+    store = Store(tmp_path_factory.mktemp("store") / "events.db")
+    s = Sensor(catalog, store, on_row=rows.add)
+    s.start()
+    yield s
+    s.stop()
+    store.close()
+    assert s.row_errors == 0, s.last_row_error
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
-from osquery_netutil.probe import ExecRecord
+T = TypeVar("T")
 
 
 def tiny_elf() -> bytes:
@@ -36,14 +36,14 @@ def write_executable(path: Path, content: bytes | str) -> Path:
     return path
 
 
-class Collector:
-    """Thread-safe sink for probe records, with bounded waits."""
+class Collector(Generic[T]):
+    """Thread-safe sink for probe records or sensor rows, with bounded waits."""
 
     def __init__(self) -> None:
-        self._records: list[ExecRecord] = []
+        self._records: list[T] = []
         self._cond = threading.Condition()
 
-    def add(self, record: ExecRecord) -> None:
+    def add(self, record: T) -> None:
         with self._cond:
             self._records.append(record)
             self._cond.notify_all()
@@ -52,11 +52,11 @@ class Collector:
         with self._cond:
             return len(self._records)
 
-    def since(self, mark: int) -> list[ExecRecord]:
+    def since(self, mark: int) -> list[T]:
         with self._cond:
             return self._records[mark:]
 
-    def wait_for(self, pred: Callable[[ExecRecord], bool], count: int = 1, since: int = 0, timeout: float = 10.0) -> list[ExecRecord]:
+    def wait_for(self, pred: Callable[[T], bool], count: int = 1, since: int = 0, timeout: float = 10.0) -> list[T]:
         """Records after `since` matching pred; waits up to timeout for `count` of them."""
         deadline = time.monotonic() + timeout
         with self._cond:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import selectors
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from osquery_netutil.cli import main
+from osquery_netutil.store import Store
 
 from .conftest import need, probe_unavailable
 from .support import write_executable
@@ -55,8 +57,9 @@ def test_watch_prints_a_utility_run_by_a_tmp_script(workdir: Path) -> None:
     need(probe_unavailable())
     bad_catalog = workdir / "bad.yaml"
     bad_catalog.write_text("utilities: [oops\n")
+    store = workdir / "store" / "events.db"
     watch = subprocess.Popen(
-        [sys.executable, "-m", "osquery_netutil.cli", "watch", "--catalog", str(bad_catalog)],
+        [sys.executable, "-m", "osquery_netutil.cli", "watch", "--catalog", str(bad_catalog), "--store", str(store)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     out, err = LineReader(watch.stdout), LineReader(watch.stderr)
@@ -71,14 +74,43 @@ def test_watch_prints_a_utility_run_by_a_tmp_script(workdir: Path) -> None:
         assert by_utility["curl"]["cmdline"] == "curl --version 203.0.113.9"
         assert by_utility["curl"]["parent_path"] == str(script)
         assert by_utility["curl"]["category"] == "transfer"
+        assert by_utility["curl"]["ip_args"] == "203.0.113.9" and by_utility["curl"]["public_ip_args"] == ""
     finally:
         watch.send_signal(signal.SIGINT)
     assert "lost 0" in err.until(lambda line: "execs seen" in line)[-1]
     assert watch.wait(timeout=20) == 0
+    # What was printed was also stored, and a reader sees it after watch stopped.
+    with Store(store, readonly=True) as kept:
+        assert {"netcat", "curl"} <= {r["utility"] for r in kept.select()}
+    assert store.stat().st_mode & 0o777 == 0o600
+
+
+def test_record_appends_rows_that_replay_loads(workdir: Path) -> None:
+    need(probe_unavailable())
+    output = workdir / "incident.jsonl"
+    record = subprocess.Popen([sys.executable, "-m", "osquery_netutil.cli", "record", str(output)],
+                              stderr=subprocess.PIPE)
+    err = LineReader(record.stderr)
+    try:
+        err.until(lambda line: "watching execs" in line)
+        subprocess.run(["wget", "--version", "http://127.0.0.1:9/"], capture_output=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while "wget" not in (output.read_text() if output.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        record.send_signal(signal.SIGINT)
+    assert record.wait(timeout=20) == 0
+    (line,) = [line for line in output.read_text().splitlines() if '"wget"' in line]
+    assert json.loads(line)["cmdline"] == "wget --version http://127.0.0.1:9/"
+    store = workdir / "replayed" / "events.db"
+    assert main(["replay", str(output), "--store", str(store)]) == 0
+    with Store(store, readonly=True) as replayed:
+        assert [r["ip_args"] for r in replayed.select([("utility", "=", "wget")])] == ["127.0.0.1"]
 
 
 def test_watch_without_root_exits_with_the_cause(capsys: pytest.CaptureFixture[str]) -> None:
     need(None if os.geteuid() == 0 else "needs root to drop to another user and back")
+    importlib.import_module("importlib.readers")   # as nobody, Python could not read it under /root
     os.seteuid(65534)
     try:
         code = main(["watch"])

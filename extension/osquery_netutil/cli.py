@@ -1,89 +1,166 @@
 """The `osquery-netutil` command.
 
-`watch` (the main job) attaches the probe and prints each network utility exec as one
-JSON line as it happens. The osquery extension, `query` and the packs arrive in later
-steps (see the README's roadmap); this is the raw feed they are built on.
+  watch    attach the probe, keep rows in the store and print each network utility exec
+           as a JSON line as it happens (the main job)
+  record   the same rows as JSON Lines into a file, for offline analysis and fixtures
+  replay   load JSON Lines into a store, so that queries and packs run on them
+
+The osquery extension, `query` and the packs arrive in later steps (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Callable, TextIO
 
-from . import __version__
+from . import __version__, jsonl
 from .catalog import Catalog, CatalogError
+from .enrich import Row
 from .locations import WRITABLE_DIRS
-from .probe import ExecRecord, Probe, ProbeError
+from .probe import ProbeError
+from .sensor import Sensor
+from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreError
 
 
-def _text(raw: bytes) -> str:
-    """Bytes from the kernel as text; undecodable bytes become \\xNN escapes, not lost."""
-    return raw.decode("utf-8", "backslashreplace")
+def _say(message: str) -> None:
+    print(f"osquery-netutil: {message}", file=sys.stderr, flush=True)
 
 
-def _watch(args: argparse.Namespace) -> int:
-    catalog = Catalog.load()
-    if args.catalog:
-        try:
-            catalog = Catalog.load(args.catalog)
-        except CatalogError as exc:
-            print(f"osquery-netutil: {exc}; keeping the built-in catalog", file=sys.stderr)
+def _catalog(args: argparse.Namespace) -> tuple[Catalog, list[str]]:
+    """The catalog in force and the problems met loading it (a bad user file is reported
+    and the built-in catalog kept, so detection never stops over a typo)."""
+    if not args.catalog:
+        return Catalog.load(), []
+    try:
+        return Catalog.load(args.catalog), []
+    except CatalogError as exc:
+        problem = f"{exc}; keeping the built-in catalog"
+        _say(problem)
+        return Catalog.load(), [problem]
+
+
+def _open_store(args: argparse.Namespace, problems: list[str]) -> Store | None:
+    if args.no_store:
+        return None
+    try:
+        return Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age)
+    except StoreError as exc:   # busy (another writer), unsafe or unreadable
+        problem = f"{exc}; running without a store"
+    _say(problem)
+    problems.append(problem)
+    return None
+
+
+def _run_sensor(args: argparse.Namespace, on_row: Callable[[Row], None]) -> int:
+    catalog, problems = _catalog(args)
+    store = _open_store(args, problems)
     lock = threading.Lock()
 
-    def show(rec: ExecRecord) -> None:
-        utility = catalog.by_comm(_text(rec.comm))
-        if utility is None:
-            return   # forwarded for its path only (a /tmp script, say): not a network utility
-        parent = probe.ancestry(rec.ppid)
-        line = {
-            "time": int(rec.time),
-            "pid": rec.pid,
-            "parent": rec.ppid,
-            "uid": rec.uid,
-            "utility": utility.name,
-            "category": utility.category,
-            "technique": utility.technique,
-            "path": _text(rec.filename),
-            "cmdline": " ".join(_text(a) for a in rec.argv),
-            "parent_path": _text(parent.file) if parent else "",
-        }
+    def emit(row: Row) -> None:
         with lock:
-            print(json.dumps(line), flush=True)
+            on_row(row)
 
-    prefixes = args.prefix or list(WRITABLE_DIRS)
+    sensor = Sensor(catalog, store, prefixes=args.prefix or WRITABLE_DIRS, on_row=emit, problems=problems)
     try:
-        probe = Probe(catalog.basenames(), show, forward_prefixes=prefixes)
-        probe.start()
+        sensor.start()
     except ProbeError as exc:
-        print(f"osquery-netutil: {exc}", file=sys.stderr)
+        _say(str(exc))
+        if store is not None:
+            store.close()
         return 2
-    print(f"osquery-netutil: watching execs of {len(catalog)} network utilities (Ctrl-C stops)", file=sys.stderr)
+    where = f", keeping rows in {store.path}" if store is not None else ""
+    _say(f"watching execs of {len(catalog)} network utilities{where} (Ctrl-C stops)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    c = probe.counters()
-    probe.stop()
-    print(f"osquery-netutil: execs seen {c.execs_seen}, forwarded {c.forwarded}, lost {c.lost}", file=sys.stderr)
+    status = sensor.status()
+    sensor.stop()
+    if store is not None:
+        store.close()
+    _say(f"execs seen {status['execs_seen']}, rows {status['events_matched']}, lost {status['events_lost']}"
+         + (f"; {status['error']}" if status["error"] else ""))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="osquery-netutil", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    watch = sub.add_parser("watch", help="run the probe and print each network utility exec as a JSON line")
-    watch.add_argument("--catalog", type=Path, help="extra catalog YAML (same format as the built-in one)")
-    watch.add_argument(
+def _print_row(out: TextIO) -> Callable[[Row], None]:
+    def show(row: Row) -> None:
+        out.write(jsonl.dumps(row) + "\n")
+        out.flush()
+    return show
+
+
+def _watch(args: argparse.Namespace) -> int:
+    return _run_sensor(args, _print_row(sys.stdout))
+
+
+def _record(args: argparse.Namespace) -> int:
+    with open(args.output, "a", encoding="utf-8") as out:
+        return _run_sensor(args, _print_row(out))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        store = Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age)
+    except StoreError as exc:
+        _say(str(exc))
+        return 2
+    skipped = 0
+    with store:
+        for name in args.files:
+            try:
+                with open(name, encoding="utf-8", errors="backslashreplace") as f:
+                    result = jsonl.read(f, name)
+            except OSError as exc:
+                _say(f"{name}: cannot read ({exc.strerror})")
+                skipped += 1
+                continue
+            store.add_many(result.rows)
+            for error in result.errors:
+                _say(f"skipped {error}")
+            skipped += result.skipped
+            _say(f"{name}: {len(result.rows)} rows loaded into {store.path}, {result.skipped} lines skipped")
+        store.flush()
+    return 1 if skipped else 0
+
+
+def _sensor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", type=Path, help="extra catalog YAML (same format as the built-in one)")
+    p.add_argument(
         "--prefix", action="append", metavar="DIR/",
         help=f"forward execs under this directory (repeatable; default: {' '.join(WRITABLE_DIRS)})",
     )
+
+
+def _store_options(p: argparse.ArgumentParser, optional: bool) -> None:
+    p.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
+    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="rows kept (default %(default)s)")
+    p.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S, help="seconds rows are kept (default %(default)s)")
+    if optional:
+        p.add_argument("--no-store", action="store_true", help="keep no rows, only print them")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="osquery-netutil", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    watch = sub.add_parser("watch", help="run the probe, keep rows in the store and print each as a JSON line")
+    _sensor_options(watch)
+    _store_options(watch, optional=True)
+    record = sub.add_parser("record", help="run the probe and append each row as a JSON line to a file")
+    record.add_argument("output", type=Path, help="JSON Lines file to append to")
+    _sensor_options(record)
+    record.set_defaults(no_store=True, store=DEFAULT_PATH, max_rows=DEFAULT_MAX_ROWS, max_age=DEFAULT_MAX_AGE_S)
+    replay = sub.add_parser("replay", help="load JSON Lines rows into a store")
+    replay.add_argument("files", nargs="+", help="JSON Lines files written by record (or by hand)")
+    _store_options(replay, optional=False)
     args = parser.parse_args(argv)
-    return {"watch": _watch}[args.command](args)
+    return {"watch": _watch, "record": _record, "replay": _replay}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""The two tables' schemas, declared once (like osquery's specs/*.table).
+
+The store creates its SQLite table from EXECS, the TablePlugins announce these columns to
+osquery, the embedded host declares its virtual tables with them, the README's column
+reference is generated from them and the tests check rows against them. Change a column
+here and everything follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str            # osquery type: BIGINT, INTEGER or TEXT
+    description: str
+    indexed: bool = False   # the store keeps an index and the tables push constraints down
+
+    @property
+    def python_type(self) -> type:
+        return str if self.type == "TEXT" else int
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+# Integer columns that SQL compares with < or > are BIGINT: osquery never pushes range
+# constraints on TEXT columns.
+EXECS = Table(
+    "network_utility_execs",
+    "One row per exec of a network utility (nc, curl, nslookup, nmap, ...), seen by the eBPF probe.",
+    (
+        Column("eid", "BIGINT", "Event id: strictly increasing, never reused, also across restarts", indexed=True),
+        Column("time", "BIGINT", "Unix time (seconds) of the exec", indexed=True),
+        Column("pid", "BIGINT", "Process id after the exec", indexed=True),
+        Column("parent", "BIGINT", "Parent process id, recorded by the probe at fork", indexed=True),
+        Column("uid", "BIGINT", "User id of the exec'ing task", indexed=True),
+        Column("gid", "BIGINT", "Group id of the exec'ing task"),
+        Column("username", "TEXT", "User name of uid on this host ('' if unknown)"),
+        Column("utility", "TEXT", "Canonical name from the catalog: netcat, curl, nslookup, ...", indexed=True),
+        Column("category", "TEXT", "dns, transfer, remote_shell, scanner, sniffer, tunnel or recon", indexed=True),
+        Column("technique", "TEXT", "MITRE ATT&CK technique of the catalog entry"),
+        Column("matched_by", "TEXT", "'name' (comm or file name) or 'content' (a renamed copy of an installed utility)"),
+        Column("comm", "TEXT", "Kernel comm after the exec (first 15 bytes of the file name)"),
+        Column("path", "TEXT", "Executed file, absolute when the cwd could be applied, else as given; /dev/fd/N for fd execs"),
+        Column("cmdline", "TEXT", "Arguments joined by spaces (argv[0] first)"),
+        Column("json_cmdline", "TEXT", "Arguments as a JSON array, exact (non-UTF-8 bytes as \\xNN)"),
+        Column("argc", "BIGINT", "Real argument count, including those not kept"),
+        Column("args_truncated", "INTEGER", "1 when argv was cut (more than 64 arguments, 8 KiB, or 1 KiB in one)"),
+        Column("cwd", "TEXT", "Working directory at exec ('' when the process was gone before it could be read)"),
+        Column("ip_args", "TEXT", "Comma-separated IP literals in the arguments, normalised (v4, v6, URLs, user@host, host:port, 127.1-style)"),
+        Column("public_ip_args", "TEXT", "The subset of ip_args that is globally routable"),
+        Column("parent_path", "TEXT", "The parent's executed file (a script's own path), captured at exec time"),
+        Column("parent_cmdline", "TEXT", "The parent's arguments, captured at exec time"),
+        Column("ancestors", "TEXT", "JSON array, parent first, of {pid, path, cmdline, uid} up to init or 32 levels"),
+        Column("container_id", "TEXT", "Container id (docker, containerd/CRI, cri-o, podman) from the cgroup; '' on the host", indexed=True),
+        Column("cgroup_path", "TEXT", "cgroup path of the process (the container's one on hybrid hosts)"),
+    ),
+)
+
+STATUS = Table(
+    "network_utility_probe_status",
+    "One row: the state of the eBPF probe and the event store behind network_utility_execs.",
+    (
+        Column("state", "TEXT", "running, degraded (works, but something needs attention: see error) or failed"),
+        Column("error", "TEXT", "What is wrong and how to fix it ('' when running)"),
+        Column("source", "TEXT", "Where rows come from: ebpf, or store (probe not running)"),
+        Column("kernel", "TEXT", "Kernel release"),
+        Column("start_time", "BIGINT", "Unix time the probe was attached (0 if never)"),
+        Column("execs_seen", "BIGINT", "Successful execs on the host since the probe was attached"),
+        Column("events_matched", "BIGINT", "Execs reported as network utility rows since start"),
+        Column("events_lost", "BIGINT", "Execs the kernel could not hand over (ring buffer full) since start"),
+        Column("rows_retained", "BIGINT", "Rows held in the store"),
+        Column("oldest_time", "BIGINT", "Time of the oldest retained row (0 if none)"),
+        Column("store_path", "TEXT", "SQLite file of the store"),
+        Column("catalog_size", "BIGINT", "Utilities in the catalog in force"),
+        Column("version", "TEXT", "osquery-netutil version"),
+    ),
+)

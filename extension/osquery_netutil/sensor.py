@@ -1,0 +1,117 @@
+"""The sensor: probe -> enrichment -> store, and the status row that reports on them.
+
+`watch`, `record` and the osquery extension each run one Sensor. Data flows one way:
+the probe's thread enriches each record while the process is still alive, hands the row
+to the store (which commits in batches on its own thread) and to an optional sink.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from . import __version__
+from .catalog import Catalog
+from .enrich import Enricher, Row
+from .locations import WRITABLE_DIRS
+from .probe import ExecRecord, Probe, ProbeError
+from .store import Store
+
+
+class Sensor:
+    """Runs the probe and turns its records into stored rows. start() may raise ProbeError;
+    the status row then says 'failed' with the cause and the store is still readable."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store | None = None,
+        *,
+        prefixes: Iterable[str] = WRITABLE_DIRS,
+        on_row: Callable[[Row], None] | None = None,
+        problems: Iterable[str] = (),
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self._on_row = on_row
+        self._prefixes = tuple(prefixes)
+        self._problems = list(problems)   # start-up problems worked around (bad --catalog, say)
+        self._probe: Probe | None = None
+        self._enricher: Enricher | None = None
+        self._failure = ""
+        self._start_time = 0
+        self._lock = threading.Lock()
+        self.rows_made = 0
+        self.row_errors = 0
+        self.last_row_error = ""
+
+    def start(self) -> None:
+        probe = Probe(self.catalog.basenames(), self._on_exec, forward_prefixes=self._prefixes)
+        self._enricher = Enricher(self.catalog, probe.ancestry)
+        try:
+            probe.start()
+        except ProbeError as exc:
+            self._failure = str(exc)
+            raise
+        self._probe = probe
+        self._start_time = int(time.time())
+
+    def stop(self) -> None:
+        """Detach the probe (handling what it had queued) and flush the store."""
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
+        if self.store is not None:
+            self.store.flush()
+
+    def _on_exec(self, rec: ExecRecord) -> None:
+        try:
+            row = self._enricher.row(rec)
+        except Exception as exc:   # one bad record must not stop the others; counted, shown in status
+            with self._lock:
+                self.row_errors += 1
+                self.last_row_error = f"pid {rec.pid}: {type(exc).__name__}: {exc}"
+            return
+        if row is None:
+            return
+        with self._lock:
+            self.rows_made += 1
+        if self.store is not None:
+            self.store.add(row)
+        if self._on_row is not None:
+            self._on_row(row)
+
+    def status(self) -> dict[str, Any]:
+        """The network_utility_probe_status row."""
+        counters = self._probe.counters() if self._probe is not None else None
+        rows, oldest = self.store.stats()[:2] if self.store is not None else (0, 0)
+        problems = list(self._problems)
+        if counters is not None and counters.lost:
+            problems.append(f"{counters.lost} execs lost (ring buffer full): the host ran execs faster than they were read")
+        if self.row_errors:
+            problems.append(f"{self.row_errors} records could not be enriched; last: {self.last_row_error}")
+        if self.store is not None:
+            problems += [p for p in (self.store.error, self.store.recovered) if p]
+        if self._failure:
+            state, error = "failed", self._failure
+        elif self._probe is None:
+            state, error = "failed", "the probe is not running"
+        else:
+            state, error = ("degraded" if problems else "running"), "; ".join(problems)
+        return {
+            "state": state,
+            "error": error,
+            "source": "ebpf" if self._probe is not None else "store",
+            "kernel": os.uname().release,
+            "start_time": self._start_time,
+            "execs_seen": counters.execs_seen if counters else 0,
+            "events_matched": self.rows_made,
+            "events_lost": counters.lost if counters else 0,
+            "rows_retained": rows,
+            "oldest_time": oldest,
+            "store_path": str(self.store.path) if self.store is not None else "",
+            "catalog_size": len(self.catalog),
+            "version": __version__,
+        }

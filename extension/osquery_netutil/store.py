@@ -1,0 +1,306 @@
+"""The event store: rows of network_utility_execs in a local SQLite file.
+
+One writer (the extension or `watch`) appends rows through a background thread that
+commits a batch at least every `flush_s` seconds, so a `kill -9` loses at most that much.
+WAL mode lets any number of readers (`query`, a second extension) read while it writes.
+`eid` is an AUTOINCREMENT key: strictly increasing and never reused, across restarts and
+pruning. Rows are bounded by count and by age.
+
+The file holds command lines of everything the host ran, so it is created 0600 in a
+root-only directory, and an existing file that others could write is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import sqlite3
+import stat
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .schema import EXECS
+
+DEFAULT_PATH = Path("/var/osquery/netutil_events.db")
+DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_AGE_S = 24 * 3600
+FLUSH_S = 0.5
+_PRUNE_EVERY_S = 5.0
+
+OPS = ("=", "<", "<=", ">", ">=")
+Row = dict[str, Any]
+Condition = tuple[str, str, Any]   # (column, one of OPS, value)
+
+_COLUMNS = EXECS.names
+_DATA_COLUMNS = tuple(c for c in _COLUMNS if c != "eid")
+_DATA_SET = frozenset(_DATA_COLUMNS)
+_INSERT = f"INSERT INTO events ({', '.join(_DATA_COLUMNS)}) VALUES ({', '.join('?' * len(_DATA_COLUMNS))})"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used. The message names the file, the cause and the fix."""
+
+
+class StoreBusy(StoreError):
+    """Another process is the writer of this store."""
+
+
+def _ddl() -> list[str]:
+    cols = ", ".join(
+        "eid INTEGER PRIMARY KEY AUTOINCREMENT" if c.name == "eid" else f"{c.name} {c.type} NOT NULL"
+        for c in EXECS.columns
+    )
+    statements = [f"CREATE TABLE IF NOT EXISTS events ({cols})"]
+    for c in EXECS.columns:
+        if c.indexed and c.name != "eid":
+            statements.append(f"CREATE INDEX IF NOT EXISTS events_{c.name} ON events ({c.name})")
+    return statements
+
+
+def check_file_safe(path: Path) -> None:
+    """Refuse a store that someone other than us could write (file or directory): whoever
+    can write it can forge or erase detections. osquery applies the same rule to
+    extensions."""
+    for target, what in ((path, "store file"), (path.parent, "store directory")):
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(f"{target}: the {what} is a symlink: give the real path")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise StoreError(f"{target}: the {what} is group- or world-writable (like /tmp): "
+                             f"use a root-only directory or chmod go-w {target}")
+        if os.geteuid() == 0 and st.st_uid != 0:
+            raise StoreError(f"{target}: the {what} is owned by uid {st.st_uid}, not root: chown root {target}")
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class Store:
+    """Appends rows (writer) or reads them (readonly=True). Use as a context manager."""
+
+    def __init__(
+        self,
+        path: Path = DEFAULT_PATH,
+        *,
+        readonly: bool = False,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_age_s: int = DEFAULT_MAX_AGE_S,
+        flush_s: float = FLUSH_S,
+    ) -> None:
+        if max_rows < 1 or max_age_s < 1:
+            raise StoreError(f"retention must be positive (max_rows={max_rows}, max_age_s={max_age_s})")
+        self.path = Path(path)
+        self.readonly = readonly
+        self.max_rows, self.max_age_s, self.flush_s = max_rows, max_age_s, flush_s
+        self.error = ""            # last write error, '' when writes succeed
+        self.recovered = ""        # why the file was replaced at open, if it was
+        self._lock_fd: int | None = None
+        self._queue: queue.Queue[Row | threading.Event | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._read_lock = threading.Lock()
+        check_file_safe(self.path)
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"{self.path}: no store here yet: start 'osquery-netutil watch' or the extension first")
+                self._reader = _connect(self.path, readonly=True)
+                self._reader.execute("SELECT eid FROM events LIMIT 1")
+                return
+            self._take_writer_lock()
+            self._open_for_writing()
+            self._reader = _connect(self.path, readonly=True)
+        except (OSError, sqlite3.Error) as exc:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StoreError(f"{self.path}: cannot open the store ({why}): check the path and run as root") from exc
+        self._writer = threading.Thread(target=self._write_loop, name="netutil-store", daemon=True)
+        self._writer.start()
+
+    # -- writer side -------------------------------------------------------------------
+    def _take_writer_lock(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreBusy(
+                f"{self.path}: another osquery-netutil (pid {holder}) is writing this store: "
+                "read it with 'osquery-netutil query', or give this one another --store"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _open_for_writing(self) -> None:
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        try:
+            self._conn = self._prepare()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.rename(str(aside) + suffix)
+            self.recovered = f"{self.path} was unreadable ({exc}); moved aside to {aside}, a new store was created"
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            self._conn = self._prepare()
+
+    def _prepare(self) -> sqlite3.Connection:
+        conn = _connect(self.path, readonly=False)
+        try:
+            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")   # WAL: a committed batch survives a process kill
+            for statement in _ddl():
+                conn.execute(statement)
+            present = {r["name"] for r in conn.execute("PRAGMA table_info(events)")}
+            for c in EXECS.columns:   # a store written by an older version: add new columns
+                if c.name not in present:
+                    default = "''" if c.type == "TEXT" else "0"
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {c.name} {c.type} NOT NULL DEFAULT {default}")
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def add(self, row: Row) -> None:
+        """Queue a row (every column but eid); it is committed within flush_s."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only: rows cannot be added")
+        missing = _DATA_SET - row.keys()
+        if missing:
+            raise ValueError(f"row lacks columns {sorted(missing)}")
+        self._queue.put(row)
+
+    def add_many(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            self.add(row)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Commit everything queued so far; return when it is on disk (or timeout)."""
+        if self._writer is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def close(self) -> None:
+        """Flush, stop the writer and release the files. Safe to call twice."""
+        self._reader.close()   # first, so the writer's close can checkpoint the WAL away
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+            self._writer = None
+            self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write_loop(self) -> None:
+        pending: list[Row] = []
+        waiters: list[threading.Event] = []
+        last_prune = 0.0
+        stopping = False
+        while not stopping:
+            deadline = time.monotonic() + self.flush_s
+            while True:   # gather a batch until flush_s has passed or someone waits
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                if isinstance(item, threading.Event):
+                    waiters.append(item)
+                    break
+                pending.append(item)
+            if pending:
+                pending = self._commit(pending)
+            if time.monotonic() - last_prune > _PRUNE_EVERY_S or stopping:
+                self._prune()
+                last_prune = time.monotonic()
+            for w in waiters:
+                w.set()
+            waiters.clear()
+
+    def _commit(self, rows: list[Row]) -> list[Row]:
+        """Insert rows in one transaction; on failure keep them (bounded) for the next try."""
+        try:
+            with self._conn_tx():
+                self._conn.executemany(_INSERT, [tuple(r[c] for c in _DATA_COLUMNS) for r in rows])
+        except sqlite3.Error as exc:
+            self.error = f"cannot write {self.path} ({exc}): {len(rows)} rows held in memory"
+            return rows[-self.max_rows:]
+        self.error = ""
+        return []
+
+    def _prune(self) -> None:
+        try:
+            with self._conn_tx():
+                self._conn.execute(
+                    "DELETE FROM events WHERE eid <= (SELECT eid FROM events ORDER BY eid DESC LIMIT 1 OFFSET ?)",
+                    (self.max_rows,),
+                )
+                self._conn.execute("DELETE FROM events WHERE time < ?", (int(time.time()) - self.max_age_s,))
+        except sqlite3.Error as exc:
+            self.error = f"cannot prune {self.path} ({exc})"
+
+    @contextmanager
+    def _conn_tx(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on error (the connection autocommits)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- reader side -------------------------------------------------------------------
+    def select(self, conditions: Sequence[Condition] = (), limit: int | None = None) -> list[Row]:
+        """Rows matching all conditions (each on a schema column, op in OPS), eid order."""
+        where, params = [], []
+        for column, op, value in conditions:
+            if column not in _COLUMNS or op not in OPS:
+                raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(_COLUMNS)}; ops {OPS}")
+            where.append(f"{column} {op} ?")
+            params.append(value)
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY eid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._read_lock:
+            return [dict(r) for r in self._reader.execute(sql, params)]
+
+    def stats(self) -> tuple[int, int, int]:
+        """(rows retained, oldest time or 0, highest eid or 0)."""
+        with self._read_lock:
+            count, oldest, last = self._reader.execute(
+                "SELECT count(*), coalesce(min(time), 0), coalesce(max(eid), 0) FROM events"
+            ).fetchone()
+        return count, oldest, last
+

@@ -1,0 +1,155 @@
+"""Enrichment on the real kernel: scripts run four ways, renamed copies, cwd, IPs,
+/proc fallback and a docker-like container, each from real execs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from osquery_netutil.containers import CgroupResolver, v2_root
+from osquery_netutil.content import ContentMatcher
+from osquery_netutil.sensor import Sensor
+
+from .conftest import need
+from .support import Collector, write_executable
+
+pytestmark = pytest.mark.probe
+
+Row = dict[str, Any]
+NC = os.path.realpath(shutil.which("nc") or "/usr/bin/nc")
+
+
+def row_for(rows: Collector, mark: int, utility: str, pred=lambda r: True, timeout: float = 10.0) -> Row:
+    hits = rows.wait_for(lambda r: r["utility"] == utility and pred(r), since=mark, timeout=timeout)
+    assert hits, f"no {utility} row: {[r['cmdline'] for r in rows.since(mark)]}"
+    return hits[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["./x.sh", "sh {script}", "bash -c 'cd {dir} && ./x.sh; true'", "{script}"],
+    ids=["relative", "sh-script", "bash-c", "shebang"],
+)
+def test_the_script_stays_visible_in_the_chain(sensor: Sensor, rows: Collector, workdir: Path, how: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    script = write_executable(workdir / "x.sh", f"#!/bin/sh\ncurl --version http://0x7f.1/{tag} 8.8.8.8 >/dev/null\n")
+    mark = rows.mark()
+    command = how.format(script=script, dir=workdir)
+    subprocess.run(["/bin/sh", "-c", command], cwd=workdir, check=True, timeout=30)
+    row = row_for(rows, mark, "curl", lambda r: tag in r["cmdline"])
+    chain = json.loads(row["ancestors"])
+    assert any(a["path"] == str(script) or str(script) in a["cmdline"] for a in chain), chain
+    assert str(script) in (row["parent_path"], row["parent_cmdline"].split()[-1])
+    assert chain[0]["pid"] == row["parent"] and chain[0]["path"] == row["parent_path"]
+    assert row["path"] == shutil.which("curl") and row["matched_by"] == "name"
+    assert row["ip_args"] == "127.0.0.1,8.8.8.8" and row["public_ip_args"] == "8.8.8.8"
+    assert row["uid"] == os.getuid() and row["username"] == "root"
+    assert row["container_id"] == "" and row["argc"] == 4 and row["args_truncated"] == 0
+    assert json.loads(row["json_cmdline"]) == ["curl", "--version", f"http://0x7f.1/{tag}", "8.8.8.8"]
+    # Above the script: this test process, older than the probe, named from /proc.
+    me = next(a for a in chain if a["pid"] == os.getpid())
+    assert me["path"] == os.path.realpath(f"/proc/{os.getpid()}/exe") and "pytest" in me["cmdline"]
+    assert len(chain) <= 32 and chain[-1]["pid"] == 1
+
+
+def test_relative_exec_gets_an_absolute_path_and_cwd(sensor: Sensor, rows: Collector) -> None:
+    mark = rows.mark()
+    port = free_port()
+    listener = subprocess.Popen(["./nc", "-l", "127.0.0.1", str(port)], cwd=os.path.dirname(shutil.which("nc")))
+    try:
+        row = row_for(rows, mark, "netcat", lambda r: r["pid"] == listener.pid)
+    finally:
+        listener.kill()
+        listener.wait(timeout=10)
+    assert row["path"] == shutil.which("nc") and row["cwd"] == os.path.dirname(shutil.which("nc"))
+    assert row["cmdline"] == f"./nc -l 127.0.0.1 {port}" and row["ip_args"] == "127.0.0.1"
+
+
+def test_renamed_copies_are_reported_by_content(sensor: Sensor, rows: Collector, workdir: Path) -> None:
+    copy = workdir / "upd"
+    shutil.copy(NC, copy)
+    link = workdir / "lnk"
+    link.symlink_to(shutil.which("nc"))
+    mark = rows.mark()
+    for exe in (copy, link):
+        subprocess.run([str(exe), "-h"], capture_output=True, timeout=10)
+    for exe in (copy, link):
+        row = row_for(rows, mark, "netcat", lambda r: r["path"] == str(exe))
+        assert row["matched_by"] == "content" and row["comm"] == exe.name and row["category"] == "remote_shell"
+    # A look-alike of the same size is not netcat; nor is anything else run from /tmp.
+    fake = write_executable(workdir / "fake", b"#!/bin/sh\n" + b"#" * (os.path.getsize(NC) - 10))
+    subprocess.run([str(fake)], timeout=10)
+    assert not rows.wait_for(lambda r: r["path"] == str(fake), since=mark, timeout=1.0)
+
+
+def test_a_memfd_copy_is_reported_by_content(sensor: Sensor, rows: Collector) -> None:
+    port = free_port()
+    code = (
+        "import os, sys\n"
+        "fd = os.memfd_create('payload', 0)\n"
+        "os.write(fd, open(sys.argv[1], 'rb').read())\n"
+        "os.execve(fd, ['kworker', '-l', '127.0.0.1', sys.argv[2]], {})\n"
+    )
+    mark = rows.mark()
+    proc = subprocess.Popen([sys.executable, "-c", code, NC, str(port)])
+    try:
+        row = row_for(rows, mark, "netcat", lambda r: r["pid"] == proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert row["path"].startswith("/dev/fd/") and row["matched_by"] == "content"
+    assert row["cmdline"] == f"kworker -l 127.0.0.1 {port}"
+
+
+def test_planted_symlinks_and_fifos_are_not_read(catalog, workdir: Path) -> None:
+    matcher = ContentMatcher(catalog)
+    fifo = workdir / "fifo"
+    os.mkfifo(fifo)
+    (workdir / "zero").symlink_to("/dev/zero")
+    (workdir / "shadow").symlink_to("/etc/shadow")
+    for name in ("fifo", "zero", "shadow"):
+        assert matcher.match_path(str(workdir / name)) is None   # returns at once: no open() blocks
+    assert matcher.match_path(str(workdir / "missing")) is None
+    copy = workdir / "copy"
+    shutil.copy(NC, copy)
+    assert matcher.match_path(str(copy)).name == "netcat"
+
+
+def test_a_docker_like_container_is_named(sensor: Sensor, rows: Collector, workdir: Path) -> None:
+    root = v2_root()
+    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+    need(None if shutil.which("unshare") else "unshare (util-linux) is not installed")
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    cgroup = root / "system.slice" / f"docker-{container}.scope"
+    cgroup.mkdir(parents=True)
+    try:
+        script = write_executable(
+            workdir / "entry.sh",
+            f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
+            "exec unshare --pid --mount --fork --mount-proc sh -c 'nc -h 2>/dev/null; curl --version 10.9.8.7 >/dev/null'\n",
+        )
+        mark = rows.mark()
+        subprocess.run([str(script)], check=True, timeout=30)
+        for utility in ("netcat", "curl"):
+            row = row_for(rows, mark, utility)
+            assert row["container_id"] == container, row
+            assert row["cgroup_path"] == f"/system.slice/docker-{container}.scope"
+        # Once every process is gone, the kernel's cgroup id alone still names it.
+        assert CgroupResolver().path_of_id(cgroup.stat().st_ino) == f"/system.slice/docker-{container}.scope"
+    finally:
+        cgroup.rmdir()

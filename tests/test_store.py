@@ -1,0 +1,150 @@
+"""The SQLite event store: retention, eids across restarts, one writer, kill -9, safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from osquery_netutil.schema import EXECS
+from osquery_netutil.store import Store, StoreBusy, StoreError
+
+
+def make_row(**values: object) -> dict[str, object]:
+    row: dict[str, object] = {c.name: "" if c.type == "TEXT" else 0 for c in EXECS.columns if c.name != "eid"}
+    row["time"] = int(time.time())
+    row.update(values)
+    return row
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o700)
+    return tmp_path
+
+
+def test_rows_are_bounded_by_count_and_age_and_eids_never_repeat(store_dir: Path) -> None:
+    path = store_dir / "events.db"
+    now = int(time.time())
+    with Store(path, max_rows=5, max_age_s=3600) as store:
+        store.add(make_row(pid=1, time=now - 7200))           # older than max_age
+        store.add_many(make_row(pid=p) for p in range(2, 10))
+        store.flush()
+        store._prune()
+        assert [r["pid"] for r in store.select()] == [5, 6, 7, 8, 9]
+        first_eids = [r["eid"] for r in store.select()]
+    with Store(path, max_rows=5) as store:               # restart
+        store.add(make_row(pid=10))
+        store.flush()
+        rows = store.select()
+        assert rows[-1]["eid"] > max(first_eids)
+        assert [r["eid"] for r in rows] == sorted({r["eid"] for r in rows})
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_select_uses_the_indexes_for_pushed_down_constraints(store_dir: Path) -> None:
+    with Store(store_dir / "events.db") as store:
+        store.add_many(make_row(pid=p, utility="netcat" if p % 2 else "curl") for p in range(100))
+        store.flush()
+        rows = store.select([("pid", ">=", 10), ("pid", "<", 20), ("utility", "=", "netcat")])
+        assert [r["pid"] for r in rows] == [11, 13, 15, 17, 19]
+        for column in (c.name for c in EXECS.columns if c.indexed):
+            plan = store._reader.execute(f"EXPLAIN QUERY PLAN SELECT * FROM events WHERE {column} = ?", (1,)).fetchall()
+            assert "USING" in " ".join(str(tuple(p)) for p in plan), (column, plan)
+        with pytest.raises(ValueError, match="cannot filter on 'pid; DROP TABLE events'"):
+            store.select([("pid; DROP TABLE events", "=", 1)])
+        assert store.select([("cmdline", "=", "x'; DROP TABLE events; --")]) == []
+        assert store.stats()[0] == 100
+
+
+def test_one_writer_and_any_number_of_readers(store_dir: Path) -> None:
+    path = store_dir / "events.db"
+    with Store(path) as writer:
+        with pytest.raises(StoreBusy, match=f"pid {os.getpid()}.*osquery-netutil query"):
+            Store(path)
+        writer.add(make_row(pid=42))
+        writer.flush()
+        with Store(path, readonly=True) as reader:
+            assert [r["pid"] for r in reader.select()] == [42]
+            writer.add(make_row(pid=43))
+            writer.flush()
+            assert [r["pid"] for r in reader.select()] == [42, 43]
+    with pytest.raises(StoreError, match="no store here yet"):
+        Store(store_dir / "missing.db", readonly=True)
+
+
+def test_unsafe_files_are_refused(store_dir: Path) -> None:
+    shared = store_dir / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(StoreError, match="world-writable"):
+        Store(shared / "events.db")
+    path = store_dir / "events.db"
+    Store(path).close()
+    path.chmod(0o666)
+    with pytest.raises(StoreError, match="chmod go-w"):
+        Store(path)
+    path.chmod(0o600)
+    link = store_dir / "link.db"
+    link.symlink_to(path)
+    with pytest.raises(StoreError, match="symlink"):
+        Store(link)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+        with pytest.raises(StoreError, match="not root"):
+            Store(path)
+
+
+def test_a_corrupt_store_is_moved_aside_and_replaced(store_dir: Path) -> None:
+    path = store_dir / "events.db"
+    path.write_bytes(b"this is not a database" * 100)
+    path.chmod(0o600)
+    with Store(path) as store:
+        assert "moved aside" in store.recovered
+        store.add(make_row(pid=1))
+        store.flush()
+        assert store.stats()[0] == 1
+    assert list(store_dir.glob("events.db.corrupt-*"))
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from osquery_netutil.store import Store
+    from tests.test_store import make_row
+    store = Store(sys.argv[1])
+    for i in range(1, 100000):
+        store.add(make_row(pid=i))
+        print(i, flush=True)
+        time.sleep(0.005)
+    """
+)
+
+
+def test_kill_9_loses_at_most_the_last_second(store_dir: Path) -> None:
+    path = store_dir / "events.db"
+    root = Path(__file__).resolve().parent.parent
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, cwd=root, text=True)
+    times: dict[int, float] = {}
+    deadline = time.monotonic() + 20
+    while len(times) < 300 and time.monotonic() < deadline:   # about 1.5 s of rows
+        times[int(writer.stdout.readline())] = time.monotonic()
+    writer.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    writer.wait(timeout=10)
+    assert len(times) >= 300, "the writer did not produce rows"
+    with Store(path) as store:   # the next run takes over the store
+        stored = [r["pid"] for r in store.select()]
+        assert stored == list(range(1, len(stored) + 1)), "rows lost in the middle or duplicated"
+        lost = [i for i in times if i > len(stored)]
+        assert all(killed_at - times[i] <= 1.0 for i in lost), f"lost rows older than 1 s: {len(lost)}"
+        last_eid = store.stats()[2]
+        store.add(make_row(pid=-1))
+        store.flush()
+        assert store.select([("pid", "=", -1)])[0]["eid"] > last_eid
