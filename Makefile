@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup watch test bench
+.PHONY: setup watch test bench ext
 
 setup:
 	bash scripts/setup.sh
@@ -17,3 +17,7 @@ test: setup
 bench: setup
 	$(PY) bench/probe_bench.py
 	$(PY) bench/kernel_cost.py
+
+# The osquery extension as one autoloadable file: dist/osquery-netutil.ext
+ext: setup
+	$(PY) scripts/build_ext.py

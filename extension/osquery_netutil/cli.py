@@ -77,7 +77,7 @@ def _run_sensor(args: argparse.Namespace, on_row: Callable[[Row], None]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    sensor.publish_until(stop)
     status = sensor.status()
     sensor.stop()
     if store is not None:

@@ -16,11 +16,14 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .locations import FD_PATH_PREFIXES, WRITABLE_DIRS
 
+# The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
+# as package data.
 BPF_SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "netutil_exec.bpf.c"
 
 # Sizes compiled into the program (-D flags). Powers of two where the C masks with them.
@@ -139,6 +142,13 @@ def check_bpf_syscall() -> str | None:
     return f"bpf() failed ({errno.errorcode.get(err, err)}): the kernel refuses BPF maps"
 
 
+def bpf_source() -> str:
+    """The C program's text: from the repository, else from the package (the .ext)."""
+    if BPF_SOURCE.is_file():
+        return BPF_SOURCE.read_text()
+    return resources.files(__package__).joinpath("data", BPF_SOURCE.name).read_text()
+
+
 def comm_key(name: str) -> bytes:
     """The kernel's comm for an exec'd file name: its first 15 bytes."""
     return name.encode()[:15]
@@ -225,7 +235,7 @@ class Probe:
 
         cflags = [f"-D{k}={v}" for k, v in SIZES.items()] + ["-Wno-unused-function"]
         try:
-            self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+            self._bpf = BPF(text=bpf_source().encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
             raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
         self._fill_filter()

@@ -75,7 +75,7 @@ STATUS = Table(
     "network_utility_probe_status",
     "One row: the state of the eBPF probe and the event store behind network_utility_execs.",
     (
-        Column("state", "TEXT", "running, degraded (works, but something needs attention: see error) or failed"),
+        Column("state", "TEXT", "running; starting (the probe is loading); degraded (works, but see error); failed (not collecting: see error)"),
         Column("error", "TEXT", "What is wrong and how to fix it ('' when running)"),
         Column("source", "TEXT", "Where rows come from: ebpf, or store (probe not running)"),
         Column("kernel", "TEXT", "Kernel release"),

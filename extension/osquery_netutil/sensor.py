@@ -41,6 +41,7 @@ class Sensor:
         self._probe: Probe | None = None
         self._enricher: Enricher | None = None
         self._failure = ""
+        self._stopped = False
         self._start_time = 0
         self._lock = threading.Lock()
         self.rows_made = 0
@@ -48,9 +49,11 @@ class Sensor:
         self.last_row_error = ""
 
     def start(self) -> None:
-        probe = Probe(self.catalog.basenames(), self._on_exec, forward_prefixes=self._prefixes)
-        self._enricher = Enricher(self.catalog, probe.ancestry)
+        """Compile and attach the probe (about a second). Raises ProbeError, which the
+        status row then reports."""
         try:
+            probe = Probe(self.catalog.basenames(), self._on_exec, forward_prefixes=self._prefixes)
+            self._enricher = Enricher(self.catalog, probe.ancestry)
             probe.start()
         except ProbeError as exc:
             self._failure = str(exc)
@@ -60,11 +63,23 @@ class Sensor:
 
     def stop(self) -> None:
         """Detach the probe (handling what it had queued) and flush the store."""
+        self._stopped = True
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
         if self.store is not None:
             self.store.flush()
+
+    def publish_until(self, stop: threading.Event, every_s: float = 2.0) -> None:
+        """Until stop is set, leave the status row beside the store every few seconds, so
+        that readers in other processes (`query`, another extension) can show it."""
+        while not stop.wait(every_s):
+            if self.store is not None:
+                try:
+                    self.store.publish_status(self.status())
+                except OSError as exc:
+                    self._problems.append(f"cannot publish the status beside {self.store.path}: {exc}")
+                    return
 
     def _on_exec(self, rec: ExecRecord) -> None:
         try:
@@ -96,8 +111,10 @@ class Sensor:
             problems += [p for p in (self.store.error, self.store.recovered) if p]
         if self._failure:
             state, error = "failed", self._failure
+        elif self._stopped:
+            state, error = "failed", "stopped"
         elif self._probe is None:
-            state, error = "failed", "the probe is not running"
+            state, error = "starting", "the probe is compiling and attaching (about a second)"
         else:
             state, error = ("degraded" if problems else "running"), "; ".join(problems)
         return {
@@ -115,3 +132,28 @@ class Sensor:
             "catalog_size": len(self.catalog),
             "version": __version__,
         }
+
+
+def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict[str, Any]:
+    """The status row for a process that only reads the store (`query`, or an extension
+    that found another writer): the writer's published status with fresh store figures,
+    or 'failed' when no writer runs."""
+    rows, oldest = store.stats()[:2] if store is not None else (0, 0)
+    writer = store.writer_pid() if store is not None else None
+    published = store.published_status() if store is not None and writer is not None else None
+    if published is not None:
+        status = dict(published)
+        status["error"] = "; ".join(p for p in (status.get("error", ""), note) if p)
+    else:
+        where = f"in {store.path} " if store is not None else ""
+        status = {
+            "state": "failed",
+            "error": "; ".join(p for p in (
+                f"no osquery-netutil is collecting: the rows {where}are those stored before it stopped; "
+                "start the extension or 'osquery-netutil watch'", note) if p),
+            "kernel": os.uname().release, "start_time": 0, "execs_seen": 0, "events_matched": 0,
+            "events_lost": 0, "catalog_size": len(catalog), "version": __version__,
+        }
+    status.update(source="store", rows_retained=rows, oldest_time=oldest,
+                  store_path=str(store.path) if store is not None else "")
+    return status

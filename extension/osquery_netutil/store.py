@@ -13,6 +13,7 @@ root-only directory, and an existing file that others could write is refused.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import queue
 import sqlite3
@@ -280,7 +281,45 @@ class Store:
             raise
         self._conn.execute("COMMIT")
 
+    def publish_status(self, status: dict[str, Any]) -> None:
+        """Leave the writer's status row beside the store, for readers in other processes
+        (`query`, a second extension) to show in network_utility_probe_status."""
+        tmp = self._status_path.with_name(self._status_path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, self._status_path)
+
     # -- reader side -------------------------------------------------------------------
+    @property
+    def _status_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".status")
+
+    def writer_pid(self) -> int | None:
+        """The pid of the process writing this store, or None when no writer runs."""
+        if self._lock_fd is not None:
+            return os.getpid()
+        try:
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None   # nobody holds the writer's lock
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+
+    def published_status(self) -> dict[str, Any] | None:
+        """The status the writer last published, or None."""
+        try:
+            status = json.loads(self._status_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return status if isinstance(status, dict) else None
+
     def select(self, conditions: Sequence[Condition] = (), limit: int | None = None) -> list[Row]:
         """Rows matching all conditions (each on a schema column, op in OPS), eid order."""
         where, params = [], []

@@ -1,0 +1,233 @@
+"""The osquery extension: what osqueryd/osqueryi start as `PATH --socket S --timeout T
+--interval I [--verbose]` (environment OSQUERY_EXTENSION=<osquery's pid>).
+
+Order matters: register the tables with osquery first (osquery gives an autoloaded
+extension --extensions_timeout seconds), then load the probe in the background. Until it
+is attached, and if it fails, the tables stay registered: the status row says why and the
+exec table serves what the store holds.
+
+osquery-python's start_extension() is not used: it ends the process with os._exit() on
+shutdown or when the core goes away, which would lose the store's last batch. This module
+uses the same generated thrift code and shuts down cleanly instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from osquery.extension_client import DEFAULT_SOCKET_PATH, ExtensionClient
+from osquery.extensions import Extension
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus, InternalExtensionInfo
+from thrift.protocol import TBinaryProtocol
+from thrift.transport import TSocket, TTransport
+
+from . import __version__
+from .catalog import Catalog, CatalogError
+from .locations import WRITABLE_DIRS
+from .probe import ProbeError
+from .sensor import Sensor, stored_status
+from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreBusy, StoreError
+from .tables import ExecsTable, StatusTable, TablePlugin
+
+NAME = "netutil"                 # what --extensions_require names
+SDK_VERSION = "5.0.0"
+MIN_SDK_VERSION = "1.8.0"
+
+
+def log(message: str) -> None:
+    """osquery passes an extension's stderr through to its own log."""
+    print(f"osquery-netutil extension: {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """osquery's flags and ours. Flags a newer osquery may add are ignored with a warning."""
+    parser = argparse.ArgumentParser(prog="osquery-netutil.ext", description="osquery extension: network_utility_execs")
+    parser.add_argument("--socket", default=DEFAULT_SOCKET_PATH, help="osquery's extension manager socket")
+    parser.add_argument("--timeout", type=float, default=3, help="seconds to wait for the socket")
+    parser.add_argument("--interval", type=float, default=3, help="seconds between pings of osquery")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--catalog", type=Path, help="extra catalog YAML")
+    parser.add_argument("--prefix", action="append", metavar="DIR/", help="forward execs under this directory (repeatable)")
+    parser.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
+    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
+    parser.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S)
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        log(f"ignoring flags this version does not know: {' '.join(unknown)}")
+    return args
+
+
+class Handler(Extension.Iface):
+    """osquery.thrift's Extension service: ping, call, shutdown."""
+
+    def __init__(self, tables: dict[str, TablePlugin], stop: threading.Event) -> None:
+        self._tables = tables
+        self._stop = stop
+
+    def ping(self) -> ExtensionStatus:
+        return ExtensionStatus(code=0, message="OK")
+
+    def call(self, registry: str, item: str, request: dict[str, str]) -> ExtensionResponse:
+        table = self._tables.get(item) if registry == "table" else None
+        if table is None:
+            return ExtensionResponse(
+                status=ExtensionStatus(code=1, message=f"no {registry} plugin named {item!r} in {NAME}"), response=[]
+            )
+        return table.call(request)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+
+class Server:
+    """A thrift server on a unix socket: one thread per connection, stoppable."""
+
+    def __init__(self, path: str, processor: Any) -> None:
+        self.path = path
+        self._processor = processor   # a thrift-generated Processor wrapping the handler
+        self._listener = TSocket.TServerSocket(unix_socket=path)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="netutil-thrift", daemon=True)
+
+    def start(self) -> None:
+        self._listener.listen()
+        os.chmod(self.path, 0o600)        # only root (osquery) may query the tables
+        self._listener.handle.settimeout(0.25)   # so that stop() is noticed
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join(timeout=2)
+        self._listener.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            try:
+                client = self._listener.accept()
+            except (socket.timeout, TTransport.TTransportException, OSError):
+                continue
+            if client is not None:
+                threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: TSocket.TSocket) -> None:
+        transport = TTransport.TBufferedTransport(client)
+        # Plain binary protocol: thrift's C accelerator cannot decode osquery-python's
+        # generated structs ("expecting list of size 2 for struct args").
+        protocol = TBinaryProtocol.TBinaryProtocol(transport)
+        try:
+            while not self._stopping:
+                self._processor.process(protocol, protocol)
+        except (TTransport.TTransportException, EOFError, OSError):
+            pass   # osquery closed the connection
+        except Exception as exc:   # a malformed request: drop this connection, keep serving
+            log(f"bad request on {self.path}: {type(exc).__name__}: {exc}")
+        finally:
+            transport.close()
+
+
+def _register(args: argparse.Namespace, tables: dict[str, TablePlugin]) -> tuple[ExtensionClient, str]:
+    client = ExtensionClient(path=args.socket)
+    if not client.open(timeout=max(args.timeout, 0.2)):
+        raise ConnectionError(f"cannot connect to osquery at {args.socket} within {args.timeout:g}s: "
+                              "is osqueryd/osqueryi running with extensions enabled?")
+    registry = {"table": {name: table.routes() for name, table in tables.items()}}
+    info = InternalExtensionInfo(name=NAME, version=__version__, sdk_version=SDK_VERSION, min_sdk_version=MIN_SDK_VERSION)
+    status = client.extension_manager_client().registerExtension(info=info, registry=registry)
+    if status.code != 0:
+        raise ConnectionError(f"osquery refused the registration: {status.message}")
+    return client, str(status.uuid)
+
+
+def _watch_core(client: ExtensionClient, interval: float, stop: threading.Event) -> None:
+    """Ping osquery every interval; when it is gone, stop (cleanly, unlike os._exit)."""
+    while not stop.wait(interval):
+        try:
+            if client.extension_manager_client().ping().code != 0:
+                raise ConnectionError("ping answered with an error")
+        except Exception as exc:   # any failure means osquery is gone or broken
+            log(f"osquery is gone ({type(exc).__name__}: {exc}); shutting down")
+            stop.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    problems: list[str] = []
+    catalog = Catalog.load()
+    if args.catalog:
+        try:
+            catalog = Catalog.load(args.catalog)
+        except CatalogError as exc:
+            problems.append(f"{exc}; keeping the built-in catalog")
+            log(problems[-1])
+
+    writer, note = True, ""
+    store: Store | None
+    try:
+        store = Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age)
+    except StoreBusy as exc:
+        # Another extension or watch collects already: serve its rows, do not compete.
+        writer = False
+        note = f"{exc} (this extension only reads it)"
+        log(note)
+        store = Store(args.store, readonly=True)
+    except StoreError as exc:
+        store = None
+        problems.append(f"{exc}; rows are not kept")
+        log(problems[-1])
+
+    sensor = Sensor(catalog, store if writer else None, prefixes=args.prefix or WRITABLE_DIRS, problems=problems)
+
+    def status() -> dict[str, Any]:
+        return sensor.status() if writer else stored_status(store, catalog, note)
+
+    tables: dict[str, TablePlugin] = {t.table.name: t for t in (ExecsTable(lambda: store), StatusTable(status))}
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        client, uuid = _register(args, tables)
+    except (ConnectionError, OSError, TTransport.TTransportException) as exc:
+        log(str(exc))
+        if store is not None:
+            store.close()
+        return 1
+    server = Server(f"{args.socket}.{uuid}", Extension.Processor(Handler(tables, stop)))
+    server.start()
+    log(f"registered as {NAME!r} (uuid {uuid}) with tables {', '.join(tables)}")
+
+    if writer:
+        def attach() -> None:
+            try:
+                sensor.start()
+                log("probe attached")
+            except ProbeError as exc:
+                log(f"probe failed: {exc}; serving stored rows only")
+        threading.Thread(target=attach, name="netutil-attach", daemon=True).start()
+    threading.Thread(target=_watch_core, args=(client, args.interval, stop), name="netutil-ping", daemon=True).start()
+
+    if writer:
+        sensor.publish_until(stop)
+    else:
+        stop.wait()
+    log("stopping: flushing the store")
+    server.stop()
+    sensor.stop()
+    if store is not None:
+        store.close()
+    client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

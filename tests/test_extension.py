@@ -1,0 +1,198 @@
+"""The osquery extension over the real thrift protocol: launched as osquery launches it
+(the built .ext file), registered with an in-test extension manager, queried with
+osquery's call() and context JSON, op codes included."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from osquery.extensions import Extension
+from thrift.protocol import TBinaryProtocol
+from thrift.transport import TSocket, TTransport
+
+from osquery_netutil.schema import EXECS, STATUS
+from osquery_netutil.store import Store
+from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT
+
+from .conftest import need, probe_unavailable
+from .manager import Manager
+from .support import write_executable
+
+BUILD = Path(__file__).resolve().parent.parent / "scripts" / "build_ext.py"
+
+
+@pytest.fixture(scope="module")
+def ext_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The .ext file `make ext` builds, built here from the installed packages."""
+    out = tmp_path_factory.mktemp("ext") / "osquery-netutil.ext"
+    subprocess.run([sys.executable, str(BUILD), str(out)], check=True, capture_output=True)
+    return str(out)
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o700)
+    return tmp_path
+
+
+@pytest.fixture
+def manager(place: Path) -> Iterator[Manager]:
+    with Manager(place / "osquery.em") as m:
+        yield m
+
+
+def status_row(manager: Manager, uuid: int) -> dict[str, str]:
+    (row,) = manager.generate(uuid, STATUS)
+    return row
+
+
+def wait_state(manager: Manager, uuid: int, states: set[str], timeout: float = 20.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = status_row(manager, uuid)
+        if row["state"] in states or time.monotonic() > deadline:
+            return row
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen, manager: Manager) -> str:
+    manager.stop()                      # osquery goes away: the extension must notice and exit
+    try:
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+    return proc.stderr.read()
+
+
+def test_registers_both_tables_with_the_schema(ext_file: str, manager: Manager, place: Path) -> None:
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"))
+    try:
+        uuid = manager.wait_registered("netutil")
+        info, registry = manager.registered[uuid]
+        assert set(registry["table"]) == {EXECS.name, STATUS.name}
+        for table in (EXECS, STATUS):
+            routes = registry["table"][table.name]
+            assert [(r["name"], r["type"]) for r in routes] == [(c.name, c.type) for c in table.columns]
+            response = manager.call_table(uuid, table.name, {"action": "columns"})
+            assert response.status.code == 0 and response.response == routes
+        assert manager.call_table(uuid, EXECS.name, {"action": "drop"}).status.code == 1
+        assert manager.call_table(uuid, "processes", {"action": "generate"}).status.code == 1
+        # A second extension of the same name is refused by osquery; this one stays up.
+        assert manager.launch(ext_file, "--store", str(place / "other.db")).wait(timeout=20) == 1
+        assert status_row(manager, uuid)["version"] == info.version
+    finally:
+        err = stop(proc, manager)
+    assert proc.returncode == 0, err
+    assert "osquery is gone" in err and "flushing the store" in err
+
+
+def test_a_tmp_script_running_nc_becomes_a_row_over_thrift(ext_file: str, manager: Manager, place: Path, workdir: Path) -> None:
+    need(probe_unavailable())
+    store = place / "events.db"
+    proc = manager.launch(ext_file, "--store", str(store), "--some-future-osquery-flag")
+    try:
+        uuid = manager.wait_registered("netutil")
+        status = wait_state(manager, uuid, {"running", "degraded", "failed"})
+        assert status["state"] == "running", status
+        assert status["source"] == "ebpf" and status["store_path"] == str(store) and status["error"] == ""
+        tag = uuidlib.uuid4().hex[:12]
+        script = write_executable(workdir / "beacon.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null\ncurl --version http://127.0.0.1/{tag} >/dev/null\n")
+        subprocess.run([str(script)], timeout=30)
+        deadline = time.monotonic() + 15
+        rows: list[dict[str, str]] = []
+        while len(rows) < 1 and time.monotonic() < deadline:
+            rows = [r for r in manager.generate(uuid, EXECS, {"utility": [(OP_EQUALS, "netcat")]}) if tag in r["cmdline"]]
+            time.sleep(0.2)
+        (row,) = rows
+        assert row["cmdline"] == f"nc -h {tag}" and row["parent_path"] == str(script)
+        assert set(row) == set(EXECS.names) and all(isinstance(v, str) and v != "None" for v in row.values())
+        pid, eid, t = int(row["pid"]), int(row["eid"]), int(row["time"])
+        # Constraints as osquery sends them: equality, ranges, several on one column.
+        assert [r["eid"] for r in manager.generate(uuid, EXECS, {"pid": [(OP_EQUALS, str(pid))]})] == [row["eid"]]
+        recent = manager.generate(uuid, EXECS, {"time": [(OP_GT, str(t - 60))]})
+        assert row["eid"] in {r["eid"] for r in recent} and all(int(r["time"]) > t - 60 for r in recent)
+        window = manager.generate(uuid, EXECS, {"eid": [(OP_GE, str(eid)), (OP_LT, str(eid + 1))]})
+        assert [r["eid"] for r in window] == [row["eid"]]
+        assert manager.generate(uuid, EXECS, {"utility": [(OP_EQUALS, "no-such-tool")]}) == []
+        # A value of the wrong type is not pushed down (SQLite re-checks it), never an error.
+        assert len(manager.generate(uuid, EXECS, {"pid": [(OP_EQUALS, "abc")]})) >= 2
+        assert int(status_row(manager, uuid)["events_matched"]) >= 2
+    finally:
+        err = stop(proc, manager)
+    assert proc.returncode == 0, err
+    assert "ignoring flags this version does not know: --some-future-osquery-flag" in err
+    with Store(store, readonly=True) as kept:   # flushed on the way out
+        assert any(tag in r["cmdline"] for r in kept.select([("utility", "=", "curl")]))
+
+
+def test_a_second_extension_on_the_same_store_only_reads(ext_file: str, place: Path) -> None:
+    need(probe_unavailable())
+    store = place / "events.db"
+    with Manager(place / "a.em") as first, Manager(place / "b.em") as second:
+        writer = first.launch(ext_file, "--store", str(store))
+        try:
+            uuid_a = first.wait_registered("netutil")
+            assert wait_state(first, uuid_a, {"running", "failed"})["state"] == "running"
+            reader = second.launch(ext_file, "--store", str(store))
+            try:
+                uuid_b = second.wait_registered("netutil")
+                subprocess.run(["curl", "--version", "http://127.0.0.1/second"], capture_output=True, timeout=10)
+                time.sleep(3)    # one flush and one status publication
+                status = status_row(second, uuid_b)
+                assert status["state"] == "running" and "only reads it" in status["error"], status
+                assert status["source"] == "store"
+                mine = [r["eid"] for r in first.generate(uuid_a, EXECS, {"utility": [(OP_EQUALS, "curl")]})]
+                theirs = [r["eid"] for r in second.generate(uuid_b, EXECS, {"utility": [(OP_EQUALS, "curl")]})]
+                assert mine and mine == theirs
+            finally:
+                stop(reader, second)
+        finally:
+            stop(writer, first)
+    assert writer.returncode == 0 and reader.returncode == 0
+
+
+def test_when_the_probe_cannot_attach_the_tables_stay_and_say_why(ext_file: str, manager: Manager, place: Path) -> None:
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"), "--prefix", "relative/")
+    try:
+        uuid = manager.wait_registered("netutil")
+        status = wait_state(manager, uuid, {"failed"})
+        assert status["state"] == "failed" and "must be absolute" in status["error"], status
+        assert manager.generate(uuid, EXECS) == []
+    finally:
+        err = stop(proc, manager)
+    assert proc.returncode == 0 and "probe failed" in err
+
+
+def test_shutdown_request_stops_the_extension(ext_file: str, manager: Manager, place: Path) -> None:
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"))
+    uuid = manager.wait_registered("netutil")
+    transport_path = f"{manager.socket}.{uuid}"
+    transport = TTransport.TBufferedTransport(TSocket.TSocket(unix_socket=transport_path))
+    transport.open()
+    Extension.Client(TBinaryProtocol.TBinaryProtocol(transport)).shutdown()
+    transport.close()
+    assert proc.wait(timeout=15) == 0
+    assert not os.path.exists(transport_path)
+
+
+def test_real_osqueryi_loads_the_extension(ext_file: str, place: Path) -> None:
+    osqueryi = shutil.which("osqueryi")
+    if osqueryi is None:
+        pytest.skip("osqueryi is not on PATH (osquery cannot be installed on this machine)")
+    run = subprocess.run(
+        [osqueryi, "--extension", ext_file, "--extensions_require=netutil", "--extensions_timeout=10", "--json",
+         "SELECT state, store_path FROM network_utility_probe_status"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ),
+    )
+    assert run.returncode == 0, run.stderr
+    (row,) = json.loads(run.stdout)
+    assert row["state"] in {"starting", "running", "degraded", "failed"}
