@@ -4,8 +4,10 @@
            as a JSON line as it happens (the main job)
   record   the same rows as JSON Lines into a file, for offline analysis and fixtures
   replay   load JSON Lines into a store, so that queries and packs run on them
+  query    run one SQL statement on the tables, as osqueryi would (no osquery needed)
+  shell    an interactive SQL shell on the tables
 
-The osquery extension, `query` and the packs arrive in later steps (see the README).
+The osquery extension itself is `osquery-netutil-extension` (or the built .ext file).
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable, TextIO
 
 from . import __version__, jsonl
 from .catalog import Catalog, CatalogError
 from .enrich import Row
+from .host import Host, QueryError
+from .output import render
 from .locations import WRITABLE_DIRS
 from .probe import ProbeError
-from .sensor import Sensor
+from .sensor import Sensor, stored_status
+from .shell import Shell
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreError
+from .tables import ExecsTable, StatusTable
 
 
 def _say(message: str) -> None:
@@ -128,6 +135,50 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def _reading_host(args: argparse.Namespace) -> tuple[Host, Store | None]:
+    """The embedded host on the store a running extension or watch writes, read-only;
+    says on stderr when no collector is running (the rows are then only history)."""
+    catalog = Catalog.load()
+    store: Store | None = None
+    try:
+        store = Store(args.store, readonly=True)
+        if store.writer_pid() is None:
+            oldest, newest = store.select_bounds()
+            _say(f"no osquery-netutil is collecting into {store.path}: showing the {store.stats()[0]} rows stored"
+                 + (f" (until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(newest))})" if newest else ""))
+    except StoreError as exc:
+        _say(f"{exc}; the tables are empty")
+    host = Host([ExecsTable(lambda: store), StatusTable(lambda: stored_status(store, catalog))])
+    return host, store
+
+
+def _query(args: argparse.Namespace) -> int:
+    host, store = _reading_host(args)
+    try:
+        columns, rows = host.query(args.sql)
+    except QueryError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if store is not None:
+            store.close()
+    text = render(args.mode, columns, rows)
+    if text:
+        print(text)
+    return 0
+
+
+def _shell(args: argparse.Namespace) -> int:
+    host, store = _reading_host(args)
+    shell = Shell(host, args.mode)
+    try:
+        shell.loop()
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
 def _sensor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", type=Path, help="extra catalog YAML (same format as the built-in one)")
     p.add_argument(
@@ -159,8 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay", help="load JSON Lines rows into a store")
     replay.add_argument("files", nargs="+", help="JSON Lines files written by record (or by hand)")
     _store_options(replay, optional=False)
+    for name, helptext in (("query", "run one SQL statement on the tables (no osquery needed)"),
+                           ("shell", "interactive SQL on the tables, with history")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "query":
+            p.add_argument("sql", help="e.g. \"SELECT utility, cmdline FROM network_utility_execs\"")
+        p.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"store to read (default {DEFAULT_PATH})")
+        modes = p.add_mutually_exclusive_group()
+        modes.add_argument("--json", dest="mode", action="store_const", const="json", help="JSON, like osqueryi --json")
+        modes.add_argument("--csv", dest="mode", action="store_const", const="csv", help="CSV with a header line")
+        modes.add_argument("--line", dest="mode", action="store_const", const="line", help="one column per line")
+        p.set_defaults(mode="pretty")
     args = parser.parse_args(argv)
-    return {"watch": _watch, "record": _record, "replay": _replay}[args.command](args)
+    commands = {"watch": _watch, "record": _record, "replay": _replay, "query": _query, "shell": _shell}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

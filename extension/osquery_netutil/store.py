@@ -335,6 +335,13 @@ class Store:
         with self._read_lock:
             return [dict(r) for r in self._reader.execute(sql, params)]
 
+    def select_bounds(self) -> tuple[int, int]:
+        """(oldest, newest) time of the rows held, 0 when empty."""
+        with self._read_lock:
+            oldest, newest = self._reader.execute(
+                "SELECT coalesce(min(time), 0), coalesce(max(time), 0) FROM events").fetchone()
+        return oldest, newest
+
     def stats(self) -> tuple[int, int, int]:
         """(rows retained, oldest time or 0, highest eid or 0)."""
         with self._read_lock:
