@@ -17,6 +17,7 @@ test: setup
 bench: setup
 	$(PY) bench/probe_bench.py
 	$(PY) bench/kernel_cost.py
+	$(PY) bench/extension_bench.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext
 ext: setup

@@ -74,3 +74,4 @@ def test_a_bad_user_file_names_file_line_and_fix(tmp_path: Path, text: str, mess
 def test_an_unreadable_user_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match=r"missing.yaml: cannot read \(No such file or directory\)"):
         Catalog.load(tmp_path / "missing.yaml")
+

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Iterator
 
 import pytest
 from osquery.extensions import Extension
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
+from osquery_netutil.extension import Handler, Processor, encode_call_result, parse_args
 from osquery_netutil.schema import EXECS, STATUS
 from osquery_netutil.store import Store
 from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT
@@ -196,3 +199,32 @@ def test_real_osqueryi_loads_the_extension(ext_file: str, place: Path) -> None:
     assert run.returncode == 0, run.stderr
     (row,) = json.loads(run.stdout)
     assert row["state"] in {"starting", "running", "degraded", "failed"}
+
+
+def test_flags_come_from_the_flagfile_and_the_command_line(place: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flagfile = place / "netutil.flags"
+    flagfile.write_text("# extra flags for the autoloaded extension\n--store=/srv/netutil/events.db\n--max-rows 5000\n--prefix=/srv/uploads/\n")
+    flagfile.chmod(0o600)
+    args = parse_args(["--socket", "/var/osquery/osquery.em", "--timeout", "3", "--interval", "3", "--flagfile", str(flagfile), "--max-rows", "7"])
+    assert args.store == Path("/srv/netutil/events.db") and args.max_rows == 7 and args.prefix == ["/srv/uploads/"]
+    assert args.socket == "/var/osquery/osquery.em" and args.interval == 3
+    flagfile.chmod(0o666)
+    assert parse_args(["--flagfile", str(flagfile)]).max_rows != 5000
+    assert "must be owned by root and not group- or world-writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        ExtensionResponse(status=ExtensionStatus(code=0, message="OK"), response=[{"pid": "1", "cmdline": "nc -e /bin/sh ü\\x00"}] * 3),
+        ExtensionResponse(status=ExtensionStatus(code=0, message="OK"), response=[]),
+        ExtensionResponse(status=ExtensionStatus(code=1, message="table x: unknown action 'drop'"), response=[]),
+        ExtensionResponse(status=ExtensionStatus(code=0, message="OK", uuid=42), response=[{}]),
+    ],
+)
+def test_the_fast_reply_encoder_writes_what_thrift_writes(response: ExtensionResponse) -> None:
+    buffer = TTransport.TMemoryBuffer()
+    Extension.call_result(success=response).write(TBinaryProtocol.TBinaryProtocol(buffer))
+    assert encode_call_result(response) == buffer.getvalue()
+    # and the extension's processor really answers call() with it
+    assert Processor(Handler({}, threading.Event()))._processMap["call"] is Processor.process_call

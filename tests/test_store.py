@@ -148,3 +148,13 @@ def test_kill_9_loses_at_most_the_last_second(store_dir: Path) -> None:
         store.add(make_row(pid=-1))
         store.flush()
         assert store.select([("pid", "=", -1)])[0]["eid"] > last_eid
+
+
+def test_range_queries_use_their_index_not_an_eid_scan(store_dir: Path) -> None:
+    with Store(store_dir / "events.db") as store:
+        executed: list[str] = []
+        store._reader.set_trace_callback(executed.append)
+        for column, op in (("time", ">"), ("pid", "<="), ("utility", "=")):
+            store.select([(column, op, 1)])
+            plan = " ".join(str(p) for p in store._reader.execute(f"EXPLAIN QUERY PLAN {executed[-1]}"))
+            assert f"USING INDEX events_{column}" in plan, plan

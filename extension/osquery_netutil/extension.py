@@ -17,6 +17,7 @@ import argparse
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -26,6 +27,7 @@ from osquery.extension_client import DEFAULT_SOCKET_PATH, ExtensionClient
 from osquery.extensions import Extension
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus, InternalExtensionInfo
 from thrift.protocol import TBinaryProtocol
+from thrift.Thrift import TMessageType
 from thrift.transport import TSocket, TTransport
 
 from . import __version__
@@ -37,6 +39,7 @@ from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, Sto
 from .tables import ExecsTable, StatusTable, TablePlugin
 
 NAME = "netutil"                 # what --extensions_require names
+FLAGFILE = Path("/etc/osquery/netutil.flags")
 SDK_VERSION = "5.0.0"
 MIN_SDK_VERSION = "1.8.0"
 
@@ -46,9 +49,34 @@ def log(message: str) -> None:
     print(f"osquery-netutil extension: {message}", file=sys.stderr, flush=True)
 
 
+def read_flagfile(path: Path) -> list[str]:
+    """Our flags from a file, one per line ('#' comments), the way osquery's --flagfile
+    works: osquery starts autoloaded extensions with its own flags only. The file must
+    be root's and not writable by others, or it is ignored with a warning."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return []
+    if st.st_mode & 0o022 or (os.geteuid() == 0 and st.st_uid != 0):
+        log(f"ignoring {path}: it must be owned by root and not group- or world-writable")
+        return []
+    flags: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            flags.extend(line.split(None, 1) if " " in line and "=" not in line else [line])
+    return flags
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """osquery's flags and ours. Flags a newer osquery may add are ignored with a warning."""
+    """osquery's flags and ours (flagfile first, then the command line, which wins).
+    Flags a newer osquery may add are ignored with a warning."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--flagfile", type=Path, default=FLAGFILE)
+    known, _ = pre.parse_known_args(list(argv))
+    argv = [*read_flagfile(known.flagfile), *argv]
     parser = argparse.ArgumentParser(prog="osquery-netutil.ext", description="osquery extension: network_utility_execs")
+    parser.add_argument("--flagfile", type=Path, default=FLAGFILE, help=f"file of extra flags (default {FLAGFILE})")
     parser.add_argument("--socket", default=DEFAULT_SOCKET_PATH, help="osquery's extension manager socket")
     parser.add_argument("--timeout", type=float, default=3, help="seconds to wait for the socket")
     parser.add_argument("--interval", type=float, default=3, help="seconds between pings of osquery")
@@ -87,7 +115,8 @@ class Handler(Extension.Iface):
 
 
 class Server:
-    """A thrift server on a unix socket: one thread per connection, stoppable."""
+    """A thrift server on a unix socket: one thread per connection, stoppable. (thrift's
+    TThreadedServer cannot be stopped: its accept loop retries forever.)"""
 
     def __init__(self, path: str, processor: Any) -> None:
         self.path = path
@@ -134,6 +163,65 @@ class Server:
             log(f"bad request on {self.path}: {type(exc).__name__}: {exc}")
         finally:
             transport.close()
+
+
+def _string(value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    return struct.pack(">i", len(raw)) + raw
+
+
+def encode_call_result(response: ExtensionResponse) -> bytes:
+    """Extension.call's reply struct in thrift's binary protocol, byte for byte what the
+    generated call_result.write() produces, about five times faster: a 10,000-row answer
+    is mostly this encoding. (thrift's C accelerator is not available in the .ext.)"""
+    status = response.status
+    out = [b"\x0c\x00\x00", b"\x0c\x00\x01"]                     # call_result.success, .status
+    if status.code is not None:
+        out.append(b"\x08\x00\x01" + struct.pack(">i", status.code))
+    if status.message is not None:
+        out.append(b"\x0b\x00\x02" + _string(status.message))
+    if status.uuid is not None:
+        out.append(b"\x0a\x00\x03" + struct.pack(">q", status.uuid))
+    out.append(b"\x00")                                                # end of ExtensionStatus
+    if response.response is not None:
+        rows = response.response
+        out.append(b"\x0f\x00\x02\x0d" + struct.pack(">i", len(rows)))   # list<map<string,string>>
+        # Keys, and many values (user, utility, paths, ancestors of a burst), repeat.
+        seen: dict[str, bytes] = {}
+        append, pack = out.append, struct.pack
+        for row in rows:
+            append(b"\x0b\x0b" + pack(">i", len(row)))
+            for key, value in row.items():
+                encoded = seen.get(key)
+                if encoded is None:
+                    encoded = seen[key] = _string(key)
+                append(encoded)
+                encoded = seen.get(value)
+                if encoded is None:
+                    encoded = _string(value)
+                    if len(seen) < 65536:   # bounded: unique values (pids, cmdlines) are many
+                        seen[value] = encoded
+                append(encoded)
+    out.append(b"\x00\x00")                                           # end of ExtensionResponse, call_result
+    return b"".join(out)
+
+
+class Processor(Extension.Processor):
+    """The generated processor, with call()'s reply encoded by encode_call_result."""
+
+    def __init__(self, handler: Extension.Iface) -> None:
+        super().__init__(handler)
+        self._processMap["call"] = Processor.process_call   # the generated map names the base's
+
+    def process_call(self, seqid: int, iprot: Any, oprot: Any) -> None:
+        args = Extension.call_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = self._handler.call(args.registry, args.item, args.request)
+        oprot.writeMessageBegin("call", TMessageType.REPLY, seqid)
+        oprot.trans.write(encode_call_result(result))
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
 
 
 def _register(args: argparse.Namespace, tables: dict[str, TablePlugin]) -> tuple[ExtensionClient, str]:
@@ -202,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if store is not None:
             store.close()
         return 1
-    server = Server(f"{args.socket}.{uuid}", Extension.Processor(Handler(tables, stop)))
+    server = Server(f"{args.socket}.{uuid}", Processor(Handler(tables, stop)))
     server.start()
     log(f"registered as {NAME!r} (uuid {uuid}) with tables {', '.join(tables)}")
 

@@ -90,3 +90,17 @@ STATUS = Table(
         Column("version", "TEXT", "osquery-netutil version"),
     ),
 )
+
+
+def reference_markdown() -> str:
+    """The README's column reference (a test keeps the README equal to this)."""
+    parts = []
+    for table in (EXECS, STATUS):
+        parts.append(f"### `{table.name}`\n\n{table.description}\n\n| column | type | meaning |\n|---|---|---|")
+        parts.extend(f"| `{c.name}` | {c.type} | {c.description} |" for c in table.columns)
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -39,6 +39,7 @@ Condition = tuple[str, str, Any]   # (column, one of OPS, value)
 _COLUMNS = EXECS.names
 _DATA_COLUMNS = tuple(c for c in _COLUMNS if c != "eid")
 _DATA_SET = frozenset(_DATA_COLUMNS)
+_TEXT_SELECT = ", ".join(c.name if c.type == "TEXT" else f"CAST({c.name} AS TEXT) AS {c.name}" for c in EXECS.columns)
 _INSERT = f"INSERT INTO events ({', '.join(_DATA_COLUMNS)}) VALUES ({', '.join('?' * len(_DATA_COLUMNS))})"
 
 
@@ -82,9 +83,7 @@ def check_file_safe(path: Path) -> None:
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
+    return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0, isolation_level=None)
 
 
 class Store:
@@ -171,7 +170,7 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")   # WAL: a committed batch survives a process kill
             for statement in _ddl():
                 conn.execute(statement)
-            present = {r["name"] for r in conn.execute("PRAGMA table_info(events)")}
+            present = {r[1] for r in conn.execute("PRAGMA table_info(events)")}   # (cid, name, ...)
             for c in EXECS.columns:   # a store written by an older version: add new columns
                 if c.name not in present:
                     default = "''" if c.type == "TEXT" else "0"
@@ -320,20 +319,26 @@ class Store:
             return None
         return status if isinstance(status, dict) else None
 
-    def select(self, conditions: Sequence[Condition] = (), limit: int | None = None) -> list[Row]:
-        """Rows matching all conditions (each on a schema column, op in OPS), eid order."""
+    def select(self, conditions: Sequence[Condition] = (), limit: int | None = None, text: bool = False) -> list[Row]:
+        """Rows matching all conditions (each on a schema column, op in OPS), eid order.
+        With text=True every value is a string, as osquery rows are (SQLite converts)."""
         where, params = [], []
         for column, op, value in conditions:
             if column not in _COLUMNS or op not in OPS:
                 raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(_COLUMNS)}; ops {OPS}")
             where.append(f"{column} {op} ?")
             params.append(value)
-        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY eid"
+        # "+eid": order the matches, but let SQLite pick the index for the WHERE clause
+        # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
+        sql = (f"SELECT {_TEXT_SELECT if text else '*'} FROM events"
+               + (" WHERE " + " AND ".join(where) + " ORDER BY +eid" if where else " ORDER BY eid"))
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
         with self._read_lock:
-            return [dict(r) for r in self._reader.execute(sql, params)]
+            cursor = self._reader.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, r)) for r in cursor]
 
     def select_bounds(self) -> tuple[int, int]:
         """(oldest, newest) time of the rows held, 0 when empty."""

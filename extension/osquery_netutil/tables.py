@@ -32,7 +32,7 @@ _RANGE_OPS = set(_SQL_OPS)
 
 def as_text(row: dict[str, Any]) -> dict[str, str]:
     """osquery rows are maps of strings; a missing value is '' (never 'None')."""
-    return {k: "" if v is None else str(v) for k, v in row.items()}
+    return {k: v if type(v) is str else ("" if v is None else str(v)) for k, v in row.items()}
 
 
 def conditions_from(context: dict[str, Any]) -> list[Condition]:
@@ -115,7 +115,7 @@ class ExecsTable(TablePlugin):
         store = self._store()
         if store is None:
             return []
-        return [as_text(row) for row in store.select(conditions_from(context))]
+        return store.select(conditions_from(context), text=True)
 
 
 class StatusTable(TablePlugin):
