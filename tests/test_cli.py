@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from osquery_netutil import packs
 from osquery_netutil.cli import main
 from osquery_netutil.store import Store
 
@@ -53,33 +55,41 @@ class LineReader:
         raise AssertionError(f"no matching line within {timeout}s: {lines}")
 
 
-def test_watch_prints_a_utility_run_by_a_tmp_script(workdir: Path) -> None:
+def test_watch_prints_detections_as_osquery_result_lines(workdir: Path) -> None:
     need(probe_unavailable())
     bad_catalog = workdir / "bad.yaml"
     bad_catalog.write_text("utilities: [oops\n")
+    pack_dir = workdir / "packs"
+    shutil.copytree(packs.PACKS_DIR, pack_dir)
+    (pack_dir / "netutil_broken.sql").write_text("-- description: broken on purpose\nSELECT 1;\n")
     store = workdir / "store" / "events.db"
     watch = subprocess.Popen(
-        [sys.executable, "-m", "osquery_netutil.cli", "watch", "--catalog", str(bad_catalog), "--store", str(store)],
+        [sys.executable, "-m", "osquery_netutil.cli", "watch", "--catalog", str(bad_catalog), "--store", str(store),
+         "--packs", str(pack_dir), "--every", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     out, err = LineReader(watch.stdout), LineReader(watch.stderr)
     try:
         errors = err.until(lambda line: "watching execs" in line)
         assert any("bad.yaml:" in e and "keeping the built-in catalog" in e for e in errors), errors
-        script = write_executable(workdir / "stage2.sh", "#!/bin/sh\nnc -h 2>/dev/null\ncurl --version 203.0.113.9 >/dev/null\n")
+        assert any(f"{pack_dir / 'netutil_broken.sql'}:1: header misses" in e and "the other packs keep running" in e
+                   for e in errors), errors
+        script = write_executable(workdir / "stage2.sh", "#!/bin/sh\nnc -h 2>/dev/null\ncurl --version 8.8.8.8 >/dev/null\n")
         subprocess.run([str(script)], timeout=30)
-        rows = [json.loads(line) for line in out.until(lambda line: '"curl"' in line)]
-        by_utility = {r["utility"]: r for r in rows}
-        assert by_utility["netcat"]["cmdline"] == "nc -h"
-        assert by_utility["curl"]["cmdline"] == "curl --version 203.0.113.9"
-        assert by_utility["curl"]["parent_path"] == str(script)
-        assert by_utility["curl"]["category"] == "transfer"
-        assert by_utility["curl"]["ip_args"] == "203.0.113.9" and by_utility["curl"]["public_ip_args"] == ""
+        lines = [json.loads(line) for line in out.until(lambda line: "netutil_public_ip_argument" in line)]
+        by_name = {(line["name"], line["columns"].get("utility")): line for line in lines}
+        hit = by_name[("pack_netutil_netutil_host_suspicious_location", "netcat")]
+        assert hit["action"] == "added" and hit["columns"]["suspicious_path"] == str(script)
+        assert hit["columns"]["chain"].endswith(f"{script} > /usr/bin/nc") and "was executed by root" in hit["columns"]["message"]
+        assert by_name[("pack_netutil_netutil_public_ip_argument", "curl")]["columns"]["public_ip_args"] == "8.8.8.8"
+        assert {"hostIdentifier", "calendarTime", "unixTime", "epoch", "counter", "numerics"} <= set(hit)
+        # The bad --catalog makes the probe degraded, and the health detection says so.
+        assert "bad.yaml" in by_name[("pack_netutil_netutil_probe_health", None)]["columns"]["error"]
     finally:
         watch.send_signal(signal.SIGINT)
     assert "lost 0" in err.until(lambda line: "execs seen" in line)[-1]
     assert watch.wait(timeout=20) == 0
-    # What was printed was also stored, and a reader sees it after watch stopped.
+    # What was detected was also stored, and a reader sees it after watch stopped.
     with Store(store, readonly=True) as kept:
         assert {"netcat", "curl"} <= {r["utility"] for r in kept.select()}
     assert store.stat().st_mode & 0o777 == 0o600

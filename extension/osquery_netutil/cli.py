@@ -1,11 +1,12 @@
 """The `osquery-netutil` command.
 
-  watch    attach the probe, keep rows in the store and print each network utility exec
-           as a JSON line as it happens (the main job)
+  watch    attach the probe, keep rows in the store, run the detection packs on them and
+           print each detection as it happens (the main job)
   record   the same rows as JSON Lines into a file, for offline analysis and fixtures
   replay   load JSON Lines into a store, so that queries and packs run on them
   query    run one SQL statement on the tables, as osqueryi would (no osquery needed)
   shell    an interactive SQL shell on the tables
+  packs    build the pack files osquery and Fleet load, or verify the packs
 
 The osquery extension itself is `osquery-netutil-extension` (or the built .ext file).
 """
@@ -13,18 +14,22 @@ The osquery extension itself is `osquery-netutil-extension` (or the built .ext f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable
 
-from . import __version__, jsonl
+from . import __version__, jsonl, packs
 from .catalog import Catalog, CatalogError
 from .enrich import Row
 from .host import Host, QueryError
 from .output import render
+from .runner import PackRunner, readable
 from .locations import WRITABLE_DIRS
 from .probe import ProbeError
 from .sensor import Sensor, stored_status
@@ -50,64 +55,98 @@ def _catalog(args: argparse.Namespace) -> tuple[Catalog, list[str]]:
         return Catalog.load(), [problem]
 
 
-def _open_store(args: argparse.Namespace, problems: list[str]) -> Store | None:
-    if args.no_store:
-        return None
-    try:
-        return Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age)
-    except StoreError as exc:   # busy (another writer), unsafe or unreadable
-        problem = f"{exc}; running without a store"
-    _say(problem)
-    problems.append(problem)
-    return None
-
-
-def _run_sensor(args: argparse.Namespace, on_row: Callable[[Row], None]) -> int:
+def _run_sensor(args: argparse.Namespace, store: Store | None, on_row: Callable[[Row], None] | None,
+                ticker: Callable[[Sensor], Callable[[], None]] = lambda sensor: lambda: None) -> int:
+    """Attach the probe, then call ticker(sensor)() every half second until Ctrl-C or SIGTERM."""
     catalog, problems = _catalog(args)
-    store = _open_store(args, problems)
-    lock = threading.Lock()
-
-    def emit(row: Row) -> None:
-        with lock:
-            on_row(row)
-
-    sensor = Sensor(catalog, store, prefixes=args.prefix or WRITABLE_DIRS, on_row=emit, problems=problems)
+    sensor = Sensor(catalog, store, prefixes=args.prefix or WRITABLE_DIRS, on_row=on_row, problems=problems)
+    tick = ticker(sensor)
     try:
         sensor.start()
     except ProbeError as exc:
         _say(str(exc))
-        if store is not None:
-            store.close()
         return 2
-    where = f", keeping rows in {store.path}" if store is not None else ""
-    _say(f"watching execs of {len(catalog)} network utilities{where} (Ctrl-C stops)")
+    _say(f"watching execs of {len(catalog)} network utilities (Ctrl-C stops)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    sensor.publish_until(stop)
+    published = 0.0
+    while not stop.wait(0.5):
+        tick()
+        if time.monotonic() - published >= 2.0:
+            sensor.publish_status()
+            published = time.monotonic()
     status = sensor.status()
     sensor.stop()
-    if store is not None:
-        store.close()
+    tick()   # what the last rows detect
     _say(f"execs seen {status['execs_seen']}, rows {status['events_matched']}, lost {status['events_lost']}"
          + (f"; {status['error']}" if status["error"] else ""))
     return 0
 
 
-def _print_row(out: TextIO) -> Callable[[Row], None]:
-    def show(row: Row) -> None:
-        out.write(jsonl.dumps(row) + "\n")
-        out.flush()
-    return show
+def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store | None:
+    """The store watch writes and the packs read: --store, or a private temporary one
+    with --no-store or when --store cannot be used (said on stderr)."""
+    if not args.no_store:
+        try:
+            return keep.enter_context(Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age))
+        except StoreError as exc:
+            _say(f"{exc}; keeping rows in a temporary store instead")
+    tmp = keep.enter_context(tempfile.TemporaryDirectory(prefix="osquery-netutil-"))
+    return keep.enter_context(Store(Path(tmp) / "events.db", max_rows=args.max_rows, max_age_s=args.max_age))
 
 
 def _watch(args: argparse.Namespace) -> int:
-    return _run_sensor(args, _print_row(sys.stdout))
+    queries, errors = packs.load_each(args.packs)
+    for error in errors:
+        _say(f"{error}; the other packs keep running")
+    by_name = {q.name: q for q in queries}
+    fmt = args.format if args.format != "auto" else ("text" if sys.stdout.isatty() else "json")
+    with contextlib.ExitStack() as keep:
+        store = _watch_store(args, keep)
+
+        def ticker(sensor: Sensor) -> Callable[[], None]:
+            host = Host([ExecsTable(lambda: store), StatusTable(sensor.status)])
+            runner = PackRunner(host, queries, every_s=None if args.pack_intervals else args.every)
+
+            def tick() -> None:
+                store.flush()   # rows of the last half second, so that detections see them
+                lines, failures = runner.run_due()
+                for failure in failures:
+                    _say(failure)
+                for line in lines:
+                    query = by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")]
+                    print(json.dumps(line) if fmt == "json" else readable(line, query, colour=sys.stdout.isatty()), flush=True)
+            return tick
+
+        _say(f"running {len(queries)} detections from {args.packs} "
+             + ("at their own intervals" if args.pack_intervals else f"every {args.every:g} s"))
+        return _run_sensor(args, store, None, ticker)
 
 
 def _record(args: argparse.Namespace) -> int:
     with open(args.output, "a", encoding="utf-8") as out:
-        return _run_sensor(args, _print_row(out))
+        def write(row: Row) -> None:
+            out.write(jsonl.dumps(row) + "\n")
+            out.flush()
+        return _run_sensor(args, None, write)
+
+
+def _packs(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        try:
+            for path in packs.build(args.packs):
+                print(f"wrote {path}")
+        except packs.PackError as exc:
+            _say(str(exc))
+            return 1
+        return 0
+    problems = packs.verify(args.packs)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    count = len(list(args.packs.glob("*.sql")))
+    print(f"{count} detections checked: " + (f"{len(problems)} problems" if problems else "all good"))
+    return 1 if problems else 0
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -187,12 +226,16 @@ def _sensor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _packs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--packs", type=Path, default=packs.PACKS_DIR, help=f"directory of the detections (default {packs.PACKS_DIR})")
+
+
 def _store_options(p: argparse.ArgumentParser, optional: bool) -> None:
     p.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
     p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="rows kept (default %(default)s)")
     p.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S, help="seconds rows are kept (default %(default)s)")
     if optional:
-        p.add_argument("--no-store", action="store_true", help="keep no rows, only print them")
+        p.add_argument("--no-store", action="store_true", help="keep rows in a temporary store, deleted at exit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,13 +243,20 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    watch = sub.add_parser("watch", help="run the probe, keep rows in the store and print each as a JSON line")
+    watch = sub.add_parser("watch", help="run the probe and the detection packs, print each detection as it happens")
     _sensor_options(watch)
     _store_options(watch, optional=True)
+    _packs_option(watch)
+    watch.add_argument("--every", type=float, default=2.0, help="seconds between runs of the detections (default 2)")
+    watch.add_argument("--pack-intervals", action="store_true", help="run each detection at its pack interval instead")
+    watch.add_argument("--format", choices=("auto", "json", "text"), default="auto",
+                       help="json: osquery result-log lines; text: one readable line each (auto: text on a terminal)")
     record = sub.add_parser("record", help="run the probe and append each row as a JSON line to a file")
     record.add_argument("output", type=Path, help="JSON Lines file to append to")
     _sensor_options(record)
-    record.set_defaults(no_store=True, store=DEFAULT_PATH, max_rows=DEFAULT_MAX_ROWS, max_age=DEFAULT_MAX_AGE_S)
+    pk = sub.add_parser("packs", help="build the generated pack files, or verify the packs")
+    pk.add_argument("action", choices=("build", "verify"))
+    _packs_option(pk)
     replay = sub.add_parser("replay", help="load JSON Lines rows into a store")
     replay.add_argument("files", nargs="+", help="JSON Lines files written by record (or by hand)")
     _store_options(replay, optional=False)
@@ -222,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         modes.add_argument("--line", dest="mode", action="store_const", const="line", help="one column per line")
         p.set_defaults(mode="pretty")
     args = parser.parse_args(argv)
-    commands = {"watch": _watch, "record": _record, "replay": _replay, "query": _query, "shell": _shell}
+    commands = {"watch": _watch, "record": _record, "replay": _replay, "query": _query, "shell": _shell, "packs": _packs}
     return commands[args.command](args)
 
 

@@ -1,19 +1,29 @@
 """Rows as JSON Lines: `record` writes them, `replay` loads them into a store.
 
 One JSON object per line, keyed by column name (schema.EXECS). `eid` is not kept: the
-store that replays the lines numbers them. So that detection fixtures stay short, a line
-may leave columns out: text defaults to '', numbers to 0, `time` to the replay time,
-`json_cmdline` to the cmdline split on spaces and `ancestors` to []. A broken line is
-skipped and reported with its line number; the rest is loaded.
+store that replays the lines numbers them. So that detection fixtures stay short and
+true to what enrichment would produce, a line may leave columns out and write
+`ancestors` and `json_cmdline` as JSON arrays rather than strings:
+
+* `time`: the replay time; `category`, `technique`: the catalog's for `utility`;
+* `json_cmdline`: the cmdline split on spaces; `argc`: its length;
+* `ip_args`, `public_ip_args`: computed from the arguments, as enrichment does;
+* `ancestors`: []; `parent_path`, `parent_cmdline`, `parent`: from the first ancestor;
+* any other text '', any other number 0 (`matched_by`: 'name').
+
+A broken line is skipped and reported with its line number; the rest is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Iterable, TextIO
 
+from .catalog import Catalog
+from .ipargs import ip_columns
 from .schema import EXECS
 
 Row = dict[str, Any]
@@ -38,27 +48,58 @@ def parse_line(line: str, now: int | None = None) -> Row:
     unknown = sorted(set(obj) - {c.name for c in _DATA_COLUMNS})
     if unknown:
         raise ValueError(f"unknown column {unknown[0]!r}")
+    for name in ("ancestors", "json_cmdline"):
+        if isinstance(obj.get(name), list):
+            obj[name] = json.dumps(obj[name])
     row: Row = {}
     for c in _DATA_COLUMNS:
         value = obj.get(c.name)
-        if value is None:
-            value = _default(c.name, obj, now)
-        elif c.python_type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is not None and c.python_type is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"column {c.name!r} must be an integer, not {value!r}")
-        elif c.python_type is str and not isinstance(value, str):
+        if value is not None and c.python_type is str and not isinstance(value, str):
             raise ValueError(f"column {c.name!r} must be a string, not {value!r}")
         row[c.name] = value
+    _fill_defaults(row, now)
     return row
 
 
-def _default(name: str, obj: dict[str, Any], now: int | None) -> Any:
-    if name == "time":
-        return int(time.time()) if now is None else now
-    if name == "json_cmdline":
-        return json.dumps(str(obj.get("cmdline", "")).split())
-    if name == "ancestors":
-        return "[]"
-    return "" if EXECS.column(name).python_type is str else 0
+def _fill_defaults(row: Row, now: int | None) -> None:
+    """The columns a line left out, derived as enrichment would derive them."""
+    def default(name: str, value: Any) -> None:
+        if row[name] is None:
+            row[name] = value
+
+    default("time", int(time.time()) if now is None else now)
+    default("json_cmdline", json.dumps((row["cmdline"] or "").split()))
+    try:
+        argv = json.loads(row["json_cmdline"])
+    except ValueError:
+        raise ValueError("column 'json_cmdline' must hold a JSON array of strings") from None
+    default("cmdline", " ".join(map(str, argv)))
+    default("argc", len(argv))
+    utility = _catalog().by_name(row["utility"] or "")
+    default("category", utility.category if utility else "")
+    default("technique", utility.technique if utility else "")
+    ip_args, public_ip_args = ip_columns(row["utility"] or "", [str(a) for a in argv])
+    default("ip_args", ip_args)
+    default("public_ip_args", public_ip_args)
+    default("ancestors", "[]")
+    try:
+        chain = json.loads(row["ancestors"])
+    except ValueError:
+        raise ValueError("column 'ancestors' must hold a JSON array") from None
+    parent = chain[0] if chain and isinstance(chain[0], dict) else {}
+    default("parent_path", str(parent.get("path", "")))
+    default("parent_cmdline", str(parent.get("cmdline", "")))
+    default("parent", int(parent.get("pid", 0) or 0))
+    default("matched_by", "name")
+    for c in _DATA_COLUMNS:
+        default(c.name, "" if c.python_type is str else 0)
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> Catalog:
+    return Catalog.load()
 
 
 @dataclass

@@ -6,13 +6,21 @@ the packs' SQL. Each entry ends with '/' so that `/tmpfoo` does not match `/tmp/
 
 from __future__ import annotations
 
-# World-writable or per-user scratch space that ordinary software does not install into.
+# Places ordinary software does not install programs into, but that an intruder can
+# write to: world-writable scratch space, per-user runtime dirs, lock and mail spools,
+# crash dumps and web roots (where a web shell drops its stage two). The union of what
+# Datadog, Elastic, Sigma and Falco test, minus /home (too many legitimate user tools).
 WRITABLE_DIRS: tuple[str, ...] = (
     "/tmp/",
     "/var/tmp/",
     "/dev/shm/",
     "/run/shm/",
     "/run/user/",
+    "/run/lock/",
+    "/var/lock/",
+    "/var/mail/",
+    "/var/crash/",
+    "/var/www/",
 )
 
 # Paths that name an open file rather than a place: fexecve(), memfd_create() payloads,

@@ -70,16 +70,22 @@ class Sensor:
         if self.store is not None:
             self.store.flush()
 
+    def publish_status(self) -> None:
+        """Leave the status row beside the store, for readers in other processes (`query`,
+        another extension) to show. A failure to write it becomes a status problem."""
+        if self.store is None:
+            return
+        try:
+            self.store.publish_status(self.status())
+        except OSError as exc:
+            problem = f"cannot publish the status beside {self.store.path}: {exc.strerror}"
+            if problem not in self._problems:
+                self._problems.append(problem)
+
     def publish_until(self, stop: threading.Event, every_s: float = 2.0) -> None:
-        """Until stop is set, leave the status row beside the store every few seconds, so
-        that readers in other processes (`query`, another extension) can show it."""
+        """Publish the status every few seconds until stop is set."""
         while not stop.wait(every_s):
-            if self.store is not None:
-                try:
-                    self.store.publish_status(self.status())
-                except OSError as exc:
-                    self._problems.append(f"cannot publish the status beside {self.store.path}: {exc}")
-                    return
+            self.publish_status()
 
     def _on_exec(self, rec: ExecRecord) -> None:
         try:

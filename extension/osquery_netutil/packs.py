@@ -1,0 +1,313 @@
+"""The query packs: read packs/*.sql, check them, and build what osquery and Fleet load.
+
+Each detection is one file, `packs/<name>.sql`: a header of `-- key: value` lines, then
+one SQL statement. The statement may start `WITH {{common}}` to use the shared CTEs in
+`packs/lib/common.sql` (the suspicious-location test, the ancestry walk, the exceptions,
+the triage columns), and `{{writable_dirs}}` stands for the list in locations.py: each
+is written once and inlined here, never pasted into the queries.
+
+Fixtures: packs/fixtures/<name>/positive.jsonl and negative.jsonl, rows (as `record`
+writes them, columns may be left out) that the detection must and must not report.
+`verify` checks every header, runs every query through the embedded host and checks the
+fixtures.
+
+Generated (committed, and a test fails when they are stale):
+  packs/generated/netutil-pack.json      osquery pack (osqueryd --config_path, Kolide)
+  packs/generated/fleet-reports.yml      Fleet GitOps `reports:` list
+  packs/generated/fleetctl-apply.yml     `fleetctl apply -f` documents, `kind: report`
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from . import jsonl
+from .host import Host, QueryError
+from .locations import WRITABLE_DIRS
+from .schema import STATUS
+from .store import Store
+from .tables import ExecsTable, StatusTable
+
+PACKS_DIR = Path(__file__).resolve().parent.parent.parent / "packs"
+PACK_NAME = "netutil"
+MIN_OSQUERY = "5.0.0"
+DISCOVERY = "SELECT 1 FROM osquery_registry WHERE registry = 'table' AND name = 'network_utility_execs';"
+
+FIELDS = {"description", "interval", "platform", "technique", "logging", "severity"}
+LOGGING = ("differential", "differential_ignore_removals", "snapshot")
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
+
+
+class PackError(ValueError):
+    """A pack file is wrong: the message starts with file:line and says the fix."""
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    path: Path
+    description: str
+    interval: int
+    platform: str
+    technique: str
+    logging: str
+    severity: str
+    source: str        # the SQL as written (placeholders kept)
+    body_line: int     # line of the file where the SQL starts
+    sql: str           # expanded, ready for osquery
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.body_line}"
+
+
+def writable_values() -> str:
+    """`{{writable_dirs}}`: the VALUES rows of locations.WRITABLE_DIRS."""
+    return ", ".join("('" + d.replace("'", "''") + "')" for d in WRITABLE_DIRS)
+
+
+def _fragment(directory: Path, name: str) -> str:
+    path = directory / "lib" / f"{name}.sql"
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")]
+    return "\n".join(lines).strip()
+
+
+def expand(source: str, directory: Path = PACKS_DIR, where: str = "") -> str:
+    """source with every {{placeholder}} replaced; comment lines of fragments dropped."""
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "writable_dirs":
+            return writable_values()
+        if (directory / "lib" / f"{name}.sql").is_file():
+            return expand(_fragment(directory, name), directory, where)
+        known = sorted(p.stem for p in (directory / "lib").glob("*.sql"))
+        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs or one of {', '.join(known)}")
+    return _PLACEHOLDER.sub(replace, source)
+
+
+def parse(path: Path, directory: Path = PACKS_DIR) -> Query:
+    """One detection file. Raises PackError naming file:line and the fix."""
+    lines = path.read_text().splitlines()
+    meta: dict[str, tuple[str, int]] = {}
+    body_start = len(lines)
+    for number, line in enumerate(lines, 1):
+        m = re.match(r"^--\s*([a-z_]+)\s*:\s*(.*)$", line)
+        if m is None:
+            body_start = number
+            break
+        key, value = m.group(1), m.group(2).strip()
+        if key not in FIELDS:
+            raise PackError(f"{path}:{number}: unknown header key {key!r}: the header holds {', '.join(sorted(FIELDS))}")
+        meta[key] = (value, number)
+    missing = sorted(FIELDS - set(meta))
+    if missing:
+        raise PackError(f"{path}:1: header misses {', '.join(missing)}: add '-- {missing[0]}: ...' lines at the top")
+    name = path.stem
+    if not _NAME.match(name) or name.startswith(("query", "cache", "config_views")) or name.endswith(("epoch", "counter")):
+        raise PackError(f"{path}:1: query name {name!r} is not usable by osquery: lower-case letters, digits and _, "
+                        "not starting with query/cache/config_views nor ending with epoch/counter")
+
+    def field(key: str, check: Callable[[str], bool], fix: str) -> str:
+        value, number = meta[key]
+        if not check(value):
+            raise PackError(f"{path}:{number}: {key} {value!r} is not valid: {fix}")
+        return value
+
+    description = field("description", bool, "write one line saying what the detection finds")
+    interval = field("interval", lambda v: v.isdigit() and 1 <= int(v) <= 604800, "seconds, from 1 to 604800")
+    platform = field("platform", lambda v: v == "linux", "the table exists on linux only")
+    technique = field("technique", lambda v: bool(_TECHNIQUE.match(v)), "a MITRE ATT&CK id like T1105 or T1048.003")
+    logging = field("logging", lambda v: v in LOGGING, f"one of {', '.join(LOGGING)}")
+    severity = field("severity", lambda v: v in SEVERITIES, f"one of {', '.join(SEVERITIES)}")
+    source = "\n".join(lines[body_start - 1:]).strip()
+    if not source:
+        raise PackError(f"{path}:{body_start}: no SQL after the header")
+    if source.rstrip(";").count(";"):
+        raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
+    sql = expand(source, directory, f"{path}:{body_start}")
+    return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
+
+
+def load(directory: Path = PACKS_DIR) -> list[Query]:
+    """Every detection in directory, by name. Raises PackError on the first bad file."""
+    return [parse(p, directory) for p in sorted(directory.glob("*.sql"))]
+
+
+def load_each(directory: Path = PACKS_DIR) -> tuple[list[Query], list[str]]:
+    """Every good detection, and an error line (file:line: why) for each bad file: one
+    broken file must not stop the others."""
+    queries, errors = [], []
+    for path in sorted(directory.glob("*.sql")):
+        try:
+            queries.append(parse(path, directory))
+        except (PackError, OSError) as exc:
+            errors.append(str(exc))
+    return queries, errors
+
+
+# -- generated formats -----------------------------------------------------------------
+def osquery_pack(queries: Iterable[Query]) -> dict[str, Any]:
+    return {
+        "platform": "linux",
+        "version": MIN_OSQUERY,
+        "discovery": [DISCOVERY],
+        "queries": {
+            q.name: {
+                "query": q.sql,
+                "interval": q.interval,
+                "platform": q.platform,
+                "version": MIN_OSQUERY,
+                "description": q.description,
+                "snapshot": q.logging == "snapshot",
+                "removed": q.logging == "differential",
+                "value": f"{q.technique}, severity {q.severity}",
+            }
+            for q in queries
+        },
+    }
+
+
+def _report(q: Query) -> dict[str, Any]:
+    return {
+        "name": q.name,
+        "description": f"{q.description} [{q.technique}, severity {q.severity}]",
+        "query": q.sql,
+        "platform": q.platform,
+        "interval": q.interval,
+        "min_osquery_version": MIN_OSQUERY,
+        "logging": q.logging,
+        "observer_can_run": True,
+        "automations_enabled": q.severity in ("high", "critical"),
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block scalars for multi-line SQL, so the generated YAML reads like the source."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+HEADER = "# Generated by `osquery-netutil packs build` from packs/*.sql: edit those, not this file.\n"
+
+
+def generated(queries: list[Query]) -> dict[str, str]:
+    """File name -> content of every generated file."""
+    reports = [_report(q) for q in queries]
+    apply_docs = [{"apiVersion": "v1", "kind": "report", "spec": r} for r in reports]
+    return {
+        "netutil-pack.json": json.dumps(osquery_pack(queries), indent=2, ensure_ascii=False) + "\n",
+        "fleet-reports.yml": HEADER + yaml.dump({"reports": reports}, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000),
+        "fleetctl-apply.yml": HEADER + yaml.dump_all(apply_docs, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000, explicit_start=True),
+    }
+
+
+def build(directory: Path = PACKS_DIR) -> list[Path]:
+    out = directory / "generated"
+    out.mkdir(exist_ok=True)
+    written = []
+    for name, content in generated(load(directory)).items():
+        (out / name).write_text(content)
+        written.append(out / name)
+    return written
+
+
+def stale(directory: Path = PACKS_DIR) -> list[str]:
+    """Generated files that differ from what build would write."""
+    out = directory / "generated"
+    return [name for name, content in generated(load(directory)).items()
+            if not (out / name).is_file() or (out / name).read_text() != content]
+
+
+# -- verification ------------------------------------------------------------------------
+def _fixture_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    result = jsonl.read(path.read_text().splitlines(), str(path))
+    if result.errors:
+        raise PackError(result.errors[0])
+    return result.rows
+
+
+def _status_rows(path: Path) -> list[dict[str, Any]]:
+    """Status fixtures: JSON objects keyed by status column, defaults for the rest."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        if line.strip() and not line.startswith("#"):
+            try:
+                given = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PackError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            row = {c.name: "" if c.python_type is str else 0 for c in STATUS.columns}
+            row.update(given)
+            rows.append(row)
+    return rows
+
+
+def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
+    """Problems with query against its fixtures: a positive row it does not report, a
+    negative row it reports, or an SQL error. [] when all is well."""
+    folder = directory / "fixtures" / query.name
+    positive, negative = folder / "positive.jsonl", folder / "negative.jsonl"
+    if not positive.is_file():
+        return [f"{query.path}:1: no fixtures: add {positive} (rows it must report) and {negative} (rows it must not)"]
+    if not re.search(r"\bFROM\s+network_utility_execs\b", query.sql):   # a status query
+        problems = []
+        for expected, path in ((1, positive), (0, negative)):
+            for row in _status_rows(path):
+                host = Host([StatusTable(lambda r=row: r)])
+                try:
+                    got = len(host.query(query.sql)[1])
+                except QueryError as exc:
+                    return [f"{query.where}: {exc}"]
+                if (got > 0) != bool(expected):
+                    problems.append(f"{path}: status {row.get('state')!r} lost {row.get('events_lost')}: "
+                                    f"{'not reported' if expected else 'reported'} by {query.name}")
+        return problems
+    try:
+        rows = _fixture_rows(positive), _fixture_rows(negative)
+    except PackError as exc:
+        return [str(exc)]
+    with tempfile.TemporaryDirectory(prefix="netutil-fixtures-") as tmp, Store(Path(tmp) / "events.db") as store:
+        store.add_many([*rows[0], *rows[1]])
+        store.flush()
+        host = Host([ExecsTable(lambda: store)])
+        try:
+            columns, results = host.query(query.sql)
+        except QueryError as exc:
+            return [f"{query.where}: {exc}"]
+    if results and "eid" not in columns:
+        return [f"{query.where}: the results need an eid column (fixtures are matched by it)"]
+    reported = {row[columns.index("eid")] for row in results}
+    problems = []
+    for number, eid in enumerate(range(1, len(rows[0]) + 1), 1):
+        if eid not in reported:
+            problems.append(f"{positive}: row {number} ({rows[0][number - 1].get('cmdline', '')!r}) is not reported by {query.name}")
+    for number, eid in enumerate(range(len(rows[0]) + 1, len(rows[0]) + len(rows[1]) + 1), 1):
+        if eid in reported:
+            problems.append(f"{negative}: row {number} ({rows[1][number - 1].get('cmdline', '')!r}) is reported by {query.name}")
+    return problems
+
+
+def verify(directory: Path = PACKS_DIR) -> list[str]:
+    """Every problem in the packs: headers, SQL (run through the embedded host, with
+    osquery's functions) and fixtures, each as 'file:line: what and the fix'."""
+    queries, problems = load_each(directory)
+    for query in queries:
+        problems += check_fixtures(query, directory)
+    problems += [f"{directory / 'generated' / name}: stale: run 'osquery-netutil packs build'"
+                 for name in (stale(directory) if not problems else [])]
+    return problems

@@ -1,0 +1,74 @@
+-- Shared by every detection: `WITH {{common}}` at the top of a query expands to these
+-- common table expressions. The packs command inlines them into the generated packs.
+
+-- The last hour of rows (scheduled queries run every few minutes; osquery logs only the
+-- rows that are new since the previous run). The time constraint reaches the table's index.
+recent AS (
+  SELECT * FROM network_utility_execs
+  WHERE time > CAST(strftime('%s', 'now') AS INTEGER) - 3600
+),
+-- Writable directories, generated from extension/osquery_netutil/locations.py.
+writable(prefix) AS (VALUES {{writable_dirs}}),
+-- Each exec (depth 0) and each of its ancestors (depth 1 = parent), as recorded at exec time.
+nodes AS (
+  SELECT eid, 0 AS depth, path, cmdline FROM recent
+  UNION ALL
+  SELECT r.eid, a.key + 1, json_extract(a.value, '$.path'), json_extract(a.value, '$.cmdline')
+  FROM recent r, json_each(r.ancestors) a
+),
+-- Per process: the script an interpreter was started on (sh /tmp/x.sh, python3 /dev/shm/p.py), if any.
+scripts AS (
+  SELECT n.*, regex_match(n.cmdline,
+      '^[^ ]*\b(sh|bash|dash|zsh|ksh|busybox|python[0-9.]*|perl|ruby|php[0-9.]*|node) +(-[^ ]+ +)*([^ -][^ ]*)', 3) AS script
+  FROM nodes n
+),
+-- Why a process is suspicious (NULL when it is not), and the file that makes it so.
+located AS (
+  SELECT s.eid, s.depth, CASE
+      WHEN EXISTS (SELECT 1 FROM writable w WHERE s.path LIKE w.prefix || '%') THEN 'writable directory'
+      WHEN s.depth > 0 AND EXISTS (SELECT 1 FROM writable w WHERE s.script LIKE w.prefix || '%') THEN 'script in a writable directory'
+      WHEN s.path LIKE '/dev/fd/%' OR s.path LIKE '/proc/%/fd/%' OR s.path LIKE '/memfd:%' THEN 'fd or memfd'
+      WHEN s.path LIKE '% (deleted)' THEN 'deleted file'
+      WHEN s.path <> '' AND s.path NOT LIKE '/%' THEN 'relative path'
+    END AS reason,
+    CASE WHEN s.depth > 0 AND EXISTS (SELECT 1 FROM writable w WHERE s.script LIKE w.prefix || '%')
+              AND NOT EXISTS (SELECT 1 FROM writable w WHERE s.path LIKE w.prefix || '%')
+         THEN s.script ELSE s.path END AS place
+  FROM scripts s
+),
+-- Per exec, the suspicious process closest to it (the utility itself, else the nearest ancestor).
+suspicious AS (
+  SELECT eid, MIN(depth) AS depth, reason, place AS suspicious_path
+  FROM located WHERE reason IS NOT NULL GROUP BY eid
+),
+-- The chain rendered root first: /usr/sbin/sshd > /usr/bin/bash > /tmp/x.sh > /usr/bin/nc
+lineage AS (
+  SELECT r.eid, coalesce((
+      SELECT group_concat(p, ' > ') FROM (
+        SELECT coalesce(nullif(json_extract(a.value, '$.path'), ''), '[pid ' || json_extract(a.value, '$.pid') || ']') AS p
+        FROM json_each(r.ancestors) a ORDER BY a.key DESC)
+    ) || ' > ', '') || r.path AS chain
+  FROM recent r
+),
+-- Exceptions the peers found necessary. Add yours here: one SELECT of eids per reason.
+excepted AS (
+  -- Ubuntu's motd-news job fetches https://motd.ubuntu.com with curl (Datadog's exception).
+  SELECT eid FROM nodes WHERE path LIKE '%/50-motd-news' OR cmdline LIKE '%50-motd-news%'
+  UNION
+  -- Arguments that name only this host: loopback IPs or localhost, nothing else
+  -- (Datadog, Elastic, Sigma). Includes the nc -z health checks of load balancers.
+  -- Not for DNS tools: their data is the name asked, and the local resolver is 127.0.0.53.
+  SELECT eid FROM recent
+  WHERE category <> 'dns' AND (ip_args <> '' OR cmdline LIKE '%localhost%')
+    AND regex_match(',' || ip_args || ',', ',(?!127\.|::1,)[^,]+', 0) IS NULL
+    AND regex_match(cmdline, '://(?!localhost[:/]|localhost$|127\.|\[::1\])', 0) IS NULL
+    AND regex_match(cmdline, '@(?!localhost|127\.|\[?::1)[A-Za-z0-9]', 0) IS NULL
+),
+-- What a triager needs, for every exec that is not excepted.
+report AS (
+  SELECT r.eid, r.time, r.username, r.uid, r.pid, r.parent, r.utility, r.category, r.technique,
+         r.matched_by, r.path, r.cmdline, r.cwd, l.chain, r.parent_cmdline, r.container_id,
+         r.ip_args, r.public_ip_args
+  FROM recent r JOIN lineage l ON l.eid = r.eid
+  WHERE r.eid NOT IN (SELECT eid FROM excepted)
+)

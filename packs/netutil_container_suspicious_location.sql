@@ -1,0 +1,12 @@
+-- description: Network utility executed from a suspicious location in a container: the utility or any ancestor runs from a writable directory, a memfd or fd, a relative path or a deleted file (seed: Datadog "Network utility executed in container")
+-- interval: 60
+-- platform: linux
+-- technique: T1105
+-- logging: differential_ignore_removals
+-- severity: high
+WITH {{common}}
+SELECT r.container_id, r.*, s.reason, s.suspicious_path,
+  printf('The process %s (%s) was executed in container %s, launched from %s (%s), potentially to download additional tools: %s',
+         r.path, r.utility, substr(r.container_id, 1, 12), s.suspicious_path, s.reason, r.chain) AS message
+FROM report r JOIN suspicious s ON s.eid = r.eid
+WHERE r.container_id <> '';

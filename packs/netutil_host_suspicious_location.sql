@@ -1,0 +1,12 @@
+-- description: Network utility executed from a suspicious location on a host: the utility or any ancestor runs from a writable directory, a memfd or fd, a relative path or a deleted file (seed: Datadog "Network utility executed")
+-- interval: 60
+-- platform: linux
+-- technique: T1105
+-- logging: differential_ignore_removals
+-- severity: high
+WITH {{common}}
+SELECT r.*, s.reason, s.suspicious_path,
+  printf('The process %s (%s) was executed by %s, launched from %s (%s), potentially to download additional tools, open a backdoor or exfiltrate data: %s',
+         r.path, r.utility, r.username, s.suspicious_path, s.reason, r.chain) AS message
+FROM report r JOIN suspicious s ON s.eid = r.eid
+WHERE r.container_id = '';

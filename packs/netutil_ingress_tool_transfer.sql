@@ -1,0 +1,30 @@
+-- description: Ingress tool transfer: curl or wget writing a file into a writable directory, or piped straight into a shell by an ancestor (Falco curl_download, Sigma wget_download_suspicious_directory, Elastic piped-to-interpreter)
+-- interval: 60
+-- platform: linux
+-- technique: T1105
+-- logging: differential_ignore_removals
+-- severity: high
+WITH {{common}},
+transfers AS (
+  SELECT r.eid, CASE
+      WHEN r.utility IN ('curl', 'wget', 'aria2c', 'axel', 'lwp-download', 'tftp', 'ftp')
+           AND EXISTS (SELECT 1 FROM writable w
+                       WHERE regex_match(r.cmdline, '(^| )(-o|-O|--output|--output-document|-P|--directory-prefix|--dir|-d)(=| )?'
+                                         || rtrim(w.prefix, '/') || '(/| |$)', 0) IS NOT NULL)
+           THEN 'writes the download into a writable directory'
+      WHEN r.utility = 'curl' AND regex_match(r.cmdline, '(^| )(-O|--remote-name|-[A-Za-z]*O)( |$)', 0) IS NOT NULL
+           AND EXISTS (SELECT 1 FROM writable w WHERE r.cwd || '/' LIKE w.prefix || '%')
+           THEN 'saves the download into its writable working directory'
+      WHEN r.utility = 'wget' AND regex_match(r.cmdline, ' (-O|--output-document)', 0) IS NULL
+           AND EXISTS (SELECT 1 FROM writable w WHERE r.cwd || '/' LIKE w.prefix || '%')
+           THEN 'saves the download into its writable working directory'
+      WHEN r.utility IN ('curl', 'wget')
+           AND regex_match(r.parent_cmdline, '(curl|wget)[^|]*\|\s*(sudo )?(/bin/|/usr/bin/)?((ba|da|z|k)?sh|python[0-9.]*|perl)( |$)', 0) IS NOT NULL
+           THEN 'is piped into an interpreter by its parent'
+    END AS how
+  FROM report r
+)
+SELECT r.*, t.how,
+  printf('%s (%s) was executed by %s and %s: %s. Chain: %s', r.path, r.utility, r.username, t.how, r.cmdline, r.chain) AS message
+FROM report r JOIN transfers t ON t.eid = r.eid
+WHERE t.how IS NOT NULL;

@@ -1,0 +1,11 @@
+-- description: Renamed network utility: a file in a writable directory whose content is an installed network utility (cp /usr/bin/nc /tmp/upd), found by hash; every name-based rule misses it
+-- interval: 60
+-- platform: linux
+-- technique: T1036.003
+-- logging: differential_ignore_removals
+-- severity: critical
+WITH {{common}}
+SELECT r.*,
+  printf('%s is a renamed copy of %s, executed by %s: %s. Chain: %s', r.path, r.utility, r.username, r.cmdline, r.chain) AS message
+FROM report r
+WHERE r.matched_by = 'content';

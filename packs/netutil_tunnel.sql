@@ -1,0 +1,20 @@
+-- description: Tunnels and port forwarding: ssh -R/-L/-D, socat listening and connecting, and tunnelling tools (chisel, gost, ngrok, iodine, ...) (Elastic tunneling_and_port_forwarding)
+-- interval: 60
+-- platform: linux
+-- technique: T1572
+-- logging: differential_ignore_removals
+-- severity: high
+WITH {{common}},
+tunnels AS (
+  SELECT r.eid, CASE
+      WHEN r.category = 'tunnel' THEN 'a tunnelling tool'
+      WHEN r.utility = 'ssh' AND regex_match(r.cmdline, '(^| )-[A-Za-z]*[RLDw]( |$|[0-9])', 0) IS NOT NULL THEN 'ssh port forwarding (-R/-L/-D/-w)'
+      WHEN r.utility = 'socat' AND regex_match(upper(r.cmdline), '[A-Z0-9]*-LISTEN:', 0) IS NOT NULL
+           AND regex_match(upper(r.cmdline), ' (TCP|TCP4|TCP6|UDP|OPENSSL|SOCKS4A?|PROXY)[46]?:', 0) IS NOT NULL THEN 'socat relaying a listener to a remote address'
+    END AS how
+  FROM report r
+)
+SELECT r.*, t.how,
+  printf('%s (%s) was executed by %s: %s: %s. Chain: %s', r.path, r.utility, r.username, t.how, r.cmdline, r.chain) AS message
+FROM report r JOIN tunnels t ON t.eid = r.eid
+WHERE t.how IS NOT NULL;

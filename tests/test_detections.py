@@ -1,0 +1,106 @@
+"""The packs end to end: real scripts and real utilities on the real kernel, through the
+probe, enrichment and store, detected by the packs' SQL in the embedded host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from osquery_netutil import packs
+from osquery_netutil.containers import v2_root
+from osquery_netutil.host import Host
+from osquery_netutil.sensor import Sensor
+from osquery_netutil.tables import ExecsTable
+
+from .conftest import need
+from .support import write_executable
+
+pytestmark = pytest.mark.probe
+QUERIES = {q.name: q for q in packs.load()}
+NC = os.path.realpath(shutil.which("nc") or "/usr/bin/nc")
+
+
+def detections(sensor: Sensor, name: str, tag: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Rows of detection `name` whose cmdline carries tag, waiting for the store to catch up."""
+    host = Host([ExecsTable(lambda: sensor.store)])
+    deadline = time.monotonic() + timeout
+    while True:
+        sensor.store.flush()
+        columns, rows = host.query(QUERIES[name].sql)
+        found = [dict(zip(columns, r)) for r in rows if tag in r[columns.index("cmdline")]]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+@pytest.fixture(params=["/tmp", "/dev/shm", "/var/tmp"])
+def dropdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="netutil-drop-", dir=request.param))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how", ["{script}", "sh {script}", "cd {dir} && ./x.sh", "bash -c '{script}'"],
+                         ids=["shebang", "sh-script", "relative", "bash-c"])
+def test_a_script_in_a_writable_directory_is_detected(sensor: Sensor, dropdir: Path, how: str) -> None:
+    tag = uuid.uuid4().hex[:10]
+    script = write_executable(dropdir / "x.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null\n")
+    subprocess.run(["/bin/sh", "-c", how.format(script=script, dir=dropdir)], timeout=30)
+    (hit,) = detections(sensor, "netutil_host_suspicious_location", tag)
+    assert hit["utility"] == "netcat" and hit["suspicious_path"] == str(script) and str(script) in hit["message"]
+    assert hit["reason"] == ("script in a writable directory" if how.startswith("sh ") else "writable directory")
+    assert hit["chain"].endswith(" > /usr/bin/nc") and hit["container_id"] == ""
+
+
+def test_a_memfd_shell_is_detected(sensor: Sensor) -> None:
+    tag = uuid.uuid4().hex[:10]
+    code = (
+        "import os, sys\n"
+        "fd = os.memfd_create('x', 0)\n"
+        "os.write(fd, open('/bin/dash', 'rb').read())\n"
+        "os.execve(fd, ['sh', '-c', f'nc -h {sys.argv[1]} 2>/dev/null; true'], {'PATH': os.environ['PATH']})\n"
+    )
+    subprocess.run([sys.executable, "-c", code, tag], timeout=30)
+    (hit,) = detections(sensor, "netutil_host_suspicious_location", tag)
+    assert hit["reason"] == "fd or memfd" and hit["suspicious_path"].startswith("/dev/fd/")
+
+
+def test_public_ip_and_renamed_copy_are_detected(sensor: Sensor, workdir: Path) -> None:
+    tag = uuid.uuid4().hex[:10]
+    subprocess.run(["curl", "--version", f"http://example.test/{tag}", "8.8.8.8"], capture_output=True, timeout=10)
+    (hit,) = detections(sensor, "netutil_public_ip_argument", tag)
+    assert hit["public_ip_args"] == "8.8.8.8"
+    copy = workdir / "upd"
+    shutil.copy(NC, copy)
+    subprocess.run([str(copy), "-h", tag], capture_output=True, timeout=10)
+    (hit,) = detections(sensor, "netutil_renamed_utility", tag)
+    assert hit["utility"] == "netcat" and hit["path"] == str(copy)
+
+
+def test_a_container_is_detected_as_a_container(sensor: Sensor, workdir: Path) -> None:
+    root = v2_root()
+    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    cgroup = root / "system.slice" / f"docker-{container}.scope"
+    cgroup.mkdir(parents=True)
+    tag = uuid.uuid4().hex[:10]
+    try:
+        stage = write_executable(workdir / "stage.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null\n")
+        entry = write_executable(workdir / "entry.sh", f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
+                                 f"exec unshare --pid --mount --fork --mount-proc {stage}\n")
+        subprocess.run([str(entry)], check=True, timeout=30)
+        (hit,) = detections(sensor, "netutil_container_suspicious_location", tag)
+        assert hit["container_id"] == container and hit["suspicious_path"] == str(stage)
+        assert container[:12] in hit["message"]
+        assert detections(sensor, "netutil_host_suspicious_location", tag, timeout=0) == []
+    finally:
+        cgroup.rmdir()
