@@ -1,9 +1,10 @@
-"""The schema is declared once: the store, the tables and the README follow it."""
+"""Declared once: the store, the tables and the README follow the schema and the packs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from osquery_netutil import packs
 from osquery_netutil.schema import EXECS, STATUS, reference_markdown
 from osquery_netutil.store import _ddl
 
@@ -20,3 +21,8 @@ def test_range_columns_are_bigint_and_types_are_osquery_types() -> None:
     assert {c.type for t in (EXECS, STATUS) for c in t.columns} <= {"BIGINT", "INTEGER", "TEXT"}
     ddl = _ddl()
     assert all(f"events_{c.name} " in " ".join(ddl) for c in EXECS.columns if c.indexed and c.name != "eid")
+
+
+def test_the_readme_lists_the_detections() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert packs.reference_markdown() in readme, "README is stale: paste packs.reference_markdown() into it"

@@ -311,3 +311,11 @@ def verify(directory: Path = PACKS_DIR) -> list[str]:
     problems += [f"{directory / 'generated' / name}: stale: run 'osquery-netutil packs build'"
                  for name in (stale(directory) if not problems else [])]
     return problems
+
+
+def reference_markdown(directory: Path = PACKS_DIR) -> str:
+    """The README's list of detections (a test keeps the README equal to this)."""
+    lines = ["| detection | severity | technique | every | finds |", "|---|---|---|---|---|"]
+    for q in load(directory):
+        lines.append(f"| `{q.name}` | {q.severity} | {q.technique} | {q.interval} s | {q.description} |")
+    return "\n".join(lines) + "\n"
