@@ -14,10 +14,14 @@ watch: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: setup
-	$(PY) bench/probe_bench.py
+# Benchmarks against bpftrace and auditd, with plots: bench/results/REPORT.md
+bench:
+	bash scripts/setup.sh --bench
+	$(PY) bench/overhead.py
 	$(PY) bench/kernel_cost.py
+	$(PY) bench/storm.py
 	$(PY) bench/extension_bench.py
+	$(PY) bench/report.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext
 ext: setup

@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from osquery.extensions import Extension  # noqa: E402
 from thrift.protocol import TBinaryProtocol  # noqa: E402
@@ -30,10 +31,12 @@ from thrift.transport import TTransport  # noqa: E402
 
 from osquery_netutil.extension import Handler, Processor  # noqa: E402
 
+from osquery_netutil import packs  # noqa: E402
 from osquery_netutil.host import Host  # noqa: E402
 from osquery_netutil.schema import EXECS, STATUS  # noqa: E402
 from osquery_netutil.store import Store  # noqa: E402
-from osquery_netutil.tables import OP_EQUALS, OP_GT, ExecsTable  # noqa: E402
+from osquery_netutil.tables import OP_EQUALS, OP_GT, ExecsTable, StatusTable  # noqa: E402
+from common import save  # noqa: E402
 from scripts.build_ext import build  # noqa: E402
 from tests.manager import Manager, context  # noqa: E402
 
@@ -132,7 +135,7 @@ def run(ext: str, rows: int, work: Path) -> dict[str, object]:
             request = {"action": "generate", "context": context(EXECS, constraints)}
             calls = [extension_share(reader, request) for _ in range(REPEAT)]
             result[f"thrift_{name}"] = (statistics.median(c[0] for c in calls), calls[0][1])
-        host = Host([ExecsTable(lambda: reader)])
+        host = Host([ExecsTable(lambda: reader), StatusTable(lambda: {"state": "running", "events_lost": 0, "error": ""})])
         sql = {
             "select_all": "SELECT * FROM network_utility_execs",
             "last_60s": f"SELECT * FROM network_utility_execs WHERE time > {now - 60}",
@@ -140,6 +143,8 @@ def run(ext: str, rows: int, work: Path) -> dict[str, object]:
         }
         for name, text in sql.items():
             result[f"host_{name}"] = timed(lambda t=text: host.query(t)[1])
+        queries = packs.load()
+        result["pack_run"] = timed(lambda: [row for q in queries for row in host.query(q.sql)[1]], repeat=3)
         host.close()
     return result
 
@@ -165,7 +170,9 @@ def main() -> int:
             print(f"  {via + ' ' + label + ' (ms)':<34}{cells}   rows: {[r[f'{via}_{name}'][1] for r in results]}")
     for key, label in (("rss_rest", "RSS at rest, anon + file (MB)"), ("rss_after", "RSS after the queries (MB)")):
         print(f"  {label:<34}" + "".join(f"{r[key][0]:>7.0f} +{r[key][1]:>4.0f}  " for r in results))
+    print(f"  {'all 12 detections, embedded host (ms)':<34}" + "".join(f"{r['pack_run'][0] * 1e3:>9.1f} ms{'':>2}" for r in results))
     print(f"  probe state: {[r['state'] for r in results]}")
+    print(f"  written to {save('extension', {'sizes': results})}")
     return 0
 
 

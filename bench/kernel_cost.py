@@ -1,42 +1,73 @@
-"""Kernel time per run of each probe program (kernel.bpf_stats_enabled), for N execs of a
-non-catalog static binary. Run as root after set-up; prints figures."""
+"""2. Kernel cost per exec: run time of each probe program per exec, from the kernel's
+own BPF statistics (sysctl kernel.bpf_stats_enabled), for non-catalog execs (the common
+case: the filter drops them) and catalog execs (forwarded to user space).
+
+Run as root after set-up. Prints figures and writes bench/results/kernel_cost.json.
+"""
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import WORK, save, spawn, static_binary
 
-from bench.probe_bench import timed_spawns, unfiltered_binary  # noqa: E402
-from osquery_netutil.catalog import Catalog  # noqa: E402
-from osquery_netutil.probe import Probe  # noqa: E402
+from osquery_netutil.catalog import Catalog
+from osquery_netutil.probe import Probe
+from tests.support import tiny_elf, write_executable
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
-def main(count: int = 5000) -> int:
-    binary = unfiltered_binary()
-    probe = Probe(Catalog.load().basenames(), lambda rec: None)
+def measure(probe: Probe, binary: str, count: int) -> dict[str, dict[str, float]]:
+    before = probe.program_stats()
+    spawn(binary, count)
+    probe.drain()
+    after = probe.program_stats()
+    programs = {}
+    for name, (runs, ns) in after.items():
+        r, t = runs - before[name][0], ns - before[name][1]
+        short = name.removeprefix("tracepoint__").replace("__", ":")
+        programs[short] = {"runs": r, "ns_per_run": t / max(r, 1), "ns_per_exec": t / count}
+    return programs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--execs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    kinds = {"non_catalog": static_binary("bench-true"), "catalog": str(write_executable(WORK / "nc", tiny_elf()))}
+    received = []
+    probe = Probe(Catalog.load().basenames(), received.append)
     probe.start()
     previous = STATS.read_text().strip()
     STATS.write_text("1")
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in kinds}
     try:
-        before = probe.program_stats()
-        timed_spawns(binary, count, os.cpu_count() or 1)
-        after = probe.program_stats()
+        for _ in range(args.rounds):
+            for kind, binary in kinds.items():
+                rounds[kind].append(measure(probe, binary, args.execs))
     finally:
         STATS.write_text(previous)
         probe.stop()
-    total = 0.0
-    print(f"kernel cost per run, {count} fork+exec of a non-catalog static binary:")
-    for name, (runs, ns) in after.items():
-        r, t = runs - before[name][0], ns - before[name][1]
-        per_exec = t / count
-        total += per_exec
-        print(f"  {name:32s} runs {r:6d}  {t / max(r, 1):7.0f} ns/run  {per_exec:7.0f} ns/exec")
-    print(f"  {'all programs':32s} {'':24s} {total:7.0f} ns/exec")
+    result: dict[str, object] = {"execs": args.execs, "rounds": args.rounds}
+    print(f"kernel time of the probe's programs per exec ({args.execs} fork+exec per round, median of {args.rounds} rounds):")
+    for kind, measured in rounds.items():
+        programs = {}
+        for name in measured[0]:
+            values = sorted(m[name]["ns_per_exec"] for m in measured)
+            programs[name] = {"ns_per_exec": values[len(values) // 2], "ns_per_run": measured[0][name]["ns_per_run"],
+                              "runs_per_exec": measured[0][name]["runs"] / args.execs}
+        totals = sorted(sum(m[n]["ns_per_exec"] for n in m) for m in measured)
+        result[kind] = {"programs": programs, "total_ns": totals[len(totals) // 2], "min_ns": totals[0], "max_ns": totals[-1]}
+        print(f"  {kind.replace('_', '-')} execs: {result[kind]['total_ns']:.0f} ns per exec in all "
+              f"({totals[0]:.0f}-{totals[-1]:.0f})")
+        for name, p in programs.items():
+            if p["runs_per_exec"]:
+                print(f"    {name:36s} {p['ns_per_exec']:6.0f} ns/exec  ({p['runs_per_exec']:.2f} runs of {p['ns_per_run']:.0f} ns)")
+    print(f"  written to {save('kernel_cost', result)}")
     return 0
 
 

@@ -9,6 +9,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+# --bench: also what `make bench` compares against (bpftrace, auditd, a static libc for
+# the C test binary) and plots with (matplotlib).
+BENCH=0
+[ "${1:-}" = "--bench" ] && BENCH=1
 PYTHON=${PYTHON:-python3}
 
 die() { echo "setup: $*" >&2; exit 1; }
@@ -27,6 +31,7 @@ PACKAGES=(
   openssh-client rsync nmap
   procps util-linux iproute2
 )
+[ "$BENCH" -eq 0 ] || PACKAGES+=(bpftrace auditd gcc libc6-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -89,13 +94,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV" || die "cannot create a venv with $PYTHON: install python3-venv"
   fi
 fi
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+extras=test
+[ "$BENCH" -eq 0 ] || extras=test,bench
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-$extras"
 if [ ! -e "$stamp" ]; then
-  say "installing Python dependencies into $VENV"
+  say "installing Python dependencies ($extras) into $VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' \
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" \
     || die "pip install failed: check access to PyPI"
-  rm -f "$VENV"/.installed-*
+  [ "$BENCH" -eq 1 ] || rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
 

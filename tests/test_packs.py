@@ -16,7 +16,7 @@ from osquery_netutil.host import Host
 from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.runner import PackRunner
 from osquery_netutil.store import Store
-from osquery_netutil.tables import ExecsTable
+from osquery_netutil.tables import ExecsTable, StatusTable
 
 QUERIES = packs.load()
 REQUIRED = {
@@ -147,3 +147,24 @@ def test_the_runner_is_differential_and_keeps_going_after_a_broken_query(tmp_pat
         store.flush()
         (added,) = runner.run_due()[0]
         assert added["name"] == "pack_netutil_netutil_every_execution" and added["columns"]["utility"] == "curl" and added["counter"] == 2
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
+def test_each_detection_reads_the_table_once(query: packs.Query, tmp_path: Path) -> None:
+    """In osquery every read of an extension table is a thrift call: a query that reads it
+    once per row (an unmaterialized CTE in a correlated subquery) would never finish."""
+    tmp_path.chmod(0o700)
+    folder = packs.PACKS_DIR / "fixtures" / query.name
+    calls = []
+
+    class Counting(ExecsTable):
+        def generate(self, context):  # type: ignore[no-untyped-def]
+            calls.append(context)
+            return super().generate(context)
+
+    with Store(tmp_path / "events.db") as store:
+        if "FROM network_utility_execs" in query.sql:
+            store.add_many(packs.jsonl.read((folder / "positive.jsonl").read_text().splitlines()).rows * 5)
+            store.flush()
+        Host([Counting(lambda: store), StatusTable(lambda: {"state": "running", "events_lost": 0, "error": ""})]).query(query.sql)
+    assert len(calls) <= 1, f"{query.name} reads network_utility_execs {len(calls)} times"

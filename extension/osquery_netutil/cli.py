@@ -97,7 +97,7 @@ def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store 
 
 
 def _watch(args: argparse.Namespace) -> int:
-    queries, errors = packs.load_each(args.packs)
+    queries, errors = packs.load_each(args.packs, window=packs.WINDOW_S if args.pack_intervals else packs.WATCH_WINDOW_S)
     for error in errors:
         _say(f"{error}; the other packs keep running")
     by_name = {q.name: q for q in queries}

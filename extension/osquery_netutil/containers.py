@@ -35,6 +35,7 @@ _BARE_PARENTS = re.compile(r"^(docker|kubepods.*|besteffort|burstable|guaranteed
 
 V2_MOUNTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 _RESCAN_AFTER_S = 1.0
+_PARENT_CACHE_S = 1.0
 
 
 def container_id(cgroup_path: str) -> str:
@@ -80,17 +81,38 @@ class CgroupResolver:
     def __init__(self, root: Path | None = None) -> None:
         self._root = root if root is not None else v2_root()
         self._by_inode: dict[int, str] = {}
+        self._parents: dict[int, tuple[tuple[int, int], float, str]] = {}
         self._scanned_at = float("-inf")
         self._lock = threading.Lock()
 
     def path_of(self, pid: int, cgroup_id: int, ppid: int = 0) -> str:
-        for candidate in (pid, ppid):
-            if candidate > 0:
-                try:
-                    return choose_path(Path(f"/proc/{candidate}/cgroup").read_text())
-                except OSError:
-                    continue   # gone already: try its parent, then the kernel's id
-        return self.path_of_id(cgroup_id)
+        """The process's own /proc entry if it still lives, else its parent's (cached a
+        second: a script's many children share it), else the kernel's cgroup id."""
+        path = self._read(pid)
+        if path is not None:
+            return path
+        key = (ppid, cgroup_id)
+        now = time.monotonic()
+        cached = self._parents.get(ppid)
+        if cached is not None and cached[0] == key and now - cached[1] < _PARENT_CACHE_S:
+            return cached[2]
+        path = self._read(ppid)
+        if path is None:
+            return self.path_of_id(cgroup_id)
+        if len(self._parents) >= 4096:
+            self._parents.clear()
+        self._parents[ppid] = (key, now, path)
+        return path
+
+    @staticmethod
+    def _read(pid: int) -> str | None:
+        if pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                return choose_path(f.read())
+        except OSError:
+            return None   # gone already
 
     def path_of_id(self, cgroup_id: int) -> str:
         with self._lock:

@@ -29,6 +29,7 @@ MAX_ANCESTORS = 32
 ANCESTOR_ARGV_MAX = 4096   # bytes of an ancestor's argv read from /proc (the kernel keeps less)
 _PATHS_REMEMBERED = 4096
 _PROC_CACHE_S = 10.0
+_CHAIN_CACHE_S = 1.0
 
 Row = dict[str, Any]
 
@@ -90,6 +91,7 @@ class Enricher:
         # path: by the time their children are reported they may have exited.
         self._resolved: OrderedDict[tuple[int, bytes], str] = OrderedDict()
         self._from_proc: dict[int, tuple[float, dict[str, Any], int]] = {}
+        self._chains: dict[int, tuple[tuple[int, int], float, list[dict[str, Any]], str]] = {}
 
     def row(self, rec: ExecRecord) -> Row | None:
         """The row for rec, or None when rec is not a network utility (a script, say)."""
@@ -105,7 +107,7 @@ class Enricher:
             matched_by = "content"
         argv = [text(a) for a in rec.argv]
         ip_args, public_ip_args = ip_columns(utility.name, argv)
-        chain = self.ancestors(rec.ppid)
+        chain, chain_json = self._chain(rec.ppid)
         cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id, rec.ppid)
         return {
             "time": int(rec.time),
@@ -129,25 +131,43 @@ class Enricher:
             "public_ip_args": public_ip_args,
             "parent_path": chain[0]["path"] if chain else "",
             "parent_cmdline": chain[0]["cmdline"] if chain else "",
-            "ancestors": json.dumps(chain),
+            "ancestors": chain_json,
             "container_id": container_id(cgroup_path),
             "cgroup_path": cgroup_path,
         }
 
     def ancestors(self, ppid: int) -> list[dict[str, Any]]:
         """The chain above a process, parent first, up to init or MAX_ANCESTORS levels."""
+        return self._chain(ppid)[0]
+
+    def _chain(self, ppid: int) -> tuple[list[dict[str, Any]], str]:
+        """The chain and its JSON. Siblings share them: a script running nc a hundred
+        times is walked once a second, not a hundred times (the parent's exec time tells
+        a reused pid apart)."""
+        if ppid <= 0:
+            return [], "[]"
+        entry = self._ancestry(ppid)
+        key = (ppid, entry.ktime_ns if entry is not None else 0)
+        now = time.monotonic()
+        cached = self._chains.get(ppid)
+        if cached is not None and cached[0] == key and now - cached[1] < _CHAIN_CACHE_S:
+            return cached[2], cached[3]
         chain: list[dict[str, Any]] = []
-        pid = ppid
+        pid, known = ppid, entry
         while pid > 0 and len(chain) < MAX_ANCESTORS and all(a["pid"] != pid for a in chain):
-            node, pid = self._ancestor(pid)
+            node, pid = self._ancestor(pid, known if pid == ppid else self._ancestry(pid))
             chain.append(node)
             if node["pid"] == 1:
                 break
-        return chain
+        if len(self._chains) >= _PATHS_REMEMBERED:
+            self._chains.clear()
+        encoded = json.dumps(chain)
+        self._chains[ppid] = (key, now, chain, encoded)
+        return chain, encoded
 
-    def _ancestor(self, pid: int) -> tuple[dict[str, Any], int]:
-        """({pid, path, cmdline, uid}, its parent's pid or 0) from the kernel, else /proc."""
-        entry = self._ancestry(pid)
+    def _ancestor(self, pid: int, entry: AncestryEntry | None) -> tuple[dict[str, Any], int]:
+        """({pid, path, cmdline, uid}, its parent's pid or 0) from the kernel's entry,
+        else from /proc."""
         if entry is None or not entry.file:
             return self._ancestor_from_proc(pid, entry.ppid if entry is not None else 0)
         proc = _ProcView(pid)

@@ -3,8 +3,9 @@
 Each detection is one file, `packs/<name>.sql`: a header of `-- key: value` lines, then
 one SQL statement. The statement may start `WITH {{common}}` to use the shared CTEs in
 `packs/lib/common.sql` (the suspicious-location test, the ancestry walk, the exceptions,
-the triage columns), and `{{writable_dirs}}` stands for the list in locations.py: each
-is written once and inlined here, never pasted into the queries.
+the triage columns), `{{writable_dirs}}` stands for the list in locations.py and
+`{{window}}` for the seconds of rows a run looks at: each is written once and inlined
+here, never pasted into the queries.
 
 Fixtures: packs/fixtures/<name>/positive.jsonl and negative.jsonl, rows (as `record`
 writes them, columns may be left out) that the detection must and must not report.
@@ -37,7 +38,9 @@ from .tables import ExecsTable, StatusTable
 
 PACKS_DIR = Path(__file__).resolve().parent.parent.parent / "packs"
 PACK_NAME = "netutil"
-MIN_OSQUERY = "5.0.0"
+MIN_OSQUERY = "5.0.0"          # SQLite >= 3.35 (MATERIALIZED), JSON1, regex_match
+WINDOW_S = 3600                # rows a scheduled run looks at; watch uses WATCH_WINDOW_S
+WATCH_WINDOW_S = 60
 DISCOVERY = "SELECT 1 FROM osquery_registry WHERE registry = 'table' AND name = 'network_utility_execs';"
 
 FIELDS = {"description", "interval", "platform", "technique", "logging", "severity"}
@@ -82,20 +85,22 @@ def _fragment(directory: Path, name: str) -> str:
     return "\n".join(lines).strip()
 
 
-def expand(source: str, directory: Path = PACKS_DIR, where: str = "") -> str:
+def expand(source: str, directory: Path = PACKS_DIR, where: str = "", window: int = WINDOW_S) -> str:
     """source with every {{placeholder}} replaced; comment lines of fragments dropped."""
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "writable_dirs":
             return writable_values()
+        if name == "window":
+            return str(int(window))
         if (directory / "lib" / f"{name}.sql").is_file():
-            return expand(_fragment(directory, name), directory, where)
+            return expand(_fragment(directory, name), directory, where, window)
         known = sorted(p.stem for p in (directory / "lib").glob("*.sql"))
-        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs or one of {', '.join(known)}")
+        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs, window or one of {', '.join(known)}")
     return _PLACEHOLDER.sub(replace, source)
 
 
-def parse(path: Path, directory: Path = PACKS_DIR) -> Query:
+def parse(path: Path, directory: Path = PACKS_DIR, window: int = WINDOW_S) -> Query:
     """One detection file. Raises PackError naming file:line and the fix."""
     lines = path.read_text().splitlines()
     meta: dict[str, tuple[str, int]] = {}
@@ -134,7 +139,7 @@ def parse(path: Path, directory: Path = PACKS_DIR) -> Query:
         raise PackError(f"{path}:{body_start}: no SQL after the header")
     if source.rstrip(";").count(";"):
         raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
-    sql = expand(source, directory, f"{path}:{body_start}")
+    sql = expand(source, directory, f"{path}:{body_start}", window)
     return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
 
 
@@ -143,13 +148,13 @@ def load(directory: Path = PACKS_DIR) -> list[Query]:
     return [parse(p, directory) for p in sorted(directory.glob("*.sql"))]
 
 
-def load_each(directory: Path = PACKS_DIR) -> tuple[list[Query], list[str]]:
+def load_each(directory: Path = PACKS_DIR, window: int = WINDOW_S) -> tuple[list[Query], list[str]]:
     """Every good detection, and an error line (file:line: why) for each bad file: one
     broken file must not stop the others."""
     queries, errors = [], []
     for path in sorted(directory.glob("*.sql")):
         try:
-            queries.append(parse(path, directory))
+            queries.append(parse(path, directory, window))
         except (PackError, OSError) as exc:
             errors.append(str(exc))
     return queries, errors

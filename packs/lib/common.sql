@@ -1,11 +1,13 @@
 -- Shared by every detection: `WITH {{common}}` at the top of a query expands to these
 -- common table expressions. The packs command inlines them into the generated packs.
 
--- The last hour of rows (scheduled queries run every few minutes; osquery logs only the
--- rows that are new since the previous run). The time constraint reaches the table's index.
-recent AS (
+-- The rows of the last {{window}} seconds: an hour in the packs (they run every few minutes and
+-- osquery logs only rows new since the previous run), a minute in `watch` (every 2 s).
+-- The time constraint reaches the table's index; MATERIALIZED makes it one read of the
+-- table per query (every read is a thrift call in osquery).
+recent AS MATERIALIZED (
   SELECT * FROM network_utility_execs
-  WHERE time > CAST(strftime('%s', 'now') AS INTEGER) - 3600
+  WHERE time > CAST(strftime('%s', 'now') AS INTEGER) - {{window}}
 ),
 -- Writable directories, generated from extension/osquery_netutil/locations.py.
 writable(prefix) AS (VALUES {{writable_dirs}}),
