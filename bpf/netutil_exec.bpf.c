@@ -55,30 +55,32 @@ struct exec_event {
     char args[ARGS_BUF + ARG_MAX_LEN];
 };
 
-// Ancestry is two LRU maps so that each event writes only what it changes: a fork writes
-// 16 bytes of lineage, an exec writes the image. A process that forked and has not
-// exec'd runs its parent's image; user space resolves that (fork_ktime vs image ktime).
-struct lineage {
-    u64 fork_ktime_ns;
+// Every process has one entry in `procs`, written once (at fork) and then changed in
+// place: map updates are the expensive part of a program run (about 600 ns each on a
+// retpoline VM), in-place writes through a lookup are not. The entry holds
+//   lineage  parent and fork time, written at fork;
+//   image    the file exec'd and the head of argv, committed when an exec succeeds;
+//   pending  what an exec in progress passed (its argv head), written at syscall entry,
+//            committed at exec or dropped when the exec fails.
+// A process that forked and has not exec'd runs its parent's image; user space resolves
+// that (image time 0 or older than the fork). The LRU keeps exited processes, so that
+// children reported later can still name them; a fork overwrites a reused pid.
+struct proc {
+    u64 fork_ktime_ns;             // 0: forked before the probe attached
     u32 ppid;
-    u32 pad;
-};
-
-struct image {
-    u64 ktime_ns;                  // exec time
+    u32 flags;                     // I_* for the image
+    u64 ktime_ns;                  // exec time of the image; 0: no exec seen
     u32 uid;
-    u32 flags;
     u32 head_len;
     char comm[16];
     char file[FILENAME_LEN];       // the file exec'd: for a script, the script
     char head[HEAD_LEN];           // first arguments, NUL-separated
-};
-
-struct pending {
-    const char *filename;          // caller's pointer, still valid if the exec fails
-    u32 candidate;
-    u32 head_len;
-    char head[2 * HEAD_LEN];       // HEAD_LEN of slack for constant-size reads
+    const char *pend_filename;     // caller's pointer, still valid if the exec fails
+    u32 pend_tid;                  // thread whose exec is pending; 0: none
+    u32 pend_candidate;
+    u32 pend_head_len;
+    u32 pad;
+    char pend_head[2 * HEAD_LEN];  // HEAD_LEN of slack for constant-size reads
 };
 
 struct comm_key { char name[16]; };
@@ -90,17 +92,14 @@ BPF_PERCPU_ARRAY(counters, u64, C_COUNT);
 BPF_HASH(catalog_comms, struct comm_key, u8, 1024);            // filled by user space
 BPF_LPM_TRIE(forward_prefixes, struct prefix_key, u8, 64);    // filled by user space
 
-BPF_TABLE("lru_hash", u32, struct lineage, lineage, ANCESTRY_MAX);   // pid -> parent
-BPF_TABLE("lru_hash", u32, struct image, images, ANCESTRY_MAX);      // pid -> exec'd image
+BPF_TABLE("lru_hash", u32, struct proc, procs, ANCESTRY_MAX);   // pid -> struct proc
 
-// Between an exec's syscall entry and its completion, keyed by thread. LRU, so that the
-// entries of execs that die mid-way cannot fill the map.
-BPF_TABLE("lru_hash", u32, struct pending, pending, PENDING_MAX);
-BPF_TABLE("lru_hash", u32, struct exec_event, pending_full, PENDING_MAX);  // candidates only
+// A candidate's full argv between syscall entry and exec, keyed by thread. LRU, so that
+// the entries of execs that die mid-way cannot fill the map.
+BPF_TABLE("lru_hash", u32, struct exec_event, pending_full, PENDING_MAX);
 
 BPF_PERCPU_ARRAY(event_heap, struct exec_event, 1);
-BPF_PERCPU_ARRAY(image_heap, struct image, 1);
-BPF_PERCPU_ARRAY(pending_heap, struct pending, 1);
+BPF_PERCPU_ARRAY(proc_heap, struct proc, 1);          // a zeroed entry to insert from
 BPF_PERCPU_ARRAY(path_heap, struct prefix_key, 1);   // filename as passed, then lookup key
 
 static __always_inline void count(int which)
@@ -111,6 +110,20 @@ static __always_inline void count(int which)
 }
 
 static __always_inline u32 current_tid(void) { return (u32)bpf_get_current_pid_tgid(); }
+
+// The entry of pid, created (zeroed: parent unknown) for a process older than the probe.
+static __always_inline struct proc *proc_of(u32 pid)
+{
+    struct proc *p = procs.lookup(&pid);
+    if (p)
+        return p;
+    int zero = 0;
+    struct proc *blank = proc_heap.lookup(&zero);
+    if (!blank)
+        return 0;
+    procs.update(&pid, blank);
+    return procs.lookup(&pid);
+}
 
 // Forward on path: relative, or under a prefix in forward_prefixes (writable dirs, fd
 // paths). key->path holds the path's first PREFIX_LEN bytes.
@@ -236,12 +249,13 @@ static __always_inline u32 read_head(char *head, const char *const *argv)
 // replaces it. The filter decides here whether the full argv is worth reading.
 static __always_inline int on_exec_enter(const char *filename, const char *const *argv, int fd_exec)
 {
-    u32 tid = current_tid();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pid_tgid;
     int zero = 0;
-    struct pending *pd = pending_heap.lookup(&zero);
     struct prefix_key *pk = path_heap.lookup(&zero);
     struct exec_event *ev = event_heap.lookup(&zero);
-    if (!pd || !pk || !ev)
+    struct proc *p = proc_of(pid_tgid >> 32);
+    if (!pk || !ev || !p)
         return 0;
     // The filename goes into the event buffer, whose first FILENAME_LEN bytes are free
     // here; the prefix key gets a copy of its head.
@@ -249,19 +263,20 @@ static __always_inline int on_exec_enter(const char *filename, const char *const
     if (len < 0)
         return 0;
     bpf_probe_read_kernel(pk->path, PREFIX_LEN, ev->filename);
-    pd->filename = filename;
-    pd->candidate = fd_exec || path_is_candidate(pk) || name_is_candidate(ev->filename, len);
+    u32 candidate = fd_exec || path_is_candidate(pk) || name_is_candidate(ev->filename, len);
 
-    if (pd->candidate) {
+    if (candidate) {
         ev->flags = 0;
         read_argv(ev, argv);
-        pd->head_len = ev->args_size < HEAD_LEN ? ev->args_size : HEAD_LEN;
-        bpf_probe_read_kernel(pd->head, HEAD_LEN, ev->args);
+        p->pend_head_len = ev->args_size < HEAD_LEN ? ev->args_size : HEAD_LEN;
+        bpf_probe_read_kernel(p->pend_head, HEAD_LEN, ev->args);
         pending_full.update(&tid, ev);
     } else {
-        pd->head_len = read_head(pd->head, argv);
+        p->pend_head_len = read_head(p->pend_head, argv);
     }
-    pending.update(&tid, pd);
+    p->pend_filename = filename;
+    p->pend_candidate = candidate;
+    p->pend_tid = tid;
     return 0;
 }
 
@@ -283,35 +298,33 @@ static __always_inline int on_exec_exit(long ret)
 {
     if (ret >= 0)
         return 0;
-    u32 tid = current_tid();
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pid_tgid;
+    u32 tgid = pid_tgid >> 32;
     count(C_FAILED);
-    struct pending *pd = pending.lookup(&tid);
-    if (ret == -ENOEXEC && pd) {
-        int zero = 0;
-        struct image *img = image_heap.lookup(&zero);
-        if (img) {
-            img->ktime_ns = bpf_ktime_get_ns();
-            img->uid = (u32)bpf_get_current_uid_gid();
-            img->flags = I_SCRIPT_NOEXEC;
-            img->head_len = pd->head_len;
-            bpf_get_current_comm(img->comm, sizeof(img->comm));
-            bpf_probe_read_user_str(img->file, FILENAME_LEN, pd->filename);
-            bpf_probe_read_kernel(img->head, HEAD_LEN, pd->head);
-            images.update(&tgid, img);
-        }
+    struct proc *p = procs.lookup(&tgid);
+    if (!p || p->pend_tid != tid)
+        return 0;
+    if (ret == -ENOEXEC) {
+        p->ktime_ns = bpf_ktime_get_ns();
+        p->uid = (u32)bpf_get_current_uid_gid();
+        p->flags = I_SCRIPT_NOEXEC;
+        p->head_len = p->pend_head_len;
+        bpf_get_current_comm(p->comm, sizeof(p->comm));
+        bpf_probe_read_user_str(p->file, FILENAME_LEN, p->pend_filename);
+        bpf_probe_read_kernel(p->head, HEAD_LEN, p->pend_head);
     }
-    pending.delete(&tid);
-    if (pd && pd->candidate)
+    if (p->pend_candidate)
         pending_full.delete(&tid);
+    p->pend_tid = 0;
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execve) { return on_exec_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return on_exec_exit(args->ret); }
 
-// The exec succeeded: comm and the final filename are known. Record the image of every
-// process; forward candidates.
+// The exec succeeded: comm and the final filename are known. Commit the image of every
+// process (in place); forward candidates.
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     int zero = 0;
@@ -319,94 +332,96 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     u32 old_tid = args->old_pid;
     count(C_EXECS_SEEN);
 
-    struct image *img = image_heap.lookup(&zero);
-    if (!img)
+    struct proc *p = proc_of(tgid);
+    if (!p)
         return 0;
+    int entered = p->pend_tid == old_tid;   // else the exec began before the probe attached
+    u32 candidate = entered && p->pend_candidate;
     u64 uid_gid = bpf_get_current_uid_gid();
-    img->ktime_ns = bpf_ktime_get_ns();
-    img->uid = (u32)uid_gid;
-    img->flags = 0;
-    bpf_get_current_comm(img->comm, sizeof(img->comm));
-    bpf_probe_read_kernel_str(img->file, FILENAME_LEN, (void *)args + (args->data_loc_filename & 0xFFFF));
-    struct pending *pd = pending.lookup(&old_tid);
-    img->head_len = pd ? pd->head_len : 0;
-    if (pd)
-        bpf_probe_read_kernel(img->head, HEAD_LEN, pd->head);
-    images.update(&tgid, img);
+    p->ktime_ns = bpf_ktime_get_ns();
+    p->uid = (u32)uid_gid;
+    p->flags = 0;
+    bpf_get_current_comm(p->comm, sizeof(p->comm));
+    bpf_probe_read_kernel_str(p->file, FILENAME_LEN, (void *)args + (args->data_loc_filename & 0xFFFF));
+    p->head_len = entered ? p->pend_head_len : 0;
+    if (entered)
+        bpf_probe_read_kernel(p->head, HEAD_LEN, p->pend_head);
+    p->pend_tid = 0;
 
     u32 match = 0;
     struct comm_key ck = {};
-    __builtin_memcpy(ck.name, img->comm, 16);
+    __builtin_memcpy(ck.name, p->comm, 16);
     if (catalog_comms.lookup(&ck))
         match |= F_MATCH_COMM;
-    if (pd && pd->candidate) {
+    if (candidate) {
         match |= F_MATCH_PATH;
-    } else if (!pd) {
+    } else if (!entered) {
         // Exec entered before the probe attached: judge the path from the tracepoint.
         struct prefix_key *pk = path_heap.lookup(&zero);
         if (pk) {
-            bpf_probe_read_kernel(pk->path, PREFIX_LEN, img->file);
+            bpf_probe_read_kernel(pk->path, PREFIX_LEN, p->file);
             if (path_is_candidate(pk))
                 match |= F_MATCH_PATH;
         }
     }
-    struct exec_event *ev = 0;
-    if (pd && pd->candidate)
-        ev = pending_full.lookup(&old_tid);
-    if (match) {
-        if (!ev) {
-            // No argv was read at entry (exec entered before attach, or comm differs
-            // from the basename): forward the argv head.
-            ev = event_heap.lookup(&zero);
-            if (!ev)
-                goto out;
-            ev->flags = F_ARGS_TRUNCATED | (pd ? 0 : F_NO_ENTER);
-            ev->args_size = img->head_len;
-            ev->argc = 0;
-            bpf_probe_read_kernel(ev->args, HEAD_LEN, img->head);
-        }
-        struct lineage *ln = lineage.lookup(&tgid);
-        ev->ktime_ns = img->ktime_ns;
-        ev->cgroup_id = bpf_get_current_cgroup_id();
-        ev->pid = tgid;
-        ev->old_tid = old_tid;
-        ev->ppid = ln ? ln->ppid : 0;
-        ev->uid = (u32)uid_gid;
-        ev->gid = uid_gid >> 32;
-        ev->flags |= match;
-        __builtin_memcpy(ev->comm, img->comm, 16);
-        bpf_probe_read_kernel(ev->filename, FILENAME_LEN, img->file);
-        u32 size = ev->args_size;
-        if (size > ARGS_BUF + ARG_MAX_LEN)
-            size = ARGS_BUF + ARG_MAX_LEN;
-        if (events.ringbuf_output(ev, offsetof(struct exec_event, args) + size, 0))
-            count(C_LOST);
-        else
-            count(C_FORWARDED);
+    if (!match)
+        return 0;
+    struct exec_event *ev = candidate ? pending_full.lookup(&old_tid) : 0;
+    if (!ev) {
+        // No argv was read at entry (exec entered before attach, or comm differs from
+        // the basename): forward the argv head.
+        ev = event_heap.lookup(&zero);
+        if (!ev)
+            goto out;
+        ev->flags = F_ARGS_TRUNCATED | (entered ? 0 : F_NO_ENTER);
+        ev->args_size = p->head_len;
+        ev->argc = 0;
+        bpf_probe_read_kernel(ev->args, HEAD_LEN, p->head);
     }
+    ev->ktime_ns = p->ktime_ns;
+    ev->cgroup_id = bpf_get_current_cgroup_id();
+    ev->pid = tgid;
+    ev->old_tid = old_tid;
+    ev->ppid = p->ppid;
+    ev->uid = (u32)uid_gid;
+    ev->gid = uid_gid >> 32;
+    ev->flags |= match;
+    __builtin_memcpy(ev->comm, p->comm, 16);
+    bpf_probe_read_kernel(ev->filename, FILENAME_LEN, p->file);
+    u32 size = ev->args_size;
+    if (size > ARGS_BUF + ARG_MAX_LEN)
+        size = ARGS_BUF + ARG_MAX_LEN;
+    if (events.ringbuf_output(ev, offsetof(struct exec_event, args) + size, 0))
+        count(C_LOST);
+    else
+        count(C_FORWARDED);
 out:
-    if (pd) {
-        if (pd->candidate)
-            pending_full.delete(&old_tid);
-        pending.delete(&old_tid);
-    }
+    if (candidate)
+        pending_full.delete(&old_tid);
     return 0;
 }
 
-// A new process (not a thread): remember its parent and when it was born. Nothing is
-// deleted at exit: the LRU keeps exited processes so that children reported later can
-// still name them, and a reused pid is simply overwritten at its fork.
+// A new process (not a thread): its one map write. Parent and birth time; no image yet
+// (it runs its parent's until it execs). Nothing is deleted at exit: the LRU keeps
+// exited processes so that children reported later can still name them.
 TRACEPOINT_PROBE(task, task_newtask)
 {
     if (args->clone_flags & CLONE_THREAD)
         return 0;
+    int zero = 0;
+    struct proc *p = proc_heap.lookup(&zero);
+    if (!p)
+        return 0;
     u32 child = args->pid;
-    struct lineage ln = {.fork_ktime_ns = bpf_ktime_get_ns(), .ppid = bpf_get_current_pid_tgid() >> 32};
+    p->fork_ktime_ns = bpf_ktime_get_ns();
+    p->ppid = bpf_get_current_pid_tgid() >> 32;
     if (args->clone_flags & CLONE_PARENT) {
         // The child becomes a sibling of the caller.
-        struct lineage *up = lineage.lookup(&ln.ppid);
-        ln.ppid = up ? up->ppid : 0;
+        struct proc *up = procs.lookup(&p->ppid);
+        p->ppid = up ? up->ppid : 0;
     }
-    lineage.update(&child, &ln);
+    procs.update(&child, p);
+    p->fork_ktime_ns = 0;   // proc_heap stays a blank entry for proc_of()
+    p->ppid = 0;
     return 0;
 }

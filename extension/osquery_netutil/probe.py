@@ -249,6 +249,7 @@ class Probe:
             raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
         _return_freed_memory()
         self._fill_filter()
+        self._procs = self._bpf[b"procs"]
         self._event_type = self._bpf[b"pending_full"].Leaf
         self._args_offset = self._event_type.args.offset
         self._bpf[b"events"].open_ring_buffer(self._on_sample)
@@ -284,21 +285,22 @@ class Probe:
         A process that has not exec'd since its fork runs its parent's image: that image
         is reported (flag A_FORKED) if the parent had it when the fork happened.
         """
-        lineage = self._lookup(b"lineage", pid)
-        image = self._lookup(b"images", pid)
-        flags = 0
-        if lineage is not None and (image is None or image.ktime_ns < lineage.fork_ktime_ns):
-            image = None  # stale: from an earlier process with this pid, or none yet
-            parent = self._lookup(b"images", lineage.ppid)
-            if parent is not None and parent.ktime_ns <= lineage.fork_ktime_ns:
+        proc = self._lookup(pid)
+        if proc is None:
+            return None
+        image, flags = proc, 0
+        if proc.ktime_ns == 0 or proc.ktime_ns < proc.fork_ktime_ns:
+            # No exec since its fork (or the image is an earlier process's with this pid):
+            # it runs its parent's image, if the parent had it when the fork happened.
+            image = None
+            parent = self._lookup(proc.ppid) if proc.ppid else None
+            if parent is not None and 0 < parent.ktime_ns <= proc.fork_ktime_ns:
                 image, flags = parent, A_FORKED
         if image is None:
-            if lineage is None:
-                return None
-            return AncestryEntry(pid, lineage.ppid, 0, b"", b"", (), lineage.fork_ktime_ns, 0)
+            return AncestryEntry(pid, proc.ppid, 0, b"", b"", (), proc.fork_ktime_ns, 0)
         return AncestryEntry(
             pid=pid,
-            ppid=lineage.ppid if lineage is not None else 0,
+            ppid=proc.ppid,
             uid=image.uid,
             comm=_cstr(_field_bytes(image, "comm")),
             file=_cstr(_field_bytes(image, "file")),
@@ -307,9 +309,9 @@ class Probe:
             flags=flags | image.flags,
         )
 
-    def _lookup(self, table: bytes, pid: int) -> ctypes.Structure | None:
+    def _lookup(self, pid: int) -> ctypes.Structure | None:
         try:
-            return self._bpf[table][ctypes.c_uint32(pid)]
+            return self._procs[ctypes.c_uint32(pid)]
         except KeyError:
             return None
 
