@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import safety
+
 CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel", "recon")
 _FIELDS = {"name": str, "basenames": list, "category": str, "technique": str, "description": str}
 _BUILTIN = "catalog.yaml"
@@ -76,6 +78,10 @@ class Catalog:
         builtin = _parse(text, f"<built-in {_BUILTIN}>", [])
         if user_file is None:
             return cls(builtin)
+        try:
+            safety.check(Path(user_file), "catalog file")
+        except safety.UnsafeFile as exc:
+            raise CatalogError(str(exc)) from None
         try:
             user_text = Path(user_file).read_text()
         except OSError as exc:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, jsonl, packs
+from . import __version__, jsonl, packs, safety
 from .catalog import Catalog, CatalogError
 from .enrich import Row
 from .host import Host, QueryError
@@ -158,6 +158,12 @@ def _replay(args: argparse.Namespace) -> int:
     skipped = 0
     with store:
         for name in args.files:
+            try:
+                safety.check(Path(name), "replay file")
+            except safety.UnsafeFile as exc:
+                _say(f"{exc}; not loaded")
+                skipped += 1
+                continue
             try:
                 with open(name, encoding="utf-8", errors="backslashreplace") as f:
                     result = jsonl.read(f, name)

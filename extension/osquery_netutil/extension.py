@@ -30,7 +30,7 @@ from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
 from thrift.transport import TSocket, TTransport
 
-from . import __version__
+from . import __version__, safety
 from .catalog import Catalog, CatalogError
 from .locations import WRITABLE_DIRS
 from .probe import ProbeError
@@ -53,12 +53,12 @@ def read_flagfile(path: Path) -> list[str]:
     """Our flags from a file, one per line ('#' comments), the way osquery's --flagfile
     works: osquery starts autoloaded extensions with its own flags only. The file must
     be root's and not writable by others, or it is ignored with a warning."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    if not path.exists():
         return []
-    if st.st_mode & 0o022 or (os.geteuid() == 0 and st.st_uid != 0):
-        log(f"ignoring {path}: it must be owned by root and not group- or world-writable")
+    try:
+        safety.check(path, "flag file")
+    except safety.UnsafeFile as exc:
+        log(f"ignoring the flag file: {exc}")
         return []
     flags: list[str] = []
     for line in path.read_text().splitlines():

@@ -7,7 +7,8 @@ WAL mode lets any number of readers (`query`, a second extension) read while it 
 pruning. Rows are bounded by count and by age.
 
 The file holds command lines of everything the host ran, so it is created 0600 in a
-root-only directory, and an existing file that others could write is refused.
+root-only directory, and a file or directory that others could write is refused
+(safety.py).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import json
 import os
 import queue
 import sqlite3
-import stat
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from . import safety
 from .schema import EXECS
 
 DEFAULT_PATH = Path("/var/osquery/netutil_events.db")
@@ -63,24 +64,6 @@ def _ddl() -> list[str]:
     return statements
 
 
-def check_file_safe(path: Path) -> None:
-    """Refuse a store that someone other than us could write (file or directory): whoever
-    can write it can forge or erase detections. osquery applies the same rule to
-    extensions."""
-    for target, what in ((path, "store file"), (path.parent, "store directory")):
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise StoreError(f"{target}: the {what} is a symlink: give the real path")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise StoreError(f"{target}: the {what} is group- or world-writable (like /tmp): "
-                             f"use a root-only directory or chmod go-w {target}")
-        if os.geteuid() == 0 and st.st_uid != 0:
-            raise StoreError(f"{target}: the {what} is owned by uid {st.st_uid}, not root: chown root {target}")
-
-
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0, isolation_level=None)
@@ -109,7 +92,10 @@ class Store:
         self._queue: queue.Queue[Row | threading.Event | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._read_lock = threading.Lock()
-        check_file_safe(self.path)
+        try:
+            safety.check(self.path, "store file", directory=True)
+        except safety.UnsafeFile as exc:
+            raise StoreError(str(exc)) from None
         try:
             if readonly:
                 if not self.path.exists():
