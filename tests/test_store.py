@@ -158,3 +158,39 @@ def test_range_queries_use_their_index_not_an_eid_scan(store_dir: Path) -> None:
             store.select([(column, op, 1)])
             plan = " ".join(str(p) for p in store._reader.execute(f"EXPLAIN QUERY PLAN {executed[-1]}"))
             assert f"USING INDEX events_{column}" in plan, plan
+
+
+def test_a_full_disk_keeps_rows_in_memory_and_recovers(store_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = store_dir / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        with Store(mount / "events.db", flush_s=0.1) as store:
+            store.add(make_row(pid=1))
+            store.flush()
+            filler = mount / "filler"
+            with open(filler, "wb") as f:   # fill the disk
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            store.add_many(make_row(pid=p, cmdline="x" * 2000) for p in range(2, 200))
+            store.flush()
+            assert "rows held in memory" in store.error and "full" in store.error
+            rows = store.select([("pid", ">=", 150)])
+            assert [r["pid"] for r in rows] == list(range(150, 200))     # served from memory
+            eids = [r["eid"] for r in store.select()]
+            assert eids == sorted(set(eids))
+            filler.unlink()                                                # space returns
+            store.add(make_row(pid=200))
+            store.flush()
+            assert store.error == ""
+            after = store.select()
+            assert [r["pid"] for r in after] == list(range(1, 201))
+            assert [r["eid"] for r in after][:len(eids)] == eids           # the eids shown did not change
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

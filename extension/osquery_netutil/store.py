@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import operator
 import os
 import queue
 import sqlite3
@@ -34,6 +35,7 @@ FLUSH_S = 0.5
 _PRUNE_EVERY_S = 5.0
 
 OPS = ("=", "<", "<=", ">", ">=")
+_PY_OPS = {"=": operator.eq, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 Row = dict[str, Any]
 Condition = tuple[str, str, Any]   # (column, one of OPS, value)
 
@@ -92,6 +94,8 @@ class Store:
         self._queue: queue.Queue[Row | threading.Event | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._read_lock = threading.Lock()
+        self._held: list[Row] = []          # rows the file could not take (disk full)
+        self._held_lock = threading.Lock()
         try:
             safety.check(self.path, "store file", directory=True)
         except safety.UnsafeFile as exc:
@@ -234,14 +238,21 @@ class Store:
             waiters.clear()
 
     def _commit(self, rows: list[Row]) -> list[Row]:
-        """Insert rows in one transaction; on failure keep them (bounded) for the next try."""
+        """Insert rows in one transaction. On failure (a full disk, say) keep them, the
+        newest max_rows, in memory: select() still serves them and the next commit
+        retries. Returns the rows still to write."""
         try:
             with self._conn_tx():
                 self._conn.executemany(_INSERT, [tuple(r[c] for c in _DATA_COLUMNS) for r in rows])
         except sqlite3.Error as exc:
-            self.error = f"cannot write {self.path} ({exc}): {len(rows)} rows held in memory"
-            return rows[-self.max_rows:]
+            held = rows[-self.max_rows:]
+            self.error = f"cannot write {self.path} ({exc}): {len(held)} rows held in memory until it can"
+            with self._held_lock:
+                self._held = held
+            return held
         self.error = ""
+        with self._held_lock:
+            self._held = []
         return []
 
     def _prune(self) -> None:
@@ -305,9 +316,10 @@ class Store:
             return None
         return status if isinstance(status, dict) else None
 
-    def select(self, conditions: Sequence[Condition] = (), limit: int | None = None, text: bool = False) -> list[Row]:
-        """Rows matching all conditions (each on a schema column, op in OPS), eid order.
-        With text=True every value is a string, as osquery rows are (SQLite converts)."""
+    def select(self, conditions: Sequence[Condition] = (), text: bool = False) -> list[Row]:
+        """Rows matching all conditions (each on a schema column, op in OPS), eid order,
+        including rows held in memory while the file cannot be written. With text=True
+        every value is a string, as osquery rows are (SQLite converts)."""
         where, params = [], []
         for column, op, value in conditions:
             if column not in _COLUMNS or op not in OPS:
@@ -318,13 +330,29 @@ class Store:
         # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
         sql = (f"SELECT {_TEXT_SELECT if text else '*'} FROM events"
                + (" WHERE " + " AND ".join(where) + " ORDER BY +eid" if where else " ORDER BY eid"))
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
         with self._read_lock:
             cursor = self._reader.execute(sql, params)
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, r)) for r in cursor]
+            rows = [dict(zip(names, r)) for r in cursor]
+        return rows + self._held_matching(conditions, text) if self._held else rows
+
+    def _held_matching(self, conditions: Sequence[Condition], text: bool) -> list[Row]:
+        """Held rows with the eids they will get (AUTOINCREMENT continues from the highest
+        ever given), filtered in Python."""
+        with self._held_lock:
+            held = list(self._held)
+        with self._read_lock:
+            found = self._reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        next_eid = (found[0] if found else 0) + 1
+        result = []
+        for i, row in enumerate(held):
+            row = {"eid": next_eid + i, **row}
+            try:
+                if all(_PY_OPS[op](row[column], value) for column, op, value in conditions):
+                    result.append({k: str(v) for k, v in row.items()} if text else row)
+            except TypeError:   # a value of another type never matches, as in SQLite
+                continue
+        return result
 
     def select_bounds(self) -> tuple[int, int]:
         """(oldest, newest) time of the rows held, 0 when empty."""
