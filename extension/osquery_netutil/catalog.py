@@ -17,6 +17,9 @@ import yaml
 from . import safety
 
 CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel", "recon")
+# Multi-call binaries run the applet that argv[1] names when called by their own name
+# (`busybox nc -e /bin/sh ...`): the kernel forwards them, enrichment reads the applet.
+MULTICALL = ("busybox", "toybox")
 _FIELDS = {"name": str, "basenames": list, "category": str, "technique": str, "description": str}
 _BUILTIN = "catalog.yaml"
 
@@ -70,6 +73,10 @@ class Catalog:
 
     def basenames(self) -> list[str]:
         return sorted(self._by_basename)
+
+    def kernel_names(self) -> list[str]:
+        """What the kernel filter forwards by comm: every basename and the multi-call binaries."""
+        return sorted({*self._by_basename, *MULTICALL})
 
     @classmethod
     def load(cls, user_file: Path | None = None) -> "Catalog":

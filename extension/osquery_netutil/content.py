@@ -8,7 +8,9 @@ files are never read.
 
 The file is attacker-controlled, so it is opened with O_NOFOLLOW | O_NONBLOCK (a planted
 symlink or FIFO cannot redirect or hang the reader), checked with fstat to be a regular
-file, and hashed only up to MAX_BYTES. Hashes are cached by (device, inode, size, mtime).
+file, and hashed only up to MAX_BYTES. Hashes are cached by (device, inode, size, mtime,
+ctime): ctime cannot be set from user space, so rewriting a file and restoring its mtime
+does not reuse a stale hash.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ MAX_BYTES = 64 << 20       # no network utility is larger; bigger files are not 
 _RESCAN_AFTER_S = 300.0    # pick up utilities installed after start-up
 _CACHE_MAX = 4096
 
-_Key = tuple[int, int, int, int]   # st_dev, st_ino, st_size, st_mtime_ns
+_Key = tuple[int, int, int, int, int]   # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
 
 
 def _key(st: os.stat_result) -> _Key:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ContentMatcher:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
-from .catalog import Catalog, Utility
+from .catalog import MULTICALL, Catalog, Utility
 from .containers import CgroupResolver, container_id
 from .content import ContentMatcher
 from .ipargs import ip_columns
@@ -99,6 +99,8 @@ class Enricher:
         path = absolute(text(rec.filename), cwd)
         utility = self.catalog.by_comm(text(rec.comm))
         matched_by = "name"
+        if utility is None and text(rec.comm) in MULTICALL and len(rec.argv) > 1:
+            utility = self.catalog.by_basename(os.path.basename(text(rec.argv[1])))   # busybox nc ...
         if utility is None:
             self._remember(rec.ktime_ns, rec.filename, path)
             utility = self._match_content(rec.pid, path)

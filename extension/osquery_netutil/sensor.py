@@ -52,7 +52,7 @@ class Sensor:
         """Compile and attach the probe (about a second). Raises ProbeError, which the
         status row then reports."""
         try:
-            probe = Probe(self.catalog.basenames(), self._on_exec, forward_prefixes=self._prefixes)
+            probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes)
             self._enricher = Enricher(self.catalog, probe.ancestry)
             probe.start()
         except ProbeError as exc:
