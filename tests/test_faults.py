@@ -1,0 +1,153 @@
+"""Faults and load on the real extension: kill -9 in the middle of a storm, and a minute
+of execs at full speed while osquery-style queries arrive every 100 ms."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from osquery_netutil.schema import EXECS, STATUS
+from osquery_netutil.store import Store
+from osquery_netutil.tables import OP_EQUALS, OP_GT
+
+from .conftest import need, probe_unavailable
+from .manager import Manager
+from .support import tiny_elf, write_executable
+from .test_extension import BUILD, wait_state
+
+pytestmark = [pytest.mark.probe, pytest.mark.skipif(platform.machine() != "x86_64", reason="the tiny test ELF is x86_64 code")]
+LOAD_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def ext_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("ext") / "osquery-netutil.ext"
+    subprocess.run([os.sys.executable, str(BUILD), str(out)], check=True, capture_output=True)
+    return str(out)
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Iterator[Path]:
+    tmp_path.chmod(0o700)
+    yield tmp_path
+
+
+class Spawner(threading.Thread):
+    """fork+exec of a catalog binary as fast as one thread can, remembering when each ran."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.path, self.seconds = path, seconds
+        self.spawned: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            pid = os.posix_spawn(self.path, [self.path, "-z"], {})
+            os.waitpid(pid, 0)
+            self.spawned.append((time.monotonic(), pid))
+
+
+def test_kill_9_in_a_storm_loses_at_most_a_second_and_eids_go_on(ext_file: str, place: Path) -> None:
+    need(probe_unavailable())
+    nc = write_executable(place / "nc", tiny_elf())
+    store = place / "events.db"
+    with Manager(place / "osquery.em") as manager:
+        first = manager.launch(ext_file, "--store", str(store))
+        uuid = manager.wait_registered("netutil")
+        assert wait_state(manager, uuid, {"running", "failed"})["state"] == "running"
+        spawner = Spawner(str(nc), seconds=20)
+        spawner.start()
+        time.sleep(3)
+        first.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        first.wait(timeout=10)
+        time.sleep(1)
+        spawner.stop.set()
+        spawner.join(timeout=20)
+    with Manager(place / "again.em") as manager:
+        second = manager.launch(ext_file, "--store", str(store))
+        uuid = manager.wait_registered("netutil")
+        wait_state(manager, uuid, {"running", "failed"})
+        after = [os.posix_spawn(str(nc), [str(nc), "-z"], {}) for _ in range(20)]
+        for pid in after:
+            os.waitpid(pid, 0)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            found = {int(r["pid"]) for r in manager.generate(uuid, EXECS, {"path": [(OP_EQUALS, str(nc))]})}
+            if set(after) <= found:
+                break
+            time.sleep(0.3)
+        manager.stop()
+        second.wait(timeout=15)
+    with Store(store, readonly=True) as kept:
+        rows = kept.select([("path", "=", str(nc))])
+    eids = [r["eid"] for r in rows]
+    assert eids == sorted(set(eids)), "duplicate or out-of-order eids"
+    stored = {r["pid"] for r in rows}
+    old_enough = [pid for t, pid in spawner.spawned if t < killed_at - 1.0]
+    missing = [pid for pid in old_enough if pid not in stored]
+    assert len(old_enough) > 100 and not missing, f"{len(missing)} of {len(old_enough)} execs older than 1 s were lost"
+    assert set(after) <= stored, "the restarted extension did not record"
+    before_kill = [r["eid"] for r in rows if r["pid"] in set(p for _, p in spawner.spawned)]
+    assert max(before_kill) < min(r["eid"] for r in rows if r["pid"] in set(after))
+
+
+def test_a_minute_of_execs_with_queries_every_100_ms(ext_file: str, place: Path) -> None:
+    need(probe_unavailable())
+    nc = write_executable(place / "nc", tiny_elf())
+    store = place / "events.db"
+    with Manager(place / "osquery.em") as manager:
+        proc = manager.launch(ext_file, "--store", str(store), "--max-rows", "1000000")
+        try:
+            uuid = manager.wait_registered("netutil")
+            assert wait_state(manager, uuid, {"running", "failed"})["state"] == "running"
+            rss_start = _rss_mb(proc.pid)
+            spawners = [Spawner(str(nc), seconds=LOAD_SECONDS) for _ in range(os.cpu_count() or 1)]
+            for s in spawners:
+                s.start()
+            queries = errors = 0
+            slowest = 0.0
+            while any(s.is_alive() for s in spawners):
+                start = time.monotonic()
+                try:
+                    manager.generate(uuid, EXECS, {"time": [(OP_GT, str(int(time.time()) - 2))]})
+                    manager.generate(uuid, STATUS)
+                    queries += 2
+                except Exception:   # any failure of a query is what this test counts
+                    errors += 1
+                slowest = max(slowest, time.monotonic() - start)
+                time.sleep(max(0.0, 0.1 - (time.monotonic() - start)))
+            spawned = sum(len(s.spawned) for s in spawners)
+            deadline = time.monotonic() + 30
+            while True:
+                (status,) = manager.generate(uuid, STATUS)
+                got = len(manager.generate(uuid, EXECS, {"path": [(OP_EQUALS, str(nc))]}))
+                if got >= spawned or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            rss_end = _rss_mb(proc.pid)
+        finally:
+            manager.stop()
+            proc.wait(timeout=30)
+    print(f"\nload: {spawned} execs in {LOAD_SECONDS} s ({spawned / LOAD_SECONDS:,.0f}/s), {queries} queries "
+          f"(slowest {slowest * 1e3:.0f} ms), {errors} errors, rows {got}, lost {status['events_lost']}, "
+          f"RSS {rss_start:.0f} -> {rss_end:.0f} MB")
+    assert errors == 0 and int(status["events_lost"]) == 0 and got == spawned
+    assert rss_end < rss_start + 100, "RSS grew by more than 100 MB"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
