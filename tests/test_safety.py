@@ -14,12 +14,6 @@ from osquery_netutil.store import Store
 GOOD_ENTRY = "utilities:\n  - {name: tool, basenames: [tool], category: recon, technique: T1016, description: x}\n"
 
 
-@pytest.fixture
-def place(tmp_path: Path) -> Path:
-    tmp_path.chmod(0o700)
-    return tmp_path
-
-
 def test_a_writable_catalog_is_refused_and_the_builtin_kept(place: Path) -> None:
     catalog = place / "extra.yaml"
     catalog.write_text(GOOD_ENTRY)

@@ -23,14 +23,8 @@ def make_row(**values: object) -> dict[str, object]:
     return row
 
 
-@pytest.fixture
-def store_dir(tmp_path: Path) -> Path:
-    tmp_path.chmod(0o700)
-    return tmp_path
-
-
-def test_rows_are_bounded_by_count_and_age_and_eids_never_repeat(store_dir: Path) -> None:
-    path = store_dir / "events.db"
+def test_rows_are_bounded_by_count_and_age_and_eids_never_repeat(place: Path) -> None:
+    path = place / "events.db"
     now = int(time.time())
     with Store(path, max_rows=5, max_age_s=3600) as store:
         store.add(make_row(pid=1, time=now - 7200))           # older than max_age
@@ -48,8 +42,8 @@ def test_rows_are_bounded_by_count_and_age_and_eids_never_repeat(store_dir: Path
     assert (path.stat().st_mode & 0o777) == 0o600
 
 
-def test_select_uses_the_indexes_for_pushed_down_constraints(store_dir: Path) -> None:
-    with Store(store_dir / "events.db") as store:
+def test_select_uses_the_indexes_for_pushed_down_constraints(place: Path) -> None:
+    with Store(place / "events.db") as store:
         store.add_many(make_row(pid=p, utility="netcat" if p % 2 else "curl") for p in range(100))
         store.flush()
         rows = store.select([("pid", ">=", 10), ("pid", "<", 20), ("utility", "=", "netcat")])
@@ -63,8 +57,8 @@ def test_select_uses_the_indexes_for_pushed_down_constraints(store_dir: Path) ->
         assert store.stats()[0] == 100
 
 
-def test_one_writer_and_any_number_of_readers(store_dir: Path) -> None:
-    path = store_dir / "events.db"
+def test_one_writer_and_any_number_of_readers(place: Path) -> None:
+    path = place / "events.db"
     with Store(path) as writer:
         with pytest.raises(StoreBusy, match=f"pid {os.getpid()}.*osquery-netutil query"):
             Store(path)
@@ -76,22 +70,22 @@ def test_one_writer_and_any_number_of_readers(store_dir: Path) -> None:
             writer.flush()
             assert [r["pid"] for r in reader.select()] == [42, 43]
     with pytest.raises(StoreError, match="no store here yet"):
-        Store(store_dir / "missing.db", readonly=True)
+        Store(place / "missing.db", readonly=True)
 
 
-def test_unsafe_files_are_refused(store_dir: Path) -> None:
-    shared = store_dir / "shared"
+def test_unsafe_files_are_refused(place: Path) -> None:
+    shared = place / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
     with pytest.raises(StoreError, match="world-writable"):
         Store(shared / "events.db")
-    path = store_dir / "events.db"
+    path = place / "events.db"
     Store(path).close()
     path.chmod(0o666)
     with pytest.raises(StoreError, match="chmod go-w"):
         Store(path)
     path.chmod(0o600)
-    link = store_dir / "link.db"
+    link = place / "link.db"
     link.symlink_to(path)
     with pytest.raises(StoreError, match="symlink"):
         Store(link)
@@ -101,8 +95,8 @@ def test_unsafe_files_are_refused(store_dir: Path) -> None:
             Store(path)
 
 
-def test_a_corrupt_store_is_moved_aside_and_replaced(store_dir: Path) -> None:
-    path = store_dir / "events.db"
+def test_a_corrupt_store_is_moved_aside_and_replaced(place: Path) -> None:
+    path = place / "events.db"
     path.write_bytes(b"this is not a database" * 100)
     path.chmod(0o600)
     with Store(path) as store:
@@ -110,7 +104,7 @@ def test_a_corrupt_store_is_moved_aside_and_replaced(store_dir: Path) -> None:
         store.add(make_row(pid=1))
         store.flush()
         assert store.stats()[0] == 1
-    assert list(store_dir.glob("events.db.corrupt-*"))
+    assert list(place.glob("events.db.corrupt-*"))
 
 
 WRITER = textwrap.dedent(
@@ -127,8 +121,8 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_kill_9_loses_at_most_the_last_second(store_dir: Path) -> None:
-    path = store_dir / "events.db"
+def test_kill_9_loses_at_most_the_last_second(place: Path) -> None:
+    path = place / "events.db"
     root = Path(__file__).resolve().parent.parent
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, cwd=root, text=True)
     times: dict[int, float] = {}
@@ -150,8 +144,8 @@ def test_kill_9_loses_at_most_the_last_second(store_dir: Path) -> None:
         assert store.select([("pid", "=", -1)])[0]["eid"] > last_eid
 
 
-def test_range_queries_use_their_index_not_an_eid_scan(store_dir: Path) -> None:
-    with Store(store_dir / "events.db") as store:
+def test_range_queries_use_their_index_not_an_eid_scan(place: Path) -> None:
+    with Store(place / "events.db") as store:
         executed: list[str] = []
         store._reader.set_trace_callback(executed.append)
         for column, op in (("time", ">"), ("pid", "<="), ("utility", "=")):
@@ -160,10 +154,10 @@ def test_range_queries_use_their_index_not_an_eid_scan(store_dir: Path) -> None:
             assert f"USING INDEX events_{column}" in plan, plan
 
 
-def test_a_full_disk_keeps_rows_in_memory_and_recovers(store_dir: Path) -> None:
+def test_a_full_disk_keeps_rows_in_memory_and_recovers(place: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = store_dir / "tiny"
+    mount = place / "tiny"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)], check=True)
     try:
