@@ -210,3 +210,28 @@ def test_the_fast_reply_encoder_writes_what_thrift_writes(response: ExtensionRes
     assert encode_call_result(response) == buffer.getvalue()
     # and the extension's processor really answers call() with it
     assert Processor(Handler({}, threading.Event()))._processMap["call"] is Processor.process_call
+
+
+def test_a_corrupt_store_is_replaced_and_the_status_says_so(ext_file: str, manager: Manager, place: Path) -> None:
+    need(probe_unavailable())
+    store = place / "events.db"
+    store.write_bytes(b"garbage" * 1000)
+    store.chmod(0o600)
+    proc = manager.launch(ext_file, "--store", str(store))
+    try:
+        uuid = manager.wait_registered("netutil")
+        status = wait_state(manager, uuid, {"degraded", "running", "failed"})
+        assert status["state"] == "degraded" and "moved aside" in status["error"], status
+    finally:
+        err = stop(proc, manager)
+    assert "was unreadable" in err and "moved aside" in err
+    assert list(place.glob("events.db.corrupt-*"))
+
+
+def test_the_extension_leaves_within_its_interval_when_osquery_goes(ext_file: str, manager: Manager, place: Path) -> None:
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"), interval=1)
+    manager.wait_registered("netutil")
+    gone = time.monotonic()
+    manager.stop()
+    assert proc.wait(timeout=15) == 0
+    assert time.monotonic() - gone < 1 + 3, "more than --interval (1 s) and a flush"

@@ -170,3 +170,21 @@ def test_a_multicall_binary_running_an_applet_is_that_utility(sensor: Sensor, ro
         assert not rows.wait_for(lambda r: r["pid"] == pid, since=mark, timeout=1.0)   # not a network utility
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_a_utility_deleted_while_it_runs_is_reported(sensor: Sensor, rows: Collector, playground: Path) -> None:
+    copy = playground / "drop" / "nc"
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copy(os.path.realpath(shutil.which("nc")), copy)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mark = rows.mark()
+    proc = subprocess.Popen([str(copy), "-l", "127.0.0.1", str(port)])
+    copy.unlink()   # the dropper removes its tool at once
+    try:
+        row = row_of(rows, proc.pid, mark)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert row["utility"] == "netcat" and row["path"] == str(copy)

@@ -89,7 +89,10 @@ def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store 
     with --no-store or when --store cannot be used (said on stderr)."""
     if not args.no_store:
         try:
-            return keep.enter_context(Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age))
+            store = keep.enter_context(Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age))
+            if store.recovered:
+                _say(store.recovered)
+            return store
         except StoreError as exc:
             _say(f"{exc}; keeping rows in a temporary store instead")
     tmp = keep.enter_context(tempfile.TemporaryDirectory(prefix="osquery-netutil-"))

@@ -273,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = None
         problems.append(f"{exc}; rows are not kept")
         log(problems[-1])
+    if store is not None and store.recovered:
+        log(store.recovered)   # the status row says it too, as long as this process runs
 
     sensor = Sensor(catalog, store if writer else None, prefixes=args.prefix or WRITABLE_DIRS, problems=problems)
 
