@@ -96,6 +96,17 @@ class Catalog:
         return cls(builtin + _parse(user_text, str(user_file), builtin))
 
 
+def load_in_force(user_file: Path | None) -> tuple[Catalog, list[str]]:
+    """The catalog in force and the problems met loading it: a bad user file is reported
+    and the built-in catalog kept, so that detection never stops over a typo."""
+    if user_file is None:
+        return Catalog.load(), []
+    try:
+        return Catalog.load(user_file), []
+    except CatalogError as exc:
+        return Catalog.load(), [f"{exc}; keeping the built-in catalog"]
+
+
 def _parse(text: str, source: str, existing: list[Utility]) -> list[Utility]:
     try:
         doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, jsonl, packs, safety
-from .catalog import Catalog, CatalogError
+from .catalog import Catalog, load_in_force
 from .enrich import Row
 from .host import Host, QueryError
 from .output import render
@@ -43,16 +43,10 @@ def _say(message: str) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> tuple[Catalog, list[str]]:
-    """The catalog in force and the problems met loading it (a bad user file is reported
-    and the built-in catalog kept, so detection never stops over a typo)."""
-    if not args.catalog:
-        return Catalog.load(), []
-    try:
-        return Catalog.load(args.catalog), []
-    except CatalogError as exc:
-        problem = f"{exc}; keeping the built-in catalog"
+    catalog, problems = load_in_force(args.catalog)
+    for problem in problems:
         _say(problem)
-        return Catalog.load(), [problem]
+    return catalog, problems
 
 
 def _run_sensor(args: argparse.Namespace, store: Store | None, on_row: Callable[[Row], None] | None,

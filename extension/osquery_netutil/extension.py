@@ -31,7 +31,7 @@ from thrift.Thrift import TMessageType
 from thrift.transport import TSocket, TTransport
 
 from . import __version__, safety
-from .catalog import Catalog, CatalogError
+from .catalog import load_in_force
 from .locations import WRITABLE_DIRS
 from .probe import ProbeError
 from .sensor import Sensor, stored_status
@@ -250,14 +250,9 @@ def _watch_core(client: ExtensionClient, interval: float, stop: threading.Event)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    problems: list[str] = []
-    catalog = Catalog.load()
-    if args.catalog:
-        try:
-            catalog = Catalog.load(args.catalog)
-        except CatalogError as exc:
-            problems.append(f"{exc}; keeping the built-in catalog")
-            log(problems[-1])
+    catalog, problems = load_in_force(args.catalog)
+    for problem in problems:
+        log(problem)
 
     writer, note = True, ""
     store: Store | None
