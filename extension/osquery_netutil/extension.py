@@ -33,6 +33,7 @@ from thrift.transport import TSocket, TTransport
 from . import __version__, safety
 from .catalog import load_in_force
 from .locations import WRITABLE_DIRS
+from .memory import return_freed_memory
 from .probe import ProbeError
 from .sensor import Sensor, stored_status
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreBusy, StoreError
@@ -40,6 +41,7 @@ from .tables import ExecsTable, StatusTable, TablePlugin
 
 NAME = "netutil"                 # what --extensions_require names
 FLAGFILE = Path("/etc/osquery/netutil.flags")
+_LARGE_REPLY = 1 << 20   # after answers this big, hand the freed heap back
 SDK_VERSION = "5.0.0"
 MIN_SDK_VERSION = "1.8.0"
 
@@ -218,10 +220,14 @@ class Processor(Extension.Processor):
         args.read(iprot)
         iprot.readMessageEnd()
         result = self._handler.call(args.registry, args.item, args.request)
+        reply = encode_call_result(result)
         oprot.writeMessageBegin("call", TMessageType.REPLY, seqid)
-        oprot.trans.write(encode_call_result(result))
+        oprot.trans.write(reply)
         oprot.writeMessageEnd()
         oprot.trans.flush()
+        if len(reply) > _LARGE_REPLY:
+            del result, reply
+            return_freed_memory()
 
 
 def _register(args: argparse.Namespace, tables: dict[str, TablePlugin]) -> tuple[ExtensionClient, str]:

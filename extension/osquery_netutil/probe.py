@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .locations import FD_PATH_PREFIXES, WRITABLE_DIRS
+from .memory import return_freed_memory
 
 # The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
 # as package data.
@@ -179,15 +180,6 @@ def preflight() -> None:
         raise ProbeError("debugfs is not mounted: run 'mount -t debugfs nodev /sys/kernel/debug' (or 'make setup')")
 
 
-def _return_freed_memory() -> None:
-    """Hand the compiler's freed heap back to the kernel (glibc keeps it otherwise):
-    compiling the program with bcc's clang leaves ~25 MB of free heap in the process."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass   # not glibc: nothing to trim
-
-
 def _field_bytes(struct: ctypes.Structure, name: str) -> bytes:
     """All bytes of a char-array field (ctypes would stop at the first NUL)."""
     field = getattr(type(struct), name)
@@ -247,7 +239,7 @@ class Probe:
             self._bpf = BPF(text=bpf_source().encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
             raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
-        _return_freed_memory()
+        return_freed_memory()   # clang's freed heap (~25 MB)
         self._fill_filter()
         self._procs = self._bpf[b"procs"]
         self._event_type = self._bpf[b"pending_full"].Leaf

@@ -17,7 +17,6 @@ import fcntl
 import json
 import operator
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -91,7 +90,13 @@ class Store:
         self.error = ""            # last write error, '' when writes succeed
         self.recovered = ""        # why the file was replaced at open, if it was
         self._lock_fd: int | None = None
-        self._queue: queue.Queue[Row | threading.Event | None] = queue.Queue()
+        # Rows to write, swapped out whole by the writer: appending is all the probe's thread
+        # pays per row (a queue.Queue costs it two lock round trips per row, and starves
+        # under load).
+        self._incoming: list[Row] = []
+        self._flushes: list[threading.Event] = []
+        self._closing = False
+        self._wake = threading.Condition()
         self._writer: threading.Thread | None = None
         self._read_lock = threading.Lock()
         self._held: list[Row] = []          # rows the file could not take (disk full)
@@ -177,7 +182,8 @@ class Store:
         missing = _DATA_SET - row.keys()
         if missing:
             raise ValueError(f"row lacks columns {sorted(missing)}")
-        self._queue.put(row)
+        with self._wake:
+            self._incoming.append(row)
 
     def add_many(self, rows: Iterable[Row]) -> None:
         for row in rows:
@@ -188,14 +194,18 @@ class Store:
         if self._writer is None:
             return
         done = threading.Event()
-        self._queue.put(done)
+        with self._wake:
+            self._flushes.append(done)
+            self._wake.notify()
         done.wait(timeout)
 
     def close(self) -> None:
         """Flush, stop the writer and release the files. Safe to call twice."""
         self._reader.close()   # first, so the writer's close can checkpoint the WAL away
         if self._writer is not None:
-            self._queue.put(None)
+            with self._wake:
+                self._closing = True
+                self._wake.notify()
             self._writer.join(timeout=30)
             self._writer = None
             self._conn.close()
@@ -210,32 +220,23 @@ class Store:
         self.close()
 
     def _write_loop(self) -> None:
-        pending: list[Row] = []
-        waiters: list[threading.Event] = []
+        pending: list[Row] = []   # rows the file could not take yet (held, see _commit)
         last_prune = 0.0
         stopping = False
         while not stopping:
-            deadline = time.monotonic() + self.flush_s
-            while True:   # gather a batch until flush_s has passed or someone waits
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                if isinstance(item, threading.Event):
-                    waiters.append(item)
-                    break
-                pending.append(item)
-            if pending:
-                pending = self._commit(pending)
+            with self._wake:
+                if not (self._flushes or self._closing):
+                    self._wake.wait(self.flush_s)
+                batch, self._incoming = self._incoming, []
+                waiters, self._flushes = self._flushes, []
+                stopping = self._closing
+            if pending or batch:
+                pending = self._commit(pending + batch)
             if time.monotonic() - last_prune > _PRUNE_EVERY_S or stopping:
                 self._prune()
                 last_prune = time.monotonic()
             for w in waiters:
                 w.set()
-            waiters.clear()
 
     def _commit(self, rows: list[Row]) -> list[Row]:
         """Insert rows in one transaction. On failure (a full disk, say) keep them, the
