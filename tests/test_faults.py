@@ -87,7 +87,7 @@ def test_kill_9_in_a_storm_loses_at_most_a_second_and_eids_go_on(ext_file: str, 
     assert max(before_kill) < min(r["eid"] for r in rows if r["pid"] in set(after))
 
 
-def test_a_minute_of_execs_with_queries_every_100_ms(ext_file: str, place: Path) -> None:
+def test_a_minute_of_execs_with_queries_every_100_ms(ext_file: str, place: Path, capsys: pytest.CaptureFixture[str]) -> None:
     need(probe_unavailable())
     nc = write_executable(place / "nc", tiny_elf())
     store = place / "events.db"
@@ -130,10 +130,11 @@ def test_a_minute_of_execs_with_queries_every_100_ms(ext_file: str, place: Path)
         finally:
             manager.stop()
             proc.wait(timeout=30)
-    print(f"\nload: {spawned} execs in {LOAD_SECONDS} s ({spawned / LOAD_SECONDS:,.0f}/s), {queries} queries "
-          f"(slowest {slowest * 1e3:.0f} ms), {errors} errors, rows {got} ({caught_up:.0f} s after the last exec), "
-          f"lost {status['events_lost']}, "
-          f"RSS {rss_start:.0f} -> {rss_half:.0f} (half-time) -> {rss_end:.0f} MB")
+    with capsys.disabled():   # the figures belong in CI's output
+        print(f"\nload: {spawned} execs in {LOAD_SECONDS} s ({spawned / LOAD_SECONDS:,.0f}/s), {queries} queries "
+              f"(slowest {slowest * 1e3:.0f} ms), {errors} errors, rows {got} ({caught_up:.0f} s after the last exec), "
+              f"lost {status['events_lost']}, "
+              f"RSS {rss_start:.0f} -> {rss_half:.0f} (half-time) -> {rss_end:.0f} MB")
     assert errors == 0 and int(status["events_lost"]) == 0 and got == spawned
     # A guard against runaway memory, not the goal: under this load (queries of thousands
     # of rows every 100 ms while the host execs at full speed) RSS still grows by a few
