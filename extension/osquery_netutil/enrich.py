@@ -138,12 +138,9 @@ class Enricher:
             "cgroup_path": cgroup_path,
         }
 
-    def ancestors(self, ppid: int) -> list[dict[str, Any]]:
-        """The chain above a process, parent first, up to init or MAX_ANCESTORS levels."""
-        return self._chain(ppid)[0]
-
     def _chain(self, ppid: int) -> tuple[list[dict[str, Any]], str]:
-        """The chain and its JSON. Siblings share them: a script running nc a hundred
+        """The chain above a process (parent first, up to init or MAX_ANCESTORS levels)
+        and its JSON. Siblings share them: a script running nc a hundred
         times is walked once a second, not a hundred times (the parent's exec time tells
         a reused pid apart)."""
         if ppid <= 0:

@@ -126,7 +126,7 @@ class _Cursor:
 
 
 def _as_text(value: Any) -> str:
-    """What sqlite3_value_text gives osquery for a constraint value."""
+    """What sqlite3_value_text gives osquery for a value (constraints, function arguments)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, float) and value.is_integer():
@@ -147,9 +147,6 @@ def _typed(column_type: str, value: str | None) -> Any:
 
 
 # -- osquery's SQL functions -----------------------------------------------------------
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else _as_text(value)
-
 
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> re.Pattern[str]:
@@ -174,7 +171,7 @@ def regex_match(value: Any, pattern: Any, index: Any) -> str | None:
     """Group `index` (0: the whole match) of the first match of pattern in value, or NULL."""
     if value is None or pattern is None or index is None:
         return None
-    match = _regex(_text(pattern)).search(_text(value))
+    match = _regex(_as_text(pattern)).search(_as_text(value))
     i = _index(index)
     if match is None or i is None or i > (match.re.groups):
         return None
@@ -187,10 +184,10 @@ def regex_split(value: Any, pattern: Any, index: Any) -> str | None:
     trailing empty token is not produced."""
     if value is None or pattern is None or index is None:
         return None
-    if _text(pattern) == "":
+    if _as_text(pattern) == "":
         raise ValueError("Invalid input to split function")
-    text, tokens, last = _text(value), [], 0
-    for match in _regex(_text(pattern)).finditer(text):
+    text, tokens, last = _as_text(value), [], 0
+    for match in _regex(_as_text(pattern)).finditer(text):
         tokens.append(text[last:match.start()])
         last = match.end()
     if last < len(text):
@@ -204,10 +201,10 @@ def split(value: Any, tokens: Any, index: Any) -> str | None:
     dropped, then each trimmed (osquery::split)."""
     if value is None or tokens is None or index is None:
         return None
-    delimiters = _text(tokens)
+    delimiters = _as_text(tokens)
     if delimiters == "":
         raise ValueError("Invalid input to split function")
-    pieces = re.split("[" + re.escape(delimiters) + "]", _text(value))
+    pieces = re.split("[" + re.escape(delimiters) + "]", _as_text(value))
     pieces = [p.strip(" \t\n\v\f\r") for p in pieces if p != ""]
     i = _index(index)
     return pieces[i] if i is not None and i < len(pieces) else None
@@ -220,7 +217,7 @@ def _concat(separator: str, values: Sequence[Any]) -> str | None:
     for i, value in enumerate(values):
         if value is None:
             continue
-        out.append(_text(value))
+        out.append(_as_text(value))
         if separator and i + 1 < len(values):
             out.append(separator)
     return "".join(out)
@@ -236,7 +233,7 @@ def concat_ws(*values: Any) -> str | None:
     each non-NULL value that is not the last argument, as in osquery)."""
     if not values:
         raise ValueError("Missing separator to concat_ws")
-    separator = "" if values[0] is None else _text(values[0])
+    separator = "" if values[0] is None else _as_text(values[0])
     return _concat(separator, values[1:])
 
 
@@ -244,7 +241,7 @@ def inet_aton(value: Any) -> int | None:
     """A dotted-quad IPv4 address as an integer; NULL for IPv6 or anything else."""
     if value is None:
         return None
-    text = _text(value)
+    text = _as_text(value)
     if ":" in text:
         return None
     try:
