@@ -20,7 +20,7 @@ from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
-from osquery_netutil.extension import Handler, Processor, encode_call_result, parse_args
+from osquery_netutil.extension import Handler, Processor, parse_args, write_call_result
 from osquery_netutil.schema import EXECS, STATUS
 from osquery_netutil.store import Store
 from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT
@@ -207,7 +207,9 @@ def test_flags_come_from_the_flagfile_and_the_command_line(place: Path, capsys: 
 def test_the_fast_reply_encoder_writes_what_thrift_writes(response: ExtensionResponse) -> None:
     buffer = TTransport.TMemoryBuffer()
     Extension.call_result(success=response).write(TBinaryProtocol.TBinaryProtocol(buffer))
-    assert encode_call_result(response) == buffer.getvalue()
+    pieces: list[bytes] = []
+    write_call_result(response, pieces.append)
+    assert b"".join(pieces) == buffer.getvalue()
     # and the extension's processor really answers call() with it
     assert Processor(Handler({}, threading.Event()))._processMap["call"] is Processor.process_call
 

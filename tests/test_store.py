@@ -61,6 +61,26 @@ def test_select_uses_the_indexes_for_pushed_down_constraints(place: Path) -> Non
         assert store.stats()[0] == 100
 
 
+def test_a_stream_counts_and_reads_one_snapshot_while_the_writer_goes_on(place: Path) -> None:
+    with Store(place / "events.db") as store:
+        store.add_many(make_row(pid=p) for p in range(1000))
+        store.flush()
+        rows = store.stream([("pid", ">=", 10)], text=True)
+        assert len(rows) == 990
+        store.add_many(make_row(pid=p) for p in range(1000, 1100))   # after the snapshot: not in it
+        store.flush()
+        read = list(rows)
+        assert len(read) == 990 and read[0]["pid"] == "10" and read[-1]["pid"] == "999"
+        assert read == store.select([("pid", ">=", 10), ("pid", "<", 1000)], text=True)
+        with pytest.raises(RuntimeError, match="read already"):
+            list(rows)
+        unread = store.stream()
+        assert len(unread) == 1100
+        unread.close()   # an answer never sent releases its snapshot too
+        with pytest.raises(RuntimeError, match="read already"):
+            list(unread)
+
+
 def test_one_writer_and_any_number_of_readers(place: Path) -> None:
     path = place / "events.db"
     with Store(path) as writer:

@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from osquery.extension_client import DEFAULT_SOCKET_PATH, ExtensionClient
 from osquery.extensions import Extension
@@ -33,7 +33,6 @@ from thrift.transport import TSocket, TTransport
 from . import __version__, safety
 from .catalog import load_in_force
 from .locations import WRITABLE_DIRS
-from .memory import return_freed_memory
 from .probe import ProbeError
 from .sensor import Sensor, stored_status
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreBusy, StoreError
@@ -41,7 +40,7 @@ from .tables import ExecsTable, StatusTable, TablePlugin
 
 NAME = "netutil"                 # what --extensions_require names
 FLAGFILE = Path("/etc/osquery/netutil.flags")
-_LARGE_REPLY = 1 << 20   # after answers this big, hand the freed heap back
+_CHUNK = 1 << 18   # bytes of a reply sent at a time
 SDK_VERSION = "5.0.0"
 MIN_SDK_VERSION = "1.8.0"
 
@@ -172,10 +171,15 @@ def _string(value: str) -> bytes:
     return struct.pack(">i", len(raw)) + raw
 
 
-def encode_call_result(response: ExtensionResponse) -> bytes:
+def write_call_result(response: ExtensionResponse, send: Callable[[bytes], None]) -> None:
     """Extension.call's reply struct in thrift's binary protocol, byte for byte what the
-    generated call_result.write() produces, about five times faster: a 10,000-row answer
-    is mostly this encoding. (thrift's C accelerator is not available in the .ext.)"""
+    generated call_result.write() produces, about five times faster (a 10,000-row answer
+    is mostly this encoding; thrift's C accelerator is not available in the .ext).
+
+    It is handed to send() in pieces of about _CHUNK bytes as the rows are read, so a
+    large answer streamed from the store (StoredRows) is never in memory whole. A row
+    that fails to read after the first piece went out raises: the caller drops the
+    connection, and osquery sees a failed call rather than a truncated answer."""
     status = response.status
     out = [b"\x0c\x00\x00", b"\x0c\x00\x01"]                     # call_result.success, .status
     if status.code is not None:
@@ -191,6 +195,7 @@ def encode_call_result(response: ExtensionResponse) -> bytes:
         # Keys, and many values (user, utility, paths, ancestors of a burst), repeat.
         seen: dict[str, bytes] = {}
         append, pack = out.append, struct.pack
+        size = 0
         for row in rows:
             append(b"\x0b\x0b" + pack(">i", len(row)))
             for key, value in row.items():
@@ -204,12 +209,17 @@ def encode_call_result(response: ExtensionResponse) -> bytes:
                     if len(seen) < 65536:   # bounded: unique values (pids, cmdlines) are many
                         seen[value] = encoded
                 append(encoded)
+                size += len(encoded)
+            if size > _CHUNK:
+                send(b"".join(out))
+                out.clear()
+                size = 0
     out.append(b"\x00\x00")                                           # end of ExtensionResponse, call_result
-    return b"".join(out)
+    send(b"".join(out))
 
 
 class Processor(Extension.Processor):
-    """The generated processor, with call()'s reply encoded by encode_call_result."""
+    """The generated processor, with call()'s reply written by write_call_result."""
 
     def __init__(self, handler: Extension.Iface) -> None:
         super().__init__(handler)
@@ -220,14 +230,20 @@ class Processor(Extension.Processor):
         args.read(iprot)
         iprot.readMessageEnd()
         result = self._handler.call(args.registry, args.item, args.request)
-        reply = encode_call_result(result)
         oprot.writeMessageBegin("call", TMessageType.REPLY, seqid)
-        oprot.trans.write(reply)
+        transport = oprot.trans
+
+        def send(piece: bytes) -> None:
+            transport.write(piece)
+            transport.flush()   # the unframed binary protocol is a plain stream: pieces are fine
+
+        try:
+            write_call_result(result, send)
+        finally:
+            close = getattr(result.response, "close", None)
+            if close is not None:
+                close()   # the store snapshot of a StoredRows answer
         oprot.writeMessageEnd()
-        oprot.trans.flush()
-        if len(reply) > _LARGE_REPLY:
-            del result, reply
-            return_freed_memory()
 
 
 def _register(args: argparse.Namespace, tables: dict[str, TablePlugin]) -> tuple[ExtensionClient, str]:

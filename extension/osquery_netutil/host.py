@@ -21,7 +21,7 @@ import json
 import re
 import socket
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import apsw
 
@@ -87,9 +87,13 @@ class _VirtualTable:
 
 
 class _Cursor:
+    """Rows are converted as SQLite steps through them: a stored answer (StoredRows) is
+    read one row at a time, never held whole."""
+
     def __init__(self, vtable: _VirtualTable) -> None:
         self._vtable = vtable
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: Iterator[dict[str, str]] = iter(())
+        self._row: tuple[Any, ...] | None = None
         self._index = 0
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: Sequence[Any]) -> None:  # noqa: N802
@@ -106,23 +110,30 @@ class _Cursor:
         response = self._vtable.plugin.call({"action": "generate", "context": json.dumps(context)})
         if response.status.code != 0:
             raise QueryError(response.status.message)
-        self._rows = [tuple(_typed(c.type, row.get(c.name)) for c in table.columns) for row in response.response]
-        self._index = 0
+        self.Close()
+        self._rows = iter(response.response)
+        self._index = -1
+        self.Next()
 
     def Eof(self) -> bool:  # noqa: N802
-        return self._index >= len(self._rows)
+        return self._row is None
 
     def Rowid(self) -> int:  # noqa: N802
         return self._index
 
     def Column(self, number: int) -> Any:  # noqa: N802
-        return self._index if number == -1 else self._rows[self._index][number]
+        return self._index if number == -1 else self._row[number]
 
     def Next(self) -> None:  # noqa: N802
+        row = next(self._rows, None)
+        self._row = None if row is None else tuple(_typed(c.type, row.get(c.name)) for c in self._vtable.table.columns)
         self._index += 1
 
     def Close(self) -> None:  # noqa: N802
-        self._rows = []
+        close = getattr(self._rows, "close", None)   # a generator over a store snapshot
+        if close is not None:
+            close()
+        self._rows, self._row = iter(()), None
 
 
 def _as_text(value: Any) -> str:

@@ -45,6 +45,57 @@ _TEXT_SELECT = ", ".join(c.name if c.type == "TEXT" else f"CAST({c.name} AS TEXT
 _INSERT = f"INSERT INTO events ({', '.join(_DATA_COLUMNS)}) VALUES ({', '.join('?' * len(_DATA_COLUMNS))})"
 
 
+def _select_sql(conditions: Sequence[Condition], text: bool) -> tuple[str, list[Any]]:
+    """SELECT of the rows matching all conditions, in eid order, and its parameters."""
+    where, params = [], []
+    for column, op, value in conditions:
+        if column not in _COLUMNS or op not in OPS:
+            raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(_COLUMNS)}; ops {OPS}")
+        where.append(f"{column} {op} ?")
+        params.append(value)
+    # "+eid": order the matches, but let SQLite pick the index for the WHERE clause
+    # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
+    sql = (f"SELECT {_TEXT_SELECT if text else '*'} FROM events"
+           + (" WHERE " + " AND ".join(where) + " ORDER BY +eid" if where else " ORDER BY eid"))
+    return sql, params
+
+
+class StoredRows:
+    """The answer of Store.stream(): len() before the first row is read, then the rows
+    one by one from an open read snapshot, which is released when they are all read,
+    on close(), or when the object is dropped."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: str, params: list[Any], count: int, held: list[Row]) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._sql, self._params = sql, params
+        self._count = count
+        self._held = held
+
+    def __len__(self) -> int:
+        return self._count + len(self._held)
+
+    def __iter__(self) -> Iterator[Row]:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("these stored rows were read already")
+        self._conn = None
+        try:
+            cursor = conn.execute(self._sql, self._params)
+            names = [d[0] for d in cursor.description]
+            for values in cursor:
+                yield dict(zip(names, values))
+        finally:
+            conn.close()
+        yield from self._held
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    __del__ = close
+
+
 class StoreError(RuntimeError):
     """The store cannot be used. The message names the file, the cause and the fix."""
 
@@ -321,21 +372,27 @@ class Store:
         """Rows matching all conditions (each on a schema column, op in OPS), eid order,
         including rows held in memory while the file cannot be written. With text=True
         every value is a string, as osquery rows are (SQLite converts)."""
-        where, params = [], []
-        for column, op, value in conditions:
-            if column not in _COLUMNS or op not in OPS:
-                raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(_COLUMNS)}; ops {OPS}")
-            where.append(f"{column} {op} ?")
-            params.append(value)
-        # "+eid": order the matches, but let SQLite pick the index for the WHERE clause
-        # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
-        sql = (f"SELECT {_TEXT_SELECT if text else '*'} FROM events"
-               + (" WHERE " + " AND ".join(where) + " ORDER BY +eid" if where else " ORDER BY eid"))
+        sql, params = _select_sql(conditions, text)
         with self._read_lock:
             cursor = self._reader.execute(sql, params)
             names = [d[0] for d in cursor.description]
             rows = [dict(zip(names, r)) for r in cursor]
         return rows + self._held_matching(conditions, text) if self._held else rows
+
+    def stream(self, conditions: Sequence[Condition] = (), text: bool = False) -> "StoredRows":
+        """The rows select() returns, read one at a time while they are sent: how many
+        there are is known first (counted in the same snapshot), so an answer of 100,000
+        rows never sits in memory whole. Iterate once (or close())."""
+        sql, params = _select_sql(conditions, text)
+        conn = _connect(self.path, readonly=True)
+        try:
+            conn.execute("BEGIN")   # one snapshot for the count and the rows
+            (count,) = conn.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        held = self._held_matching(conditions, text) if self._held else []
+        return StoredRows(conn, sql, params, count, held)
 
     def _held_matching(self, conditions: Sequence[Condition], text: bool) -> list[Row]:
         """Held rows with the eids they will get (AUTOINCREMENT continues from the highest

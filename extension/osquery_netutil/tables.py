@@ -22,12 +22,14 @@ import json
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
 from .schema import EXECS, STATUS, Table
-from .store import Condition, Store
+from .store import Condition, Store, StoredRows
 
 # osquery's constraint operators (osquery/core/tables.h; SQLite's own values).
 OP_EQUALS, OP_GT, OP_LE, OP_LT, OP_GE = 2, 4, 8, 16, 32
 _SQL_OPS = {OP_EQUALS: "=", OP_GT: ">", OP_LE: "<=", OP_LT: "<", OP_GE: ">="}
 _RANGE_OPS = set(_SQL_OPS)
+# A table's answer: a list, or stored rows read while they are sent (len() known first).
+Rows = list[dict[str, str]] | StoredRows
 
 
 def as_text(row: dict[str, Any]) -> dict[str, str]:
@@ -75,7 +77,7 @@ class TablePlugin:
 
     table: Table
 
-    def generate(self, context: dict[str, Any]) -> list[dict[str, str]]:
+    def generate(self, context: dict[str, Any]) -> Rows:
         raise NotImplementedError
 
     def routes(self) -> list[dict[str, str]]:
@@ -111,11 +113,11 @@ class ExecsTable(TablePlugin):
     def __init__(self, store: Callable[[], Store | None]) -> None:
         self._store = store
 
-    def generate(self, context: dict[str, Any]) -> list[dict[str, str]]:
+    def generate(self, context: dict[str, Any]) -> Rows:
         store = self._store()
         if store is None:
             return []
-        return store.select(conditions_from(context), text=True)
+        return store.stream(conditions_from(context), text=True)
 
 
 class StatusTable(TablePlugin):
