@@ -55,52 +55,66 @@ struct exec_event {
     char args[ARGS_BUF + ARG_MAX_LEN];
 };
 
-// Every process has one entry in `procs`, written once (at fork) and then changed in
-// place: map updates are the expensive part of a program run (about 600 ns each on a
-// retpoline VM), in-place writes through a lookup are not. The entry holds
-//   lineage  parent and fork time, written at fork;
+// Every process has one slot in `procs`, an array indexed by pid modulo its size: the
+// slot is claimed at fork and then changed in place. No map update runs per exec or
+// fork: inserting into a hash map (an LRU above all) cost 950 ns per fork here, more
+// than all the rest of a fork's program; an array slot costs a bounds check.
+// The array keeps exited processes until their slot is claimed again, that is, until
+// ANCESTRY_MAX more pids were handed out: the horizon an LRU of that size would have,
+// since the kernel hands out pids in increasing order. A slot holds
+//   lineage  pid, parent and fork time, written at fork;
 //   image    the file exec'd and the head of argv, committed when an exec succeeds;
 //   pending  what an exec in progress passed (its argv head), written at syscall entry,
 //            committed at exec or dropped when the exec fails.
 // A process that forked and has not exec'd runs its parent's image; user space resolves
-// that (image time 0 or older than the fork). The LRU keeps exited processes, so that
-// children reported later can still name them; a fork overwrites a reused pid.
+// that (image time 0). A slot whose pid differs is another process's: user space then
+// reads /proc, where a live process still is.
 struct proc {
-    u64 fork_ktime_ns;             // 0: forked before the probe attached
+    u32 pid;                       // owner of the slot; 0: free
     u32 ppid;
-    u32 flags;                     // I_* for the image
+    u64 fork_ktime_ns;             // 0: forked before the probe attached
     u64 ktime_ns;                  // exec time of the image; 0: no exec seen
+    u32 flags;                     // I_* for the image
     u32 uid;
     u32 head_len;
+    u32 pend_head_len;
     char comm[16];
     char file[FILENAME_LEN];       // the file exec'd: for a script, the script
-    char head[HEAD_LEN];           // first arguments, NUL-separated
     const char *pend_filename;     // caller's pointer, still valid if the exec fails
     u32 pend_tid;                  // thread whose exec is pending; 0: none
-    u32 pend_candidate;
-    u32 pend_head_len;
+    u32 pend_match;                // F_MATCH_* of the pending exec; 0: not forwarded
+    u32 cur;                       // head cur & 1 of the two is the image's, the other the pending exec's
     u32 pad;
-    char pend_head[2 * HEAD_LEN];  // HEAD_LEN of slack for constant-size reads
+    // First arguments, NUL-separated. Committing an exec swaps the two (cur ^= 1) instead
+    // of copying. HEAD_LEN of slack each, for constant-size reads.
+    char heads[2 * 2 * HEAD_LEN];  // flat: bcc's Python types get 2-D arrays wrong
 };
 
 struct comm_key { char name[16]; };
 struct prefix_key { u32 prefixlen; char path[PREFIX_LEN]; };
+// A path with room for a prefix_key's header: the LPM lookup reads only its first
+// sizeof(struct prefix_key) bytes, so the path read needs no copy to become a key.
+struct path_buf { u32 prefixlen; char path[FILENAME_LEN]; };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, C_COUNT);
 
 BPF_HASH(catalog_comms, struct comm_key, u8, 1024);            // filled by user space
 BPF_LPM_TRIE(forward_prefixes, struct prefix_key, u8, 64);    // filled by user space
+// Quick rejections, so that most execs skip the lookups above (an array slot costs a few
+// ns, a hash or trie lookup 150-250): the first two bytes of each catalog name, and the
+// byte after the leading '/' of each forwarded prefix (/usr/... and /bin/... start none).
+BPF_ARRAY(name_heads, u8, 65536);                              // filled by user space
+BPF_ARRAY(prefix_heads, u8, 256);                              // filled by user space
 
-BPF_TABLE("lru_hash", u32, struct proc, procs, ANCESTRY_MAX);   // pid -> struct proc
+BPF_ARRAY(procs, struct proc, ANCESTRY_MAX);   // pid % ANCESTRY_MAX -> struct proc
 
 // A candidate's full argv between syscall entry and exec, keyed by thread. LRU, so that
 // the entries of execs that die mid-way cannot fill the map.
 BPF_TABLE("lru_hash", u32, struct exec_event, pending_full, PENDING_MAX);
 
 BPF_PERCPU_ARRAY(event_heap, struct exec_event, 1);
-BPF_PERCPU_ARRAY(proc_heap, struct proc, 1);          // a zeroed entry to insert from
-BPF_PERCPU_ARRAY(path_heap, struct prefix_key, 1);   // filename as passed, then lookup key
+BPF_PERCPU_ARRAY(path_heap, struct path_buf, 1);   // filename as passed, also the lookup key
 
 static __always_inline void count(int which)
 {
@@ -111,30 +125,51 @@ static __always_inline void count(int which)
 
 static __always_inline u32 current_tid(void) { return (u32)bpf_get_current_pid_tgid(); }
 
-// The entry of pid, created (zeroed: parent unknown) for a process older than the probe.
+static __always_inline char *image_head(struct proc *p) { return &p->heads[(p->cur & 1) * 2 * HEAD_LEN]; }
+static __always_inline char *pending_head(struct proc *p) { return &p->heads[((p->cur & 1) ^ 1) * 2 * HEAD_LEN]; }
+
+static __always_inline struct proc *slot_of(u32 pid)
+{
+    u32 slot = pid & (ANCESTRY_MAX - 1);
+    return procs.lookup(&slot);
+}
+
+// Claim pid's slot: whatever it held (an older process with the same slot) is forgotten.
+static __always_inline void claim(struct proc *p, u32 pid, u32 ppid, u64 fork_ktime_ns)
+{
+    p->pid = pid;
+    p->ppid = ppid;
+    p->fork_ktime_ns = fork_ktime_ns;
+    p->ktime_ns = 0;
+    p->flags = 0;
+    p->head_len = 0;
+    p->pend_tid = 0;
+}
+
+// The slot of pid, claimed (parent unknown) for a process older than the probe, or one
+// whose slot a newer process took.
 static __always_inline struct proc *proc_of(u32 pid)
 {
-    struct proc *p = procs.lookup(&pid);
-    if (p)
-        return p;
-    int zero = 0;
-    struct proc *blank = proc_heap.lookup(&zero);
-    if (!blank)
-        return 0;
-    procs.update(&pid, blank);
-    return procs.lookup(&pid);
+    struct proc *p = slot_of(pid);
+    if (p && p->pid != pid)
+        claim(p, pid, 0, 0);
+    return p;
 }
 
 // Forward on path: relative, or under a prefix in forward_prefixes (writable dirs, fd
-// paths). key->path holds the path's first PREFIX_LEN bytes.
-static __always_inline int path_is_candidate(struct prefix_key *key)
+// paths). Only the first PREFIX_LEN bytes of the path take part in the lookup.
+static __always_inline int path_is_candidate(struct path_buf *buf)
 {
-    if (key->path[0] == 0)
+    if (buf->path[0] == 0)
         return 1;   // execveat(fd, "", AT_EMPTY_PATH): an fd exec
-    if (key->path[0] != '/')
+    if (buf->path[0] != '/')
         return 1;
-    key->prefixlen = PREFIX_LEN * 8;
-    u8 *hit = forward_prefixes.lookup(key);
+    u32 second = (u8)buf->path[1];
+    u8 *head = prefix_heads.lookup(&second);
+    if (!head || !*head)
+        return 0;
+    buf->prefixlen = PREFIX_LEN * 8;
+    u8 *hit = forward_prefixes.lookup((struct prefix_key *)buf);
     return hit ? *hit : 0;   // read the value: clang must not fold the pointer into flags
 }
 
@@ -153,6 +188,10 @@ static __always_inline int name_is_candidate(const char *path, int len)
             break;
         }
     }
+    u32 two = (u8)path[base & (FILENAME_LEN - 1)] | (u32)(u8)path[(base + 1) & (FILENAME_LEN - 1)] << 8;
+    u8 *head = name_heads.lookup(&two);
+    if (!head || !*head)
+        return 0;
     struct comm_key key = {};
     for (int j = 0; j < 15; j++) {
         char c = path[(base + j) & (FILENAME_LEN - 1)];
@@ -228,12 +267,21 @@ static __always_inline void read_argv(struct exec_event *ev, const char *const *
 // head has HEAD_LEN bytes of slack so that each read can use the constant HEAD_LEN size.
 static __always_inline u32 read_head(char *head, const char *const *argv)
 {
+    // The pointers in one read (one helper call, not HEAD_ARGS); one by one only when
+    // that read runs past the end of argv's mapping.
+    const char *ptrs[HEAD_ARGS] = {};
+    if (bpf_probe_read_user(ptrs, sizeof(ptrs), argv)) {
+#pragma unroll
+        for (int i = 0; i < HEAD_ARGS; i++) {
+            if (bpf_probe_read_user(&ptrs[i], sizeof(ptrs[i]), &argv[i]) || !ptrs[i])
+                break;
+        }
+    }
     u32 off = 0;
-    const char *ptr;
+#pragma unroll
     for (int i = 0; i < HEAD_ARGS; i++) {
-        if (off >= HEAD_LEN)
-            break;
-        if (bpf_probe_read_user(&ptr, sizeof(ptr), &argv[i]) || !ptr)
+        const char *ptr = ptrs[i];
+        if (off >= HEAD_LEN || !ptr)
             break;
         u32 at = off;
         asm volatile("" : "+r"(at));   // hide the bound from clang so the mask stays for the verifier
@@ -252,30 +300,30 @@ static __always_inline int on_exec_enter(const char *filename, const char *const
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tid = (u32)pid_tgid;
     int zero = 0;
-    struct prefix_key *pk = path_heap.lookup(&zero);
-    struct exec_event *ev = event_heap.lookup(&zero);
+    struct path_buf *path = path_heap.lookup(&zero);
     struct proc *p = proc_of(pid_tgid >> 32);
-    if (!pk || !ev || !p)
+    if (!path || !p)
         return 0;
-    // The filename goes into the event buffer, whose first FILENAME_LEN bytes are free
-    // here; the prefix key gets a copy of its head.
-    int len = bpf_probe_read_user_str(ev->filename, FILENAME_LEN, filename);
+    int len = bpf_probe_read_user_str(path->path, FILENAME_LEN, filename);
     if (len < 0)
         return 0;
-    bpf_probe_read_kernel(pk->path, PREFIX_LEN, ev->filename);
-    u32 candidate = fd_exec || path_is_candidate(pk) || name_is_candidate(ev->filename, len);
-
-    if (candidate) {
+    // comm will be the basename: judged here, so the exec's program need not look again.
+    u32 match = (name_is_candidate(path->path, len) ? F_MATCH_COMM : 0)
+              | (fd_exec || path_is_candidate(path) ? F_MATCH_PATH : 0);
+    char *head = pending_head(p);
+    struct exec_event *ev = match ? event_heap.lookup(&zero) : 0;
+    if (ev) {
         ev->flags = 0;
         read_argv(ev, argv);
         p->pend_head_len = ev->args_size < HEAD_LEN ? ev->args_size : HEAD_LEN;
-        bpf_probe_read_kernel(p->pend_head, HEAD_LEN, ev->args);
+        bpf_probe_read_kernel(head, HEAD_LEN, ev->args);
         pending_full.update(&tid, ev);
     } else {
-        p->pend_head_len = read_head(p->pend_head, argv);
+        match = 0;
+        p->pend_head_len = read_head(head, argv);
     }
     p->pend_filename = filename;
-    p->pend_candidate = candidate;
+    p->pend_match = match;
     p->pend_tid = tid;
     return 0;
 }
@@ -302,19 +350,19 @@ static __always_inline int on_exec_exit(long ret)
     u32 tid = (u32)pid_tgid;
     u32 tgid = pid_tgid >> 32;
     count(C_FAILED);
-    struct proc *p = procs.lookup(&tgid);
-    if (!p || p->pend_tid != tid)
+    struct proc *p = slot_of(tgid);
+    if (!p || p->pid != tgid || p->pend_tid != tid)
         return 0;
     if (ret == -ENOEXEC) {
         p->ktime_ns = bpf_ktime_get_ns();
         p->uid = (u32)bpf_get_current_uid_gid();
         p->flags = I_SCRIPT_NOEXEC;
         p->head_len = p->pend_head_len;
+        p->cur ^= 1;
         bpf_get_current_comm(p->comm, sizeof(p->comm));
         bpf_probe_read_user_str(p->file, FILENAME_LEN, p->pend_filename);
-        bpf_probe_read_kernel(p->head, HEAD_LEN, p->pend_head);
     }
-    if (p->pend_candidate)
+    if (p->pend_match)
         pending_full.delete(&tid);
     p->pend_tid = 0;
     return 0;
@@ -336,7 +384,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (!p)
         return 0;
     int entered = p->pend_tid == old_tid;   // else the exec began before the probe attached
-    u32 candidate = entered && p->pend_candidate;
+    u32 match = entered ? p->pend_match : 0;
     u64 uid_gid = bpf_get_current_uid_gid();
     p->ktime_ns = bpf_ktime_get_ns();
     p->uid = (u32)uid_gid;
@@ -345,38 +393,36 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     bpf_probe_read_kernel_str(p->file, FILENAME_LEN, (void *)args + (args->data_loc_filename & 0xFFFF));
     p->head_len = entered ? p->pend_head_len : 0;
     if (entered)
-        bpf_probe_read_kernel(p->head, HEAD_LEN, p->pend_head);
+        p->cur ^= 1;   // the pending head becomes the image's
     p->pend_tid = 0;
 
-    u32 match = 0;
-    struct comm_key ck = {};
-    __builtin_memcpy(ck.name, p->comm, 16);
-    if (catalog_comms.lookup(&ck))
-        match |= F_MATCH_COMM;
-    if (candidate) {
-        match |= F_MATCH_PATH;
-    } else if (!entered) {
-        // Exec entered before the probe attached: judge the path from the tracepoint.
-        struct prefix_key *pk = path_heap.lookup(&zero);
-        if (pk) {
-            bpf_probe_read_kernel(pk->path, PREFIX_LEN, p->file);
-            if (path_is_candidate(pk))
+    if (!entered) {
+        // Exec entered before the probe attached: judge comm and path here, from the
+        // tracepoint. (Otherwise entry judged them: comm is the basename it looked up,
+        // and an fd exec, whose comm may differ, is forwarded on its path.)
+        struct comm_key ck = {};
+        __builtin_memcpy(ck.name, p->comm, 16);
+        if (catalog_comms.lookup(&ck))
+            match |= F_MATCH_COMM;
+        struct path_buf *path = path_heap.lookup(&zero);
+        if (path) {
+            bpf_probe_read_kernel(path->path, PREFIX_LEN, p->file);
+            if (path_is_candidate(path))
                 match |= F_MATCH_PATH;
         }
     }
     if (!match)
         return 0;
-    struct exec_event *ev = candidate ? pending_full.lookup(&old_tid) : 0;
+    struct exec_event *ev = entered ? pending_full.lookup(&old_tid) : 0;
     if (!ev) {
-        // No argv was read at entry (exec entered before attach, or comm differs from
-        // the basename): forward the argv head.
+        // No argv was read at entry (the exec entered before attach): forward the head.
         ev = event_heap.lookup(&zero);
         if (!ev)
             goto out;
         ev->flags = F_ARGS_TRUNCATED | (entered ? 0 : F_NO_ENTER);
         ev->args_size = p->head_len;
         ev->argc = 0;
-        bpf_probe_read_kernel(ev->args, HEAD_LEN, p->head);
+        bpf_probe_read_kernel(ev->args, HEAD_LEN, image_head(p));
     }
     ev->ktime_ns = p->ktime_ns;
     ev->cgroup_id = bpf_get_current_cgroup_id();
@@ -396,32 +442,26 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     else
         count(C_FORWARDED);
 out:
-    if (candidate)
+    if (entered)
         pending_full.delete(&old_tid);
     return 0;
 }
 
-// A new process (not a thread): its one map write. Parent and birth time; no image yet
-// (it runs its parent's until it execs). Nothing is deleted at exit: the LRU keeps
-// exited processes so that children reported later can still name them.
+// A new process (not a thread) claims its slot: parent and birth time; no image yet (it
+// runs its parent's until it execs). Nothing is cleared at exit: the slot keeps the
+// exited process for its children reported later, until a newer pid claims it.
 TRACEPOINT_PROBE(task, task_newtask)
 {
     if (args->clone_flags & CLONE_THREAD)
         return 0;
-    int zero = 0;
-    struct proc *p = proc_heap.lookup(&zero);
-    if (!p)
-        return 0;
-    u32 child = args->pid;
-    p->fork_ktime_ns = bpf_ktime_get_ns();
-    p->ppid = bpf_get_current_pid_tgid() >> 32;
+    u32 ppid = bpf_get_current_pid_tgid() >> 32;
     if (args->clone_flags & CLONE_PARENT) {
         // The child becomes a sibling of the caller.
-        struct proc *up = procs.lookup(&p->ppid);
-        p->ppid = up ? up->ppid : 0;
+        struct proc *up = slot_of(ppid);
+        ppid = up && up->pid == ppid ? up->ppid : 0;
     }
-    procs.update(&child, p);
-    p->fork_ktime_ns = 0;   // proc_heap stays a blank entry for proc_of()
-    p->ppid = 0;
+    struct proc *p = slot_of(args->pid);
+    if (p)
+        claim(p, args->pid, ppid, bpf_ktime_get_ns());
     return 0;
 }

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from osquery_netutil.containers import CgroupResolver, v2_root
 from osquery_netutil.content import ContentMatcher
+from osquery_netutil.probe import SIZES
 from osquery_netutil.sensor import Sensor
 
 from .conftest import need
@@ -153,3 +155,50 @@ def test_a_docker_like_container_is_named(sensor: Sensor, rows: Collector, workd
         assert CgroupResolver().path_of_id(cgroup.stat().st_ino) == f"/system.slice/docker-{container}.scope"
     finally:
         cgroup.rmdir()
+
+
+def _spawn_with_pid(wanted: int, tries: int = 50) -> bool:
+    """Run /bin/true as pid `wanted` (root: the kernel hands out ns_last_pid + 1 next).
+    Another process forking in between can take it: retried, bounded."""
+    for _ in range(tries):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(wanted - 1))
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
+        os.waitpid(pid, 0)
+        if pid == wanted:
+            return True
+    return False
+
+
+def test_an_ancestor_whose_slot_a_newer_pid_took_is_read_from_proc(sensor: Sensor, rows: Collector, workdir: Path) -> None:
+    """The kernel keeps each process in slot pid % ANCESTRY_MAX until a newer pid claims it
+    (SIZES in probe.py). A living ancestor whose slot was taken is named from /proc."""
+    slots = SIZES["ANCESTRY_MAX"]
+    pid_max = Path("/proc/sys/kernel/pid_max")
+    saved = pid_max.read_text()
+    go = workdir / "go"
+    tag = uuid.uuid4().hex[:8]
+    script = write_executable(
+        workdir / "slot.sh",
+        f"#!/bin/sh\nfor i in $(seq 400); do [ -e {go} ] && break; sleep 0.05; done\nnc -h {tag} 2>/dev/null\nsleep 10\n",   # alive while its child is reported (killed below)
+    )
+    mark = rows.mark()
+    proc = subprocess.Popen([str(script)])
+    try:
+        probe = sensor._probe
+        assert probe is not None
+        deadline = time.monotonic() + 5
+        while ((entry := probe.ancestry(proc.pid)) is None or not entry.file) and time.monotonic() < deadline:
+            time.sleep(0.02)   # forked, not exec'd yet
+        assert entry is not None and entry.file == str(script).encode()
+        pid_max.write_text(str(max(int(saved), 4 * slots)))   # room for pid + ANCESTRY_MAX
+        assert _spawn_with_pid(proc.pid + slots), "could not get the colliding pid (a busy host?)"
+        assert probe.ancestry(proc.pid) is None, "the slot still names the older process"
+        go.touch()
+        row = row_for(rows, mark, "netcat", lambda r: tag in r["cmdline"])
+    finally:
+        pid_max.write_text(saved)
+        proc.kill()
+        proc.wait(timeout=10)
+    parent = json.loads(row["ancestors"])[0]
+    assert parent["pid"] == proc.pid == row["parent"]
+    assert str(script) in parent["cmdline"] and row["parent_cmdline"] == parent["cmdline"]

@@ -8,12 +8,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from osquery_netutil.probe import A_FORKED, F_MATCH_COMM, F_MATCH_PATH, I_SCRIPT_NOEXEC, SIZES, Probe, ProbeError, preflight
+from osquery_netutil.catalog import Catalog
+from osquery_netutil.probe import A_FORKED, ExecRecord, F_MATCH_COMM, F_MATCH_PATH, I_SCRIPT_NOEXEC, SIZES, Probe, ProbeError, preflight
 
 from .conftest import need
 from .support import Collector, DnsServer, HttpServer, tiny_elf, write_executable
@@ -168,6 +170,29 @@ def test_a_failed_exec_is_not_reported(probe: Probe, collector: Collector, workd
     time.sleep(0.3)
     assert not [r for r in collector.since(mark) if r.filename.startswith(str(workdir).encode())]
     assert probe.counters().failed - before.failed >= 2
+
+
+@x86_64_only
+def test_a_prefix_of_the_users_own_is_forwarded_and_nothing_beside_it(catalog: Catalog) -> None:
+    """The kernel's quick rejections (first bytes of names and prefixes) let through what
+    the user adds: a prefix starting with a byte no built-in one starts with, and "/"."""
+    need(None if os.geteuid() == 0 else "needs root")
+    top = Path(tempfile.mkdtemp(prefix="netutil-probe-", dir="/"))   # "/n...": no built-in prefix starts so
+    try:
+        top.chmod(0o700)
+        inside = write_executable(top / "agent", tiny_elf())
+        for prefixes, forwarded in (([f"{top}/"], {str(inside)}), (["/"], {str(inside), "/usr/bin/true"})):
+            got: list[ExecRecord] = []
+            with Probe(catalog.kernel_names(), got.append, forward_prefixes=prefixes) as probe:
+                for exe in (str(inside), "/usr/bin/true"):
+                    os.waitpid(os.posix_spawn(exe, [exe], {}), 0)
+                time.sleep(0.2)
+                probe.drain()
+            mine = {r.filename.decode() for r in got if r.ppid == os.getpid()}
+            assert mine == forwarded, prefixes
+            assert all(r.flags & F_MATCH_PATH for r in got if r.ppid == os.getpid())
+    finally:
+        shutil.rmtree(top)
 
 
 def test_an_unusable_forward_prefix_is_refused_with_the_fix() -> None:

@@ -38,7 +38,7 @@ SIZES: dict[str, int] = {
     "HEAD_ARGS": 4,
     "PREFIX_LEN": 64,        # longest forwarded path prefix
     "RINGBUF_PAGES": 2048,   # 8 MiB ring buffer
-    "ANCESTRY_MAX": 32768,   # processes remembered, alive or exited (LRU)
+    "ANCESTRY_MAX": 32768,   # processes remembered, alive or exited: the last this many pids (a power of 2)
     "PENDING_MAX": 8192,     # execs between syscall entry and completion
 }
 
@@ -186,6 +186,15 @@ def _field_bytes(struct: ctypes.Structure, name: str) -> bytes:
     return ctypes.string_at(ctypes.addressof(struct) + field.offset, field.size)
 
 
+def _image_head(proc: ctypes.Structure) -> bytes:
+    """The argv head of a process's image: half cur & 1 of heads (the other half is an
+    exec's in progress)."""
+    field = type(proc).heads
+    size = field.size // 2
+    start = ctypes.addressof(proc) + field.offset + (proc.cur & 1) * size
+    return ctypes.string_at(start, min(proc.head_len, size))
+
+
 def _cstr(raw: bytes) -> bytes:
     return raw.split(b"\0", 1)[0]
 
@@ -281,9 +290,9 @@ class Probe:
         if proc is None:
             return None
         image, flags = proc, 0
-        if proc.ktime_ns == 0 or proc.ktime_ns < proc.fork_ktime_ns:
-            # No exec since its fork (or the image is an earlier process's with this pid):
-            # it runs its parent's image, if the parent had it when the fork happened.
+        if proc.ktime_ns == 0:
+            # No exec since its fork: it runs its parent's image, if the parent had it
+            # when the fork happened.
             image = None
             parent = self._lookup(proc.ppid) if proc.ppid else None
             if parent is not None and 0 < parent.ktime_ns <= proc.fork_ktime_ns:
@@ -296,16 +305,15 @@ class Probe:
             uid=image.uid,
             comm=_cstr(_field_bytes(image, "comm")),
             file=_cstr(_field_bytes(image, "file")),
-            head=_split_args(_field_bytes(image, "head")[: image.head_len]),
+            head=_split_args(_image_head(image)),
             ktime_ns=image.ktime_ns,
             flags=flags | image.flags,
         )
 
     def _lookup(self, pid: int) -> ctypes.Structure | None:
-        try:
-            return self._procs[ctypes.c_uint32(pid)]
-        except KeyError:
-            return None
+        """pid's slot, if a newer process has not claimed it."""
+        proc = self._procs[ctypes.c_uint32(pid & (SIZES["ANCESTRY_MAX"] - 1))]
+        return proc if proc.pid == pid and pid else None
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """Per program: (runs, total ns), from the kernel's BPF stats.
@@ -325,18 +333,21 @@ class Probe:
 
     # -- internals --------------------------------------------------------------------
     def _fill_filter(self) -> None:
-        comms = self._bpf[b"catalog_comms"]
+        comms, name_heads = self._bpf[b"catalog_comms"], self._bpf[b"name_heads"]
         for name in self._comms:
             key = comms.Key()
             key.name = name
             comms[key] = ctypes.c_ubyte(1)
-        prefixes = self._bpf[b"forward_prefixes"]
+            name_heads[ctypes.c_int(name[0] | (name[1] if len(name) > 1 else 0) << 8)] = ctypes.c_ubyte(1)
+        prefixes, prefix_heads = self._bpf[b"forward_prefixes"], self._bpf[b"prefix_heads"]
         for prefix in self._prefixes:
             raw = prefix.encode()
             key = prefixes.Key()
             key.prefixlen = len(raw) * 8
             key.path = raw
             prefixes[key] = ctypes.c_ubyte(1)
+            for second in [raw[1]] if len(raw) > 1 else range(256):   # "/" forwards every path
+                prefix_heads[ctypes.c_int(second)] = ctypes.c_ubyte(1)
 
     def _poll(self) -> None:
         while not self._stopping.is_set():
