@@ -10,10 +10,10 @@ from osquery_netutil.catalog import CATEGORIES, Catalog, CatalogError
 
 # The union of the peers' lists (shared/reference/peer-detections.md, section (a)).
 PEER_TOOLS = """
-nslookup dig host whois iodine dnscat2 curl wget lwp-download ftp tftp scp sftp rsync dcp
+nslookup dig host whois iodine dnscat dnscat2 nstxd tuns httpdns curl wget lwp-download ftp tftp scp sftp rsync dcp
 nc ncat netcat nc.traditional netcat.openbsd socat telnet ssh rsh nmap zmap masscan zgrab
 rustscan fping pnscan hping3 nping naabu zenmap ping mtr tcpdump tshark ngrep mitmproxy
-sshuttle chisel gost ngrok ptunnel-ng hans 3proxy wstunnel drill delv aria2c nc.openbsd
+sshuttle chisel gost ngrok ptunnel-ng hans 3proxy wstunnel drill delv aria2c nc.openbsd traceroute
 """.split()
 
 
