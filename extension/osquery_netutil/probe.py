@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .locations import FD_PATH_PREFIXES, WRITABLE_DIRS
-from .memory import return_freed_memory
+from .memory import page_out_compiler, return_freed_memory
 
 # The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
 # as package data.
@@ -249,6 +249,7 @@ class Probe:
         except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
             raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
         return_freed_memory()   # clang's freed heap (~25 MB)
+        page_out_compiler()     # and its code (~85 MB), which never runs again
         self._fill_filter()
         self._procs = self._bpf[b"procs"]
         self._event_type = self._bpf[b"pending_full"].Leaf
