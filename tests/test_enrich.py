@@ -99,6 +99,25 @@ def test_renamed_copies_are_reported_by_content(sensor: Sensor, rows: Collector,
     assert not rows.wait_for(lambda r: r["path"] == str(fake), since=mark, timeout=1.0)
 
 
+def test_a_users_prefix_adds_a_place_to_the_writable_directories(catalog, workdir: Path) -> None:
+    extra = Path(f"/var/lib/netutil-test-{uuid.uuid4().hex[:8]}")
+    extra.mkdir(mode=0o700)
+    rows: Collector = Collector()
+    sensor = Sensor(catalog, extra_prefixes=[f"{extra}/"], on_row=rows.add)
+    try:
+        sensor.start()
+        copies = [shutil.copy(NC, extra / "upd"), shutil.copy(NC, workdir / "upd")]
+        for copy in copies:
+            subprocess.run([copy, "-h"], capture_output=True, timeout=10)
+        for copy in copies:   # the user's place and /tmp, which the user's flag did not name
+            row = row_for(rows, 0, "netcat", lambda r: r["path"] == str(copy))
+            assert row["matched_by"] == "content"
+    finally:
+        sensor.stop()
+        shutil.rmtree(extra)
+    assert sensor.row_errors == 0, sensor.last_row_error
+
+
 def test_a_memfd_copy_is_reported_by_content(sensor: Sensor, rows: Collector) -> None:
     port = free_port()
     code = (

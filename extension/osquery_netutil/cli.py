@@ -53,7 +53,7 @@ def _run_sensor(args: argparse.Namespace, store: Store | None, on_row: Callable[
                 ticker: Callable[[Sensor], Callable[[], None]] = lambda sensor: lambda: None) -> int:
     """Attach the probe, then call ticker(sensor)() every half second until Ctrl-C or SIGTERM."""
     catalog, problems = _catalog(args)
-    sensor = Sensor(catalog, store, prefixes=args.prefix or WRITABLE_DIRS, on_row=on_row, problems=problems)
+    sensor = Sensor(catalog, store, extra_prefixes=args.prefix or (), on_row=on_row, problems=problems)
     tick = ticker(sensor)
     try:
         sensor.start()
@@ -225,7 +225,7 @@ def _sensor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", type=Path, help="extra catalog YAML (same format as the built-in one)")
     p.add_argument(
         "--prefix", action="append", metavar="DIR/",
-        help=f"forward execs under this directory (repeatable; default: {' '.join(WRITABLE_DIRS)})",
+        help=f"also forward execs under this directory, for renamed-copy matching (repeatable; always: {' '.join(WRITABLE_DIRS)})",
     )
 
 

@@ -32,7 +32,6 @@ from thrift.transport import TSocket, TTransport
 
 from . import __version__, safety
 from .catalog import load_in_force
-from .locations import WRITABLE_DIRS
 from .probe import ProbeError
 from .sensor import Sensor, stored_status
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreBusy, StoreError
@@ -83,7 +82,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=3, help="seconds between pings of osquery")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--catalog", type=Path, help="extra catalog YAML")
-    parser.add_argument("--prefix", action="append", metavar="DIR/", help="forward execs under this directory (repeatable)")
+    parser.add_argument("--prefix", action="append", metavar="DIR/", help="also forward execs under this directory (repeatable)")
     parser.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
     parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     parser.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S)
@@ -293,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if store is not None and store.recovered:
         log(store.recovered)   # the status row says it too, as long as this process runs
 
-    sensor = Sensor(catalog, store if writer else None, prefixes=args.prefix or WRITABLE_DIRS, problems=problems)
+    sensor = Sensor(catalog, store if writer else None, extra_prefixes=args.prefix or (), problems=problems)
 
     def status() -> dict[str, Any]:
         return sensor.status() if writer else stored_status(store, catalog, note)

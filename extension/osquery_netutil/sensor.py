@@ -29,14 +29,15 @@ class Sensor:
         catalog: Catalog,
         store: Store | None = None,
         *,
-        prefixes: Iterable[str] = WRITABLE_DIRS,
+        extra_prefixes: Iterable[str] = (),
         on_row: Callable[[Row], None] | None = None,
         problems: Iterable[str] = (),
     ) -> None:
         self.catalog = catalog
         self.store = store
         self._on_row = on_row
-        self._prefixes = tuple(prefixes)
+        # The writable directories always; a user's --prefix adds places, never removes one.
+        self._prefixes = (*WRITABLE_DIRS, *extra_prefixes)
         self._problems = list(problems)   # start-up problems worked around (bad --catalog, say)
         self._probe: Probe | None = None
         self._enricher: Enricher | None = None
