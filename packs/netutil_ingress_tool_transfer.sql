@@ -1,4 +1,4 @@
--- description: Ingress tool transfer: curl or wget writing a file into a writable directory, or piped straight into a shell by an ancestor (Falco curl_download, Sigma wget_download_suspicious_directory, Elastic piped-to-interpreter)
+-- description: Ingress tool transfer: curl or wget writing a file into a writable directory, or piped or substituted straight into a shell by its parent (curl | sh, bash <(curl), sh -c "$(wget -qO-)") (Falco curl_download, Sigma wget_download_suspicious_directory, Elastic piped-to-interpreter)
 -- interval: 60
 -- platform: linux
 -- technique: T1105
@@ -9,7 +9,8 @@ transfers AS (
   SELECT r.eid, CASE
       WHEN r.utility IN ('curl', 'wget', 'aria2c', 'axel', 'lwp-download', 'tftp', 'ftp')
            AND EXISTS (SELECT 1 FROM writable w
-                       WHERE regex_match(r.cmdline, '(^| )(-o|-O|--output|--output-document|-P|--directory-prefix|--dir|-d)(=| )?'
+                       -- -o/-O/-P/-d alone or ending a bundle of short flags (curl -sSLo, wget -qO)
+                       WHERE regex_match(r.cmdline, '(^| )(-[A-Za-z]*[oOPd]|--output|--output-document|--output-dir|--directory-prefix|--dir)(=| )?'
                                          || rtrim(w.prefix, '/') || '(/| |$)', 0) IS NOT NULL)
            THEN 'writes the download into a writable directory'
       WHEN r.utility = 'curl' AND regex_match(r.cmdline, '(^| )(-O|--remote-name|-[A-Za-z]*O)( |$)', 0) IS NOT NULL
@@ -21,6 +22,13 @@ transfers AS (
       WHEN r.utility IN ('curl', 'wget')
            AND regex_match(r.parent_cmdline, '(curl|wget)[^|]*\|\s*(sudo )?(/bin/|/usr/bin/)?((ba|da|z|k)?sh|python[0-9.]*|perl)( |$)', 0) IS NOT NULL
            THEN 'is piped into an interpreter by its parent'
+      -- bash <(curl URL), sh -c "$(wget -qO- URL)": the download runs with no file written.
+      -- The parent shows the command line, or, once it has exec'd, the interpreter reading the
+      -- substitution's pipe (bash /dev/fd/63: shells use fds from 10 up, launchers 3 to 9).
+      WHEN r.utility IN ('curl', 'wget')
+           AND (regex_match(r.parent_cmdline, '(^|[^A-Za-z0-9_.-])((ba|da|z|k)?sh|python[0-9.]*|perl)( +-[A-Za-z]+)* +["'']?(<\(|\$\()\s*(sudo )?(curl|wget)( |$)', 0) IS NOT NULL
+                OR regex_match(r.parent_cmdline, '^[^ ]*\b((ba|da|z|k)?sh|python[0-9.]*|perl) +(/dev/fd/|/proc/self/fd/)[1-9][0-9]+( |$)', 0) IS NOT NULL)
+           THEN 'is run by an interpreter through its parent''s <(...) or $(...)'
     END AS how
   FROM report r
 )

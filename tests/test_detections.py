@@ -86,6 +86,17 @@ def test_public_ip_and_renamed_copy_are_detected(sensor: Sensor, workdir: Path) 
     assert hit["utility"] == "netcat" and hit["path"] == str(copy)
 
 
+@pytest.mark.parametrize("shell", ["bash <(curl --version http://example.test/{tag})",
+                                   'sh -c "$(curl --version http://example.test/{tag})"',
+                                   "curl --version -sSLo {drop}/k http://example.test/{tag}"],
+                         ids=["process-substitution", "command-substitution", "bundled-output-flag"])
+def test_downloads_run_by_a_shell_or_saved_to_a_writable_directory_are_detected(sensor: Sensor, workdir: Path, shell: str) -> None:
+    tag = uuid.uuid4().hex[:10]
+    subprocess.run(["bash", "-c", shell.format(tag=tag, drop=workdir)], capture_output=True, timeout=10)
+    (hit,) = detections(sensor, "netutil_ingress_tool_transfer", tag)
+    assert hit["utility"] == "curl" and hit["how"]
+
+
 def test_a_container_is_detected_as_a_container(sensor: Sensor, workdir: Path) -> None:
     root = v2_root()
     need(None if root is not None else "no cgroup v2 hierarchy mounted")

@@ -138,7 +138,7 @@ def parse(path: Path, directory: Path = PACKS_DIR, window: int = WINDOW_S) -> Qu
     if not source:
         raise PackError(f"{path}:{body_start}: no SQL after the header")
     if source.rstrip(";").count(";"):
-        raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
+        raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name); a ';' in a string or comment counts too, write char(59)")
     sql = expand(source, directory, f"{path}:{body_start}", window)
     return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
 
