@@ -85,6 +85,27 @@ def test_generated_formats_load_as_osquery_and_fleet_expect() -> None:
     assert [d["spec"]["name"] for d in docs] == [q.name for q in QUERIES]
 
 
+GOOD_HEADER = "-- description: x\n-- interval: 60\n-- platform: linux\n-- technique: T1105\n-- logging: snapshot\n-- severity: high\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "one"),
+    [
+        ("SELECT eid FROM network_utility_execs WHERE cmdline LIKE '%;%'; -- the end; really\n", True),
+        ("SELECT eid /* a; b */ FROM network_utility_execs WHERE cmdline <> 'it''s; x';\n", True),
+        ("SELECT 1 AS eid; SELECT 2 AS eid;\n", False),
+        ("SELECT ';' AS eid; DELETE FROM x\n", False),
+    ],
+)
+def test_one_statement_per_file_and_semicolons_in_strings_are_data(tmp_path: Path, body: str, one: bool) -> None:
+    (tmp_path / "q.sql").write_text(GOOD_HEADER + body)
+    if one:
+        assert packs.parse(tmp_path / "q.sql").source == body.strip()
+    else:
+        with pytest.raises(packs.PackError, match="q.sql:7: one statement per file"):
+            packs.parse(tmp_path / "q.sql")
+
+
 @pytest.mark.parametrize(
     ("header", "message"),
     [
@@ -107,12 +128,11 @@ def test_a_bad_header_is_reported_with_file_and_line(tmp_path: Path, header: str
 
 def test_sql_errors_and_missing_fixtures_are_reported_and_the_cli_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     directory = _copy_packs(tmp_path)
-    good_header = "-- description: x\n-- interval: 60\n-- platform: linux\n-- technique: T1105\n-- logging: snapshot\n-- severity: high\n"
-    (directory / "broken.sql").write_text(good_header + "WITH {{common}}\nSELECT r.* FROM report r WHERE r.nope = 1;\n")
+    (directory / "broken.sql").write_text(GOOD_HEADER + "WITH {{common}}\nSELECT r.* FROM report r WHERE r.nope = 1;\n")
     (directory / "fixtures" / "broken").mkdir()
     (directory / "fixtures" / "broken" / "positive.jsonl").write_text('{"utility": "curl"}\n')
-    (directory / "nofix.sql").write_text(good_header + "SELECT eid FROM network_utility_execs;\n")
-    (directory / "typo.sql").write_text(good_header + "WITH {{comon}}\nSELECT 1;\n")
+    (directory / "nofix.sql").write_text(GOOD_HEADER + "SELECT eid FROM network_utility_execs;\n")
+    (directory / "typo.sql").write_text(GOOD_HEADER + "WITH {{comon}}\nSELECT 1;\n")
     problems = packs.verify(directory)
     assert any(p.startswith(f"{directory / 'broken.sql'}:7: ") and "no such column: r.nope" in p for p in problems), problems
     assert any(p.startswith(f"{directory / 'nofix.sql'}:1: no fixtures") for p in problems), problems

@@ -49,6 +49,8 @@ SEVERITIES = ("info", "low", "medium", "high", "critical")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
+# What is not SQL syntax: string literals, quoted names and comments (a ';' there ends nothing).
+_NOT_SYNTAX = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]|--[^\n]*|/\*.*?(?:\*/|$)", re.S)
 
 
 class PackError(ValueError):
@@ -137,8 +139,8 @@ def parse(path: Path, directory: Path = PACKS_DIR, window: int = WINDOW_S) -> Qu
     source = "\n".join(lines[body_start - 1:]).strip()
     if not source:
         raise PackError(f"{path}:{body_start}: no SQL after the header")
-    if source.rstrip(";").count(";"):
-        raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name); a ';' in a string or comment counts too, write char(59)")
+    if _NOT_SYNTAX.sub(" ", source).strip().rstrip(";").count(";"):
+        raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
     sql = expand(source, directory, f"{path}:{body_start}", window)
     return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
 
