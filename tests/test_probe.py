@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.memory import COMPILER_LIBRARIES, compiler_mappings
+from osquery_netutil.memory import compiler_mappings
 from osquery_netutil.probe import A_FORKED, ExecRecord, F_MATCH_COMM, F_MATCH_PATH, I_SCRIPT_NOEXEC, SIZES, Probe, ProbeError, preflight
 
 from .conftest import need
@@ -240,12 +240,12 @@ def test_scripts_without_exec_stay_named_in_the_ancestry(probe: Probe, collector
 def test_the_compiler_does_not_stay_resident_once_the_probe_is_loaded(probe: Probe) -> None:
     with open("/proc/self/maps") as f:
         assert compiler_mappings(f.read()), "bcc compiles with LLVM: its libraries should be mapped"
-    resident_kb, mapping = 0, ""
+    resident_kb, in_compiler = 0, False
     with open("/proc/self/smaps") as f:
         for line in f:
-            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
-                mapping = line
-            elif line.startswith("Rss:") and COMPILER_LIBRARIES.search(mapping.rstrip("\n")):
+            if not line[0].isupper():          # a mapping's first line, as in /proc/self/maps
+                in_compiler = bool(compiler_mappings(line))
+            elif line.startswith("Rss:") and in_compiler:
                 resident_kb += int(line.split()[1])
     # About 85 MB when left alone; what stays is the libraries' relocated data.
     assert resident_kb < 16 * 1024, f"LLVM and clang keep {resident_kb // 1024} MB resident"
