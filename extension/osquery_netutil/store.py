@@ -45,6 +45,12 @@ _TEXT_SELECT = ", ".join(c.name if c.type == "TEXT" else f"CAST({c.name} AS TEXT
 _INSERT = f"INSERT INTO events ({', '.join(_DATA_COLUMNS)}) VALUES ({', '.join('?' * len(_DATA_COLUMNS))})"
 
 
+def _dicts(cursor: sqlite3.Cursor) -> Iterator[Row]:
+    """A cursor's rows as dicts keyed by column name."""
+    names = [d[0] for d in cursor.description]
+    return (dict(zip(names, values)) for values in cursor)
+
+
 def _select_sql(conditions: Sequence[Condition], text: bool) -> tuple[str, list[Any]]:
     """SELECT of the rows matching all conditions, in eid order, and its parameters."""
     where, params = [], []
@@ -80,10 +86,7 @@ class StoredRows:
             raise RuntimeError("these stored rows were read already")
         self._conn = None
         try:
-            cursor = conn.execute(self._sql, self._params)
-            names = [d[0] for d in cursor.description]
-            for values in cursor:
-                yield dict(zip(names, values))
+            yield from _dicts(conn.execute(self._sql, self._params))
         finally:
             conn.close()
         yield from self._held
@@ -374,9 +377,7 @@ class Store:
         every value is a string, as osquery rows are (SQLite converts)."""
         sql, params = _select_sql(conditions, text)
         with self._read_lock:
-            cursor = self._reader.execute(sql, params)
-            names = [d[0] for d in cursor.description]
-            rows = [dict(zip(names, r)) for r in cursor]
+            rows = list(_dicts(self._reader.execute(sql, params)))
         return rows + self._held_matching(conditions, text) if self._held else rows
 
     def stream(self, conditions: Sequence[Condition] = (), text: bool = False) -> "StoredRows":
