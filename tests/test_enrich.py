@@ -221,3 +221,34 @@ def test_an_ancestor_whose_slot_a_newer_pid_took_is_read_from_proc(sensor: Senso
     parent = json.loads(row["ancestors"])[0]
     assert parent["pid"] == proc.pid == row["parent"]
     assert str(script) in parent["cmdline"] and row["parent_cmdline"] == parent["cmdline"]
+
+
+def test_containers_started_within_a_second_are_each_named_by_their_cgroup_id() -> None:
+    """The id -> path map is walked again for every new id: the second of two containers
+    started in the same second is named even after its processes are gone."""
+    need(None if os.geteuid() == 0 else "needs root to create cgroups")
+    root = v2_root()
+    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+    class Counting(CgroupResolver):
+        walks = 0
+
+        def _scan(self) -> None:
+            self.walks += 1
+            super()._scan()
+
+    resolver = Counting()
+    made = []
+    try:
+        for _ in range(2):
+            container = uuid.uuid4().hex + uuid.uuid4().hex
+            cgroup = root / "system.slice" / f"docker-{container}.scope"
+            cgroup.mkdir(parents=True)
+            made.append(cgroup)
+            assert resolver.path_of_id(cgroup.stat().st_ino) == f"/system.slice/docker-{container}.scope"
+        assert resolver.walks == 2
+        # An id no walk finds is not walked for again at once (a storm from a gone cgroup).
+        assert resolver.path_of_id(1 << 62) == "" and resolver.path_of_id(1 << 62) == ""
+        assert resolver.walks == 3
+    finally:
+        for cgroup in made:
+            cgroup.rmdir()

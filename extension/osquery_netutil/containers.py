@@ -74,15 +74,19 @@ def v2_root() -> Path | None:
 class CgroupResolver:
     """cgroup path of a process: from /proc while it lives, else from its v2 cgroup id.
 
-    The id -> path map comes from walking the v2 tree, rescanned at most once a second
-    when an unknown id shows up (a container started since the last walk).
+    The id -> path map comes from walking the v2 tree, rescanned when an unknown id shows
+    up (a container started since the last walk). An id that a walk did not find is not
+    walked for again for a second: a storm of execs from a vanished cgroup costs one walk
+    a second, while a new container is found at its first exec, however recent the last
+    walk (a gate on the walk itself made the second of two containers started within a
+    second go unnamed once its processes had exited).
     """
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root if root is not None else v2_root()
         self._by_inode: dict[int, str] = {}
         self._parents: dict[int, tuple[tuple[int, int], float, str]] = {}
-        self._scanned_at = float("-inf")
+        self._missed: dict[int, float] = {}   # cgroup id -> when a walk did not find it
         self._lock = threading.Lock()
 
     def path_of(self, pid: int, cgroup_id: int, ppid: int = 0) -> str:
@@ -117,13 +121,17 @@ class CgroupResolver:
     def path_of_id(self, cgroup_id: int) -> str:
         with self._lock:
             path = self._by_inode.get(cgroup_id)
-            if path is None and time.monotonic() - self._scanned_at > _RESCAN_AFTER_S:
+            now = time.monotonic()
+            if path is None and now - self._missed.get(cgroup_id, float("-inf")) > _RESCAN_AFTER_S:
                 self._scan()
                 path = self._by_inode.get(cgroup_id)
+                if path is None:
+                    if len(self._missed) >= 4096:
+                        self._missed.clear()
+                    self._missed[cgroup_id] = now
         return path or ""
 
     def _scan(self) -> None:
-        self._scanned_at = time.monotonic()
         if self._root is None:
             return
         by_inode: dict[int, str] = {}
