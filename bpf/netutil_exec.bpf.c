@@ -2,17 +2,24 @@
 //
 // netutil_exec: the kernel half of osquery-netutil, compiled by bcc at start-up.
 //
-// It sees every execve/execveat on the host, keeps a small record of every process
-// (parent, exec'd file, head of argv) so that user space can name ancestors that have
-// already exited, and forwards to user space only the execs that may matter: a
-// catalog utility (by comm), or a file run from a writable directory, an fd/memfd or
-// a relative path. Everything else costs only the program run, in the kernel.
+// It sees every exec on the host, keeps a small record of every process (parent, exec'd
+// file, head of argv) so that user space can name ancestors that have already exited,
+// and forwards to user space only the execs that may matter: a catalog utility (by
+// name), or a file run from a writable directory, an fd/memfd or a relative path.
+// Everything else costs only the program run, in the kernel.
 //
-// Portability rules (design.md): tracepoints only (kprobes are often compiled out),
-// and no kernel struct field reads, so the program stays correct when the headers bcc
-// compiles against are not the running kernel's. Tracepoint arguments and helpers only.
+// Two modes, chosen by probe.py at load (design.md, "Kernel side rules"):
+//   PROBE_BTF    raw tracepoints on sched_process_exec and task_newtask only. argv is
+//                read from the new image (mm->arg_start..arg_end) once the exec has
+//                succeeded. No syscall tracepoint: attaching one puts every syscall of
+//                every process on the slow path. Struct fields are read only as
+//                base + OFF_X, with offsets probe.py took from the running kernel's BTF
+//                (never `->`: the headers bcc compiles against are another kernel's).
+//   otherwise    classic tracepoints, no struct reads: argv at syscall entry, the
+//                outcome at syscall exit, the commit at sched_process_exec.
+// kprobes are often compiled out (they are here): neither mode uses them.
 //
-// Sizes (FILENAME_LEN, ARGS_BUF, ...) come from probe.py as -D flags: one place.
+// Sizes (FILENAME_LEN, ARGS_BUF, ...) and offsets come from probe.py as -D flags.
 
 #include <uapi/linux/bpf.h>
 
@@ -28,9 +35,11 @@
 #define F_MATCH_PATH 4       // forwarded because of the path (writable prefix, relative, fd)
 #define F_NO_ENTER 8         // exec began before the probe attached: no argv
 #define F_ARGC_CAPPED 16     // argc counting stopped at ARGC_COUNT_MAX: argc is a lower bound
+#define F_SCRIPT 32          // btf mode: a #! script; argv is the kernel's (interpreter first)
 
 // image.flags
 #define I_SCRIPT_NOEXEC 1    // exec failed with ENOEXEC: a shell is interpreting `file`
+#define I_SCRIPT 4           // btf mode: `file` is a #! script; the head starts with its interpreter
 
 // counters (per-CPU array indices, summed by user space)
 #define C_EXECS_SEEN 0
@@ -64,8 +73,10 @@ struct exec_event {
 // since the kernel hands out pids in increasing order. A slot holds
 //   lineage  pid, parent and fork time, written at fork;
 //   image    the file exec'd and the head of argv, committed when an exec succeeds;
-//   pending  what an exec in progress passed (its argv head), written at syscall entry,
-//            committed at exec or dropped when the exec fails.
+//   pending  tracepoint mode: what an exec in progress passed (its argv head), written
+//            at syscall entry, committed at exec or dropped when the exec fails. btf
+//            mode writes the new head there too and commits it by the same swap, so
+//            that user space never reads a head half written.
 // A process that forked and has not exec'd runs its parent's image; user space resolves
 // that (image time 0). A slot whose pid differs is another process's: user space then
 // reads /proc, where a live process still is.
@@ -109,10 +120,6 @@ BPF_ARRAY(prefix_heads, u8, 256);                              // filled by user
 
 BPF_ARRAY(procs, struct proc, ANCESTRY_MAX);   // pid % ANCESTRY_MAX -> struct proc
 
-// A candidate's full argv between syscall entry and exec, keyed by thread. LRU, so that
-// the entries of execs that die mid-way cannot fill the map.
-BPF_TABLE("lru_hash", u32, struct exec_event, pending_full, PENDING_MAX);
-
 BPF_PERCPU_ARRAY(event_heap, struct exec_event, 1);
 BPF_PERCPU_ARRAY(path_heap, struct path_buf, 1);   // filename as passed, also the lookup key
 
@@ -122,8 +129,6 @@ static __always_inline void count(int which)
     if (v)
         (*v)++;
 }
-
-static __always_inline u32 current_tid(void) { return (u32)bpf_get_current_pid_tgid(); }
 
 static __always_inline char *image_head(struct proc *p) { return &p->heads[(p->cur & 1) * 2 * HEAD_LEN]; }
 static __always_inline char *pending_head(struct proc *p) { return &p->heads[((p->cur & 1) ^ 1) * 2 * HEAD_LEN]; }
@@ -202,6 +207,217 @@ static __always_inline int name_is_candidate(const char *path, int len)
     return catalog_comms.lookup(&key) != 0;
 }
 
+// Hand a forwarded exec to user space: the fields both modes fill the same way, from the
+// slot the exec just committed (comm, file, time) and from the current task.
+static __always_inline void forward(struct exec_event *ev, struct proc *p, u32 old_tid, u32 match, u64 uid_gid)
+{
+    ev->ktime_ns = p->ktime_ns;
+    ev->cgroup_id = bpf_get_current_cgroup_id();
+    ev->pid = p->pid;
+    ev->old_tid = old_tid;
+    ev->ppid = p->ppid;
+    ev->uid = (u32)uid_gid;
+    ev->gid = uid_gid >> 32;
+    ev->flags |= match;
+    __builtin_memcpy(ev->comm, p->comm, 16);
+    bpf_probe_read_kernel(ev->filename, FILENAME_LEN, p->file);
+    u32 size = ev->args_size;
+    if (size > ARGS_BUF + ARG_MAX_LEN)
+        size = ARGS_BUF + ARG_MAX_LEN;
+    if (events.ringbuf_output(ev, offsetof(struct exec_event, args) + size, 0))
+        count(C_LOST);
+    else
+        count(C_FORWARDED);
+}
+
+// A new process (not a thread) claims its slot: parent and birth time; no image yet (it
+// runs its parent's until it execs). Nothing is cleared at exit: the slot keeps the
+// exited process for its children reported later, until a newer pid claims it.
+static __always_inline int on_fork(u64 clone_flags, u32 pid)
+{
+    if (clone_flags & CLONE_THREAD)
+        return 0;
+    u32 ppid = bpf_get_current_pid_tgid() >> 32;
+    if (clone_flags & CLONE_PARENT) {
+        // The child becomes a sibling of the caller.
+        struct proc *up = slot_of(ppid);
+        ppid = up && up->pid == ppid ? up->ppid : 0;
+    }
+    struct proc *p = slot_of(pid);
+    if (p)
+        claim(p, pid, ppid, bpf_ktime_get_ns());
+    return 0;
+}
+
+// Head of argv for the ancestry map of every process: a few args, HEAD_LEN bytes.
+// head has HEAD_LEN bytes of slack so that each read can use the constant HEAD_LEN size.
+static __always_inline u32 read_head(char *head, const char *const *argv)
+{
+    // The pointers in one read (one helper call, not HEAD_ARGS); one by one only when
+    // that read runs past the end of argv's mapping.
+    const char *ptrs[HEAD_ARGS] = {};
+    if (bpf_probe_read_user(ptrs, sizeof(ptrs), argv)) {
+#pragma unroll
+        for (int i = 0; i < HEAD_ARGS; i++) {
+            if (bpf_probe_read_user(&ptrs[i], sizeof(ptrs[i]), &argv[i]) || !ptrs[i])
+                break;
+        }
+    }
+    u32 off = 0;
+#pragma unroll
+    for (int i = 0; i < HEAD_ARGS; i++) {
+        const char *ptr = ptrs[i];
+        if (off >= HEAD_LEN || !ptr)
+            break;
+        u32 at = off;
+        asm volatile("" : "+r"(at));   // hide the bound from clang so the mask stays for the verifier
+        int len = bpf_probe_read_user_str(&head[at & (HEAD_LEN - 1)], HEAD_LEN, ptr);
+        if (len <= 0)
+            break;
+        off += len;
+    }
+    return off > HEAD_LEN ? HEAD_LEN : off;
+}
+
+#if PROBE_BTF
+// ---------------------------------------------------------------------------------------
+// btf mode: two raw tracepoints (and, where the kernel has BPF trampolines, one fentry).
+
+// A kernel struct field, at the offset probe.py read from the running kernel's BTF.
+#define FIELD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
+
+// The exec succeeded and the new image is in place but has not run: its argv, on its own
+// stack between mm->arg_start and mm->arg_end, is what the caller passed (for a #! script,
+// as the kernel rewrote it: interpreter [arg] script args...). Commit the image of every
+// process; forward candidates.
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    void *task = (void *)ctx->args[0];
+    u32 old_tid = (u32)ctx->args[1];
+    void *bprm = (void *)ctx->args[2];
+    int zero = 0;
+    count(C_EXECS_SEEN);
+
+    struct proc *p = proc_of(bpf_get_current_pid_tgid() >> 32);
+    struct path_buf *path = path_heap.lookup(&zero);
+    if (!p || !path)
+        return 0;
+    const char *filename = 0, *interp = 0;
+    FIELD(filename, bprm, OFF_BPRM_FILENAME);
+    FIELD(interp, bprm, OFF_BPRM_INTERP);
+    int len = bpf_probe_read_kernel_str(path->path, FILENAME_LEN, filename);
+    if (len <= 0) {
+        path->path[0] = 0;
+        len = 1;
+    }
+    u32 match = (name_is_candidate(path->path, len) ? F_MATCH_COMM : 0)
+              | (path_is_candidate(path) ? F_MATCH_PATH : 0);
+
+    void *mm = 0;
+    unsigned long range[2] = {};   // arg_start, arg_end
+    FIELD(mm, task, OFF_TASK_MM);
+#if OFF_MM_ARG_END == OFF_MM_ARG_START + 8
+    FIELD(range, mm, OFF_MM_ARG_START);
+#else
+    FIELD(range[0], mm, OFF_MM_ARG_START);
+    FIELD(range[1], mm, OFF_MM_ARG_END);
+#endif
+    u64 size = range[1] > range[0] ? range[1] - range[0] : 0;
+
+    u64 uid_gid = bpf_get_current_uid_gid();
+    char *head = pending_head(p);
+    u32 head_len = size < HEAD_LEN ? size : HEAD_LEN;
+    struct exec_event *ev = match ? event_heap.lookup(&zero) : 0;
+    if (ev) {
+        // One read for the whole argv, as far as it fits; the head is its start.
+        u32 n = size < sizeof(ev->args) ? size : sizeof(ev->args);
+        bpf_probe_read_user(ev->args, n, (void *)range[0]);
+        ev->args_size = n;
+        ev->flags = (n < size ? F_ARGS_TRUNCATED : 0) | (interp != filename ? F_SCRIPT : 0);
+        int argc = 0;
+        FIELD(argc, bprm, OFF_BPRM_ARGC);
+        ev->argc = argc;
+        bpf_probe_read_kernel(head, HEAD_LEN, ev->args);
+    } else {
+        asm volatile("" : "+r"(head_len));   // keep the bound check for the verifier
+        if (head_len > HEAD_LEN)
+            head_len = HEAD_LEN;
+        bpf_probe_read_user(head, head_len, (void *)range[0]);
+    }
+    p->ktime_ns = bpf_ktime_get_ns();
+    p->uid = (u32)uid_gid;
+    p->flags = interp != filename ? I_SCRIPT : 0;
+    p->head_len = head_len;
+    p->cur ^= 1;
+    p->pend_tid = 0;
+    bpf_get_current_comm(p->comm, sizeof(p->comm));
+    bpf_probe_read_kernel(p->file, FILENAME_LEN, path->path);
+    if (ev)
+        forward(ev, p, old_tid, match, uid_gid);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(task_newtask)
+{
+    // TP_PROTO(struct task_struct *task, u64 clone_flags)
+    u64 clone_flags = ctx->args[1];
+    if (clone_flags & CLONE_THREAD)
+        return 0;   // before the read: threads are most of what is created
+    u32 pid = 0;
+    FIELD(pid, (void *)ctx->args[0], OFF_TASK_PID);
+    return on_fork(clone_flags, pid);
+}
+
+#if HAVE_FENTRY
+// A script without #!: the exec fails with ENOEXEC, no exec tracepoint fires, and the
+// shell goes on to interpret the file itself in the process that tried. Every exec
+// attempt passes this LSM hook after prepare_binprm() read the file's first bytes into
+// bprm->buf, so an attempt on a file that is neither ELF nor #! is named here, at once,
+// as the image of the process (with the syscall's argv head). Should the exec succeed
+// after all (binfmt_misc), sched_process_exec commits the real image over it.
+KFUNC_PROBE(security_bprm_check, void *bprm)
+{
+    u32 magic = 0;
+    FIELD(magic, bprm, OFF_BPRM_BUF);
+    if (magic == 0x464c457f || (magic & 0xffff) == 0x2123)   // "\x7fELF", "#!"
+        return 0;
+    struct proc *p = proc_of(bpf_get_current_pid_tgid() >> 32);
+    if (!p)
+        return 0;
+    // The syscall's argv pointer, from the registers it was entered with.
+    void *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    u64 nr = 0;
+    const char *const *argv = 0;
+    FIELD(nr, regs, OFF_REGS_NR);
+    if (nr == NR_EXECVE)
+        FIELD(argv, regs, OFF_REGS_EXECVE_ARGV);
+    else if (nr == NR_EXECVEAT)
+        FIELD(argv, regs, OFF_REGS_EXECVEAT_ARGV);
+    else
+        return 0;   // an exec by the kernel itself (kernel_execve)
+    const char *filename = 0;
+    FIELD(filename, bprm, OFF_BPRM_FILENAME);
+    p->head_len = read_head(pending_head(p), argv);
+    p->ktime_ns = bpf_ktime_get_ns();
+    p->uid = (u32)bpf_get_current_uid_gid();
+    p->flags = I_SCRIPT_NOEXEC;
+    p->cur ^= 1;
+    bpf_get_current_comm(p->comm, sizeof(p->comm));
+    bpf_probe_read_kernel_str(p->file, FILENAME_LEN, filename);
+    return 0;
+}
+#endif  // HAVE_FENTRY
+
+#else
+// ---------------------------------------------------------------------------------------
+// tracepoint mode: the syscalls' tracepoints for argv and the outcome, sched for commits.
+
+// A candidate's full argv between syscall entry and exec, keyed by thread. LRU, so that
+// the entries of execs that die mid-way cannot fill the map.
+BPF_TABLE("lru_hash", u32, struct exec_event, pending_full, PENDING_MAX);
+
+
 // Count argv pointers from argv[i] on, for the real argc: 16 pointers per read, so that
 // the verifier walks 16 times fewer loop iterations.
 static __always_inline u32 count_args(const char *const *argv, u32 i, int *capped)
@@ -261,36 +477,6 @@ static __always_inline void read_argv(struct exec_event *ev, const char *const *
             ev->flags |= F_ARGC_CAPPED;
     }
     ev->argc = i;
-}
-
-// Head of argv for the ancestry map of every process: a few args, HEAD_LEN bytes.
-// head has HEAD_LEN bytes of slack so that each read can use the constant HEAD_LEN size.
-static __always_inline u32 read_head(char *head, const char *const *argv)
-{
-    // The pointers in one read (one helper call, not HEAD_ARGS); one by one only when
-    // that read runs past the end of argv's mapping.
-    const char *ptrs[HEAD_ARGS] = {};
-    if (bpf_probe_read_user(ptrs, sizeof(ptrs), argv)) {
-#pragma unroll
-        for (int i = 0; i < HEAD_ARGS; i++) {
-            if (bpf_probe_read_user(&ptrs[i], sizeof(ptrs[i]), &argv[i]) || !ptrs[i])
-                break;
-        }
-    }
-    u32 off = 0;
-#pragma unroll
-    for (int i = 0; i < HEAD_ARGS; i++) {
-        const char *ptr = ptrs[i];
-        if (off >= HEAD_LEN || !ptr)
-            break;
-        u32 at = off;
-        asm volatile("" : "+r"(at));   // hide the bound from clang so the mask stays for the verifier
-        int len = bpf_probe_read_user_str(&head[at & (HEAD_LEN - 1)], HEAD_LEN, ptr);
-        if (len <= 0)
-            break;
-        off += len;
-    }
-    return off > HEAD_LEN ? HEAD_LEN : off;
 }
 
 // Both exec syscalls: stash what only the caller's memory holds (argv) before exec
@@ -424,44 +610,16 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         ev->argc = 0;
         bpf_probe_read_kernel(ev->args, HEAD_LEN, image_head(p));
     }
-    ev->ktime_ns = p->ktime_ns;
-    ev->cgroup_id = bpf_get_current_cgroup_id();
-    ev->pid = tgid;
-    ev->old_tid = old_tid;
-    ev->ppid = p->ppid;
-    ev->uid = (u32)uid_gid;
-    ev->gid = uid_gid >> 32;
-    ev->flags |= match;
-    __builtin_memcpy(ev->comm, p->comm, 16);
-    bpf_probe_read_kernel(ev->filename, FILENAME_LEN, p->file);
-    u32 size = ev->args_size;
-    if (size > ARGS_BUF + ARG_MAX_LEN)
-        size = ARGS_BUF + ARG_MAX_LEN;
-    if (events.ringbuf_output(ev, offsetof(struct exec_event, args) + size, 0))
-        count(C_LOST);
-    else
-        count(C_FORWARDED);
+    forward(ev, p, old_tid, match, uid_gid);
 out:
     if (entered)
         pending_full.delete(&old_tid);
     return 0;
 }
 
-// A new process (not a thread) claims its slot: parent and birth time; no image yet (it
-// runs its parent's until it execs). Nothing is cleared at exit: the slot keeps the
-// exited process for its children reported later, until a newer pid claims it.
 TRACEPOINT_PROBE(task, task_newtask)
 {
-    if (args->clone_flags & CLONE_THREAD)
-        return 0;
-    u32 ppid = bpf_get_current_pid_tgid() >> 32;
-    if (args->clone_flags & CLONE_PARENT) {
-        // The child becomes a sibling of the caller.
-        struct proc *up = slot_of(ppid);
-        ppid = up && up->pid == ppid ? up->ppid : 0;
-    }
-    struct proc *p = slot_of(args->pid);
-    if (p)
-        claim(p, args->pid, ppid, bpf_ktime_get_ns());
-    return 0;
+    return on_fork(args->clone_flags, args->pid);
 }
+
+#endif  // PROBE_BTF

@@ -23,13 +23,14 @@ say() { echo "setup: $*"; }
 command -v apt-get >/dev/null || die "apt-get not found: this set-up supports Debian and Ubuntu only"
 
 # --- Debian packages ------------------------------------------------------------------
-# bcc from Debian (PyPI's 'bcc' is an unrelated package), plus the network utilities the
-# probe tests really run.
+# bcc from Debian (PyPI's 'bcc' is an unrelated package), the network utilities the probe
+# tests really run, and bpftool (the tests check our BTF offsets against it).
 PACKAGES=(
   python3-bpfcc
   netcat-openbsd ncat socat curl wget dnsutils iputils-ping telnet whois
   openssh-client rsync nmap
   procps util-linux iproute2
+  bpftool
 )
 [ "$BENCH" -eq 0 ] || PACKAGES+=(bpftrace auditd gcc libc6-dev)
 missing=()
@@ -51,9 +52,10 @@ apt_install() {
 [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
 
 # --- kernel headers -------------------------------------------------------------------
-# bcc compiles the probe at start-up and needs a kernel build tree. The probe reads no
-# kernel struct fields, so headers of another kernel version are good enough: take the
-# exact ones when the distribution has them, else the distribution's default flavour.
+# bcc compiles the probe at start-up and needs a kernel build tree. The probe takes no
+# struct layout from headers (btf mode reads offsets from the running kernel's BTF), so
+# headers of another kernel version are good enough: take the exact ones when the
+# distribution has them, else the distribution's default flavour.
 KREL=$(uname -r)
 KBUILD=/lib/modules/$KREL/build
 if [ ! -e "$KBUILD/include" ]; then
@@ -71,7 +73,7 @@ if [ ! -e "$KBUILD/include" ]; then
     mkdir -p "/lib/modules/$KREL"
     ln -sfn "$arch_dir" "$KBUILD"
     ln -sfn "$common_dir" "/lib/modules/$KREL/source"
-    say "linked $KBUILD -> $arch_dir (headers of another kernel: fine, the probe reads no struct fields)"
+    say "linked $KBUILD -> $arch_dir (headers of another kernel: fine, the probe takes struct offsets from the running kernel's BTF, never from headers)"
   fi
 fi
 
@@ -82,8 +84,9 @@ fi
 if ! mountpoint -q /sys/kernel/debug; then
   mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
 fi
-[ -e /sys/kernel/tracing/events/syscalls/sys_enter_execve ] \
-  || die "tracepoint syscalls:sys_enter_execve missing: the kernel needs CONFIG_FTRACE_SYSCALLS and tracefs mounted at /sys/kernel/tracing"
+# btf mode needs the kernel's BTF; tracepoint mode, its fallback, the syscall tracepoints.
+[ -r /sys/kernel/btf/vmlinux ] || [ -e /sys/kernel/tracing/events/syscalls/sys_enter_execve ] \
+  || die "the kernel has neither BTF (/sys/kernel/btf/vmlinux: CONFIG_DEBUG_INFO_BTF) nor syscall tracepoints (CONFIG_FTRACE_SYSCALLS, tracefs at /sys/kernel/tracing): the probe has no way in"
 
 # --- Python virtual environment -------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then

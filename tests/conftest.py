@@ -1,7 +1,9 @@
 """Fixtures for tests that need the real kernel probe.
 
 Such tests skip with the reason where root or eBPF is missing, except in CI (CI=true),
-where a skip would hide a broken set-up: there they fail instead.
+where a skip would hide a broken set-up: there they fail instead. Every test that uses
+the probe or the sensor runs in both probe modes, btf and tracepoint: each is forced, so
+that a btf mode that refuses itself fails its tests instead of passing as tracepoint.
 """
 
 from __future__ import annotations
@@ -51,12 +53,18 @@ def collector() -> Collector:
     return Collector()
 
 
+@pytest.fixture(scope="session", params=("btf", "tracepoint"))
+def probe_mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def probe(catalog: Catalog, collector: Collector) -> Iterator[Probe]:
-    """One probe attached for the whole session (compiling it takes about a second)."""
+def probe(catalog: Catalog, collector: Collector, probe_mode: str) -> Iterator[Probe]:
+    """One probe attached per mode for the whole session (compiling it takes about a second)."""
     need(probe_unavailable())
-    p = Probe(catalog.basenames(), collector.add)
+    p = Probe(catalog.basenames(), collector.add, mode=probe_mode)
     p.start()
+    assert p.mode == probe_mode
     yield p
     p.stop()
     assert p.callback_errors == 0, p.last_callback_error
@@ -68,13 +76,14 @@ def rows() -> Collector:
 
 
 @pytest.fixture(scope="module")
-def sensor(catalog: Catalog, rows: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sensor]:
+def sensor(catalog: Catalog, rows: Collector, tmp_path_factory: pytest.TempPathFactory, probe_mode: str) -> Iterator[Sensor]:
     """The whole pipeline (probe, enrichment, store) for one test module; rows also go to
     `rows`. Per module, so that it is gone when the load tests run their own extension."""
     need(probe_unavailable())
     store = Store(tmp_path_factory.mktemp("store") / "events.db")
-    s = Sensor(catalog, store, on_row=rows.add)
+    s = Sensor(catalog, store, on_row=rows.add, probe_mode=probe_mode)
     s.start()
+    assert s.status()["probe_mode"] == probe_mode
     yield s
     s.stop()
     store.close()

@@ -88,8 +88,12 @@ def test_empty_argv_is_reported(sensor: Sensor, rows: Collector, nc: str) -> Non
     mark = rows.mark()
     proc = subprocess.run([sys.executable, "-c", code], timeout=10)
     assert proc.returncode == 0
-    row = rows.wait_for(lambda r: r["path"] == nc and r["argc"] == 0, since=mark, timeout=10)
-    assert row and row[0]["cmdline"] == "" and row[0]["json_cmdline"] == "[]"
+    # Since Linux 5.18 the kernel gives a program exec'd with an empty argv one empty
+    # argument (the pkexec fix): btf mode reports what the program got, tracepoint mode
+    # what the caller passed.
+    argv = [""] if sensor.status()["probe_mode"] == "btf" else []
+    row = rows.wait_for(lambda r: r["path"] == nc and r["argc"] == len(argv), since=mark, timeout=10)
+    assert row and row[0]["cmdline"] == "" and json.loads(row[0]["json_cmdline"]) == argv
 
 
 def test_setuid_reports_the_real_user(sensor: Sensor, rows: Collector, playground: Path) -> None:
@@ -154,7 +158,9 @@ def test_renaming_itself_and_rewriting_argv_after_exec_changes_nothing(sensor: S
         proc.kill()
         proc.wait(timeout=10)
     assert row["utility"] == "curl" and row["comm"] == "curl"
-    assert row["cmdline"] == f"{script} https://c2.example.test/secret"
+    # btf mode shows the #! script as the kernel ran it: interpreter first.
+    interpreter = "/usr/bin/python3 " if sensor.status()["probe_mode"] == "btf" else ""
+    assert row["cmdline"] == f"{interpreter}{script} https://c2.example.test/secret"
 
 
 def test_a_multicall_binary_running_an_applet_is_that_utility(sensor: Sensor, rows: Collector) -> None:

@@ -31,7 +31,7 @@ from .host import Host, QueryError
 from .output import render
 from .runner import PackRunner, readable
 from .locations import WRITABLE_DIRS
-from .probe import ProbeError
+from .probe import ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
 from .shell import Shell
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreError
@@ -53,7 +53,8 @@ def _run_sensor(args: argparse.Namespace, store: Store | None, on_row: Callable[
                 ticker: Callable[[Sensor], Callable[[], None]] = lambda sensor: lambda: None) -> int:
     """Attach the probe, then call ticker(sensor)() every half second until Ctrl-C or SIGTERM."""
     catalog, problems = _catalog(args)
-    sensor = Sensor(catalog, store, extra_prefixes=args.prefix or (), on_row=on_row, problems=problems)
+    sensor = Sensor(catalog, store, extra_prefixes=args.prefix or (), on_row=on_row, problems=problems,
+                    probe_mode=args.probe_mode)
     tick = ticker(sensor)
     try:
         sensor.start()
@@ -227,6 +228,7 @@ def _sensor_options(p: argparse.ArgumentParser) -> None:
         "--prefix", action="append", metavar="DIR/",
         help=f"also forward execs under this directory, for renamed-copy matching (repeatable; always: {' '.join(WRITABLE_DIRS)})",
     )
+    probe_mode_option(p)
 
 
 def _packs_option(p: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from thrift.transport import TSocket, TTransport
 
 from . import __version__, safety
 from .catalog import load_in_force
-from .probe import ProbeError
+from .probe import ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreBusy, StoreError
 from .tables import ExecsTable, StatusTable, TablePlugin
@@ -83,6 +83,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--catalog", type=Path, help="extra catalog YAML")
     parser.add_argument("--prefix", action="append", metavar="DIR/", help="also forward execs under this directory (repeatable)")
+    probe_mode_option(parser)
     parser.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
     parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     parser.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S)
@@ -292,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if store is not None and store.recovered:
         log(store.recovered)   # the status row says it too, as long as this process runs
 
-    sensor = Sensor(catalog, store if writer else None, extra_prefixes=args.prefix or (), problems=problems)
+    sensor = Sensor(catalog, store if writer else None, extra_prefixes=args.prefix or (), problems=problems,
+                    probe_mode=args.probe_mode)
 
     def status() -> dict[str, Any]:
         return sensor.status() if writer else stored_status(store, catalog, note)

@@ -5,14 +5,24 @@ The probe is the only part of the project that touches the kernel. It compiles t
 program at start-up (bcc), fills the in-kernel filter (catalog comm names, forwarded path
 prefixes), polls the ring buffer on a thread and calls `on_exec` with each raw record.
 Enrichment (paths, users, containers, IPs) happens downstream, in user space.
+
+Two modes (design.md): btf, the default where the kernel describes itself in BTF, hooks
+only sched_process_exec and task_newtask (raw tracepoints) and reads the few struct
+fields it needs at offsets taken from that BTF; tracepoint, the fallback, hooks the exec
+syscalls' tracepoints, which tax every syscall on the host. btf mode checks itself on a
+real exec before it is trusted, and falls back with the reason when the check fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import errno
+import struct
 import os
 import platform
+import shutil
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .btf import VMLINUX, Btf, BtfError
 from .locations import FD_PATH_PREFIXES, WRITABLE_DIRS
 from .memory import page_out_compiler, return_freed_memory
 
@@ -48,13 +59,42 @@ F_MATCH_COMM = 2
 F_MATCH_PATH = 4
 F_NO_ENTER = 8
 F_ARGC_CAPPED = 16
+F_SCRIPT = 32          # btf mode: a #! script, argv as the kernel rewrote it (interpreter first)
 
-# AncestryEntry.flags. I_SCRIPT_NOEXEC mirrors the C define; A_FORKED is user space's.
+# AncestryEntry.flags. I_* mirror the C defines; A_FORKED is user space's.
 I_SCRIPT_NOEXEC = 1    # exec failed with ENOEXEC: a shell interprets `file` (no #! line)
 A_FORKED = 2           # the process has not exec'd since its fork: file/head are its parent's
+I_SCRIPT = 4           # btf mode: `file` is a #! script, its head starts with the interpreter
+
+MODES = ("auto", "btf", "tracepoint")   # auto: btf where the kernel has BTF, else tracepoint
+
+# Struct members btf mode reads, by the -D name the C program uses. Their offsets come
+# from the running kernel's BTF, never from headers (btf.py says why).
+BTF_FIELDS: dict[str, tuple[str, str]] = {
+    "OFF_TASK_MM": ("task_struct", "mm"),
+    "OFF_TASK_PID": ("task_struct", "pid"),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
+    "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
+    "OFF_BPRM_INTERP": ("linux_binprm", "interp"),
+    "OFF_BPRM_ARGC": ("linux_binprm", "argc"),
+    "OFF_BPRM_BUF": ("linux_binprm", "buf"),
+}
+# The fentry that names scripts without #! reads the exec syscall's number and argv from
+# the registers it was entered with. x86_64 only: bcc 0.26 attaches fentry nowhere else.
+FENTRY_FUNCTION = "security_bprm_check"
+FENTRY_FIELDS: dict[str, tuple[str, str]] = {
+    "OFF_REGS_NR": ("pt_regs", "orig_ax"),
+    "OFF_REGS_EXECVE_ARGV": ("pt_regs", "si"),      # execve(filename, argv, envp)
+    "OFF_REGS_EXECVEAT_ARGV": ("pt_regs", "dx"),    # execveat(dfd, filename, argv, envp, flags)
+}
+FENTRY_CONSTANTS = {"NR_EXECVE": 59, "NR_EXECVEAT": 322}
+NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the ancestry"
 
 _COUNTERS = ("execs_seen", "forwarded", "lost", "failed")
 
+# What each mode attaches (btf: raw tracepoints, plus the optional fentry).
+RAW_TRACEPOINTS = ("sched_process_exec", "task_newtask")
 TRACEPOINTS = (
     ("syscalls", "sys_enter_execve"),
     ("syscalls", "sys_enter_execveat"),
@@ -64,10 +104,15 @@ TRACEPOINTS = (
     ("task", "task_newtask"),
 )
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 
 
 class ProbeError(RuntimeError):
     """The probe cannot load. The message names the cause and the fix."""
+
+
+class BtfRefused(Exception):
+    """btf mode cannot be trusted on this kernel; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +161,7 @@ class Counters:
     execs_seen: int      # successful execs on the host since attach
     forwarded: int       # execs that passed the in-kernel filter
     lost: int            # forwarded execs dropped because the ring buffer was full
-    failed: int          # exec syscalls that failed
+    failed: int          # exec syscalls that failed (tracepoint mode; btf mode sees only successes)
 
 
 def check_bpf_syscall() -> str | None:
@@ -125,7 +170,7 @@ def check_bpf_syscall() -> str | None:
     This is the cheapest proof that the kernel accepts bpf() from this process, so that
     set-up and start-up can stop early with the cause instead of deep inside bcc.
     """
-    number = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+    number = _BPF_SYSCALL.get(platform.machine())
     if number is None:
         return f"unsupported architecture {platform.machine()}: the probe supports x86_64 and aarch64"
     bpf_map_create, bpf_map_type_array = 0, 2
@@ -156,7 +201,8 @@ def comm_key(name: str) -> bytes:
 
 
 def preflight() -> None:
-    """Raise ProbeError naming the first missing prerequisite, cheapest check first."""
+    """Raise ProbeError naming the first missing prerequisite of either mode, cheapest
+    check first."""
     if os.geteuid() != 0:
         raise ProbeError("the eBPF probe needs root: run as root (sudo)")
     problem = check_bpf_syscall()
@@ -169,6 +215,10 @@ def preflight() -> None:
     build = Path("/lib/modules") / os.uname().release / "build" / "include"
     if not build.exists():
         raise ProbeError(f"kernel headers missing ({build.parent}): run 'make setup' (installs and links linux-headers)")
+
+
+def _tracepoint_preflight() -> None:
+    """What tracepoint mode needs beyond preflight(): tracefs, debugfs, the tracepoints."""
     root = next((p for p in _TRACEFS if (p / "events").is_dir()), None)
     if root is None:
         raise ProbeError("tracefs is not mounted: run 'mount -t tracefs nodev /sys/kernel/tracing' (or 'make setup')")
@@ -178,6 +228,51 @@ def preflight() -> None:
     if not Path("/sys/kernel/debug/tracing/events").is_dir():
         # bcc 0.26 reads tracepoint formats through debugfs.
         raise ProbeError("debugfs is not mounted: run 'mount -t debugfs nodev /sys/kernel/debug' (or 'make setup')")
+
+
+def probe_mode_option(parser: argparse.ArgumentParser) -> None:
+    """--probe-mode, the same for watch, record and the extension."""
+    parser.add_argument(
+        "--probe-mode", choices=MODES, default="auto",
+        help="btf: no syscall tax, offsets from the kernel's BTF; tracepoint: exec syscall tracepoints; "
+             "auto (default): btf where it passes its self-check, else tracepoint",
+    )
+
+
+def btf_offsets(btf: Btf) -> dict[str, int]:
+    """The member offsets btf mode needs, from the kernel's BTF. Raises BtfError."""
+    return {name: btf.offset(struct, member) for name, (struct, member) in BTF_FIELDS.items()}
+
+
+def fentry_problem(btf: Btf) -> str | None:
+    """Why the fentry on FENTRY_FUNCTION cannot be used here, or None.
+
+    Loads a two-instruction fentry program (never attached) so that a kernel that refuses
+    trampolines says so before bcc compiles anything: bcc would print the kernel's refusal
+    on stderr and abandon the whole program.
+    """
+    if platform.machine() != "x86_64":
+        return f"no BPF trampolines for {platform.machine()} in bcc 0.26"
+    try:
+        func_id = btf.function_id(FENTRY_FUNCTION)
+    except BtfError as exc:
+        return str(exc)
+    bpf_prog_load, prog_type_tracing, trace_fentry = 5, 26, 24
+    insns = bytes.fromhex("b700000000000000" "9500000000000000")   # r0 = 0; exit
+    license_ = ctypes.create_string_buffer(b"GPL")
+    code = ctypes.create_string_buffer(insns, len(insns))
+    attr = (ctypes.c_uint8 * 144)()
+    fields = ((0, "I", prog_type_tracing), (4, "I", 2), (8, "Q", ctypes.addressof(code)),
+              (16, "Q", ctypes.addressof(license_)), (68, "I", trace_fentry), (108, "I", func_id))
+    for offset, kind, value in fields:
+        struct.pack_into("<" + kind, attr, offset, value)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(_BPF_SYSCALL.get(platform.machine(), -1), bpf_prog_load, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:
+        os.close(fd)
+        return None
+    err = ctypes.get_errno()
+    return f"the kernel refuses fentry programs ({errno.errorcode.get(err, err)})"
 
 
 def _field_bytes(struct: ctypes.Structure, name: str) -> bytes:
@@ -220,7 +315,19 @@ class Probe:
         on_exec: Callable[[ExecRecord], None],
         forward_prefixes: Iterable[str] = WRITABLE_DIRS,
         poll_ms: int = 100,
+        mode: str = "auto",
+        btf_offsets: dict[str, int] | None = None,
     ) -> None:
+        """mode: one of MODES. btf_offsets: the struct offsets btf mode uses, instead of
+        the kernel's (to prove that wrong ones are caught)."""
+        if mode not in MODES:
+            raise ProbeError(f"unknown probe mode {mode!r}: use one of {', '.join(MODES)}")
+        self._requested = mode
+        self._btf_offsets = btf_offsets
+        self.mode = ""        # the mode in force once started: btf or tracepoint
+        self.mode_note = ""   # why btf mode was refused, or what it cannot see on this kernel
+        self._check_pid = 0
+        self._check_record: ExecRecord | None = None
         self._comms = sorted({comm_key(n) for n in comm_names})
         self._prefixes = tuple(dict.fromkeys([*forward_prefixes, *FD_PATH_PREFIXES]))
         self._on_exec = on_exec
@@ -239,24 +346,135 @@ class Probe:
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> None:
-        """Compile, load and attach the program, fill the filter maps, start polling."""
+        """Compile, load and attach the program in the best mode this kernel allows, fill
+        the filter maps, start polling."""
         preflight()
+        if self._requested != "tracepoint":
+            try:
+                self._load_btf()
+            except BtfRefused as exc:
+                if self._requested == "btf":
+                    raise ProbeError(f"btf mode refused: {exc}; run with --probe-mode tracepoint") from exc
+                self.mode_note = f"btf mode refused: {exc}"
+        if not self.mode:
+            _tracepoint_preflight()
+            self._bpf = self._compile({"PROBE_BTF": 0})
+            self._prepare()
+            self.mode = "tracepoint"
+        self._thread = threading.Thread(target=self._poll, name="netutil-probe", daemon=True)
+        self._thread.start()
+
+    def _load_btf(self) -> None:
+        """Load btf mode and check it on a real exec; BtfRefused says why it cannot be used."""
+        try:
+            btf = Btf.load(VMLINUX)
+            offsets = self._btf_offsets or btf_offsets(btf)
+        except BtfError as exc:
+            raise BtfRefused(str(exc)) from exc
+        defines = {"PROBE_BTF": 1, **offsets}
+        no_fentry = fentry_problem(btf)
+        if no_fentry is None:
+            defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
+            defines |= {name: btf.offset(*field) for name, field in FENTRY_FIELDS.items()}
+        try:
+            self._bpf = self._compile(defines)
+        except ProbeError as exc:
+            raise BtfRefused(str(exc)) from exc
+        no_fentry = no_fentry or self._bpf.fentry_error
+        if no_fentry:
+            self.mode_note = f"{NOT_NAMED_WITHOUT_FENTRY} ({no_fentry})"
+        try:
+            self._prepare()
+            self._self_check()
+        except BtfRefused:
+            self._bpf.cleanup()
+            self._bpf = None
+            raise
+        self.mode = "btf"
+
+    def _compile(self, defines: dict[str, int]) -> "object":
+        """bcc's BPF object for the program with these -D flags (and the sizes); it
+        attaches its programs as it loads them."""
         from bcc import BPF
 
-        cflags = [f"-D{k}={v}" for k, v in SIZES.items()] + ["-Wno-unused-function"]
+        class _Bpf(BPF):
+            """bcc's BPF, where an fentry the kernel refuses to attach is noted, not fatal."""
+
+            fentry_error = ""
+
+            def attach_kfunc(self, fn_name: bytes = b"") -> "_Bpf":
+                try:
+                    return super().attach_kfunc(fn_name=fn_name)
+                except Exception as exc:   # bcc raises bare Exception
+                    self.fentry_error = str(exc)
+                    return self
+
+        cflags = [f"-D{k}={v}" for k, v in {**SIZES, **defines}.items()] + ["-Wno-unused-function"]
         try:
-            self._bpf = BPF(text=bpf_source().encode(), cflags=cflags)
+            bpf = _Bpf(text=bpf_source().encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
             raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
         return_freed_memory()   # clang's freed heap (~25 MB)
         page_out_compiler()     # and its code (~85 MB), which never runs again
+        return bpf
+
+    def _prepare(self) -> None:
+        """Fill the filter and open the ring buffer of the loaded program."""
         self._fill_filter()
         self._procs = self._bpf[b"procs"]
-        self._event_type = self._bpf[b"pending_full"].Leaf
+        self._event_type = self._bpf[b"event_heap"].Leaf._type_   # per-CPU: an array of them
         self._args_offset = self._event_type.args.offset
         self._bpf[b"events"].open_ring_buffer(self._on_sample)
-        self._thread = threading.Thread(target=self._poll, name="netutil-probe", daemon=True)
-        self._thread.start()
+
+    def _self_check(self, timeout_s: float = 2.0) -> None:
+        """Exec known programs by a path the filter forwards (/dev/fd/N) and compare what
+        btf mode reports with what ran. Each offset shows in a field: the parent (the
+        task's pid), argv and the ancestry head (mm and its arg range), argc, the file and
+        the script flag (bprm's). An ELF and a #! script, so that bprm's filename and
+        interp, equal for the one, differ for the other."""
+        true = os.path.realpath(shutil.which("true") or "/bin/true").encode()
+        args = (b"netutil-selfcheck", os.urandom(6).hex().encode(), b"x" * 40)
+        binary = os.open(true, os.O_RDONLY)
+        script = os.memfd_create("netutil-selfcheck")
+        try:
+            os.write(script, b"#!" + true + b"\n")
+            fd_path = f"/dev/fd/{script}".encode()
+            for fd, argv, flag in ((binary, args, 0), (script, (true, fd_path, *args[1:]), F_SCRIPT)):
+                rec, slot = self._check_exec(fd, args, timeout_s)
+                wrong = [
+                    f"{what} {got!r}, expected {want!r}"
+                    for what, got, want in (
+                        ("parent", rec.ppid, os.getpid()),
+                        ("argv", rec.argv, argv),
+                        ("argc", rec.argc, len(argv)),
+                        ("file", rec.filename, f"/dev/fd/{fd}".encode()),
+                        ("script flag", rec.flags & F_SCRIPT, flag),
+                        ("ancestry head", slot.head if slot else None, argv),
+                    )
+                    if got != want
+                ]
+                if wrong:
+                    raise BtfRefused("the self-check exec read " + "; ".join(wrong) + ": the BTF offsets do not fit this kernel")
+        finally:
+            os.close(binary)
+            os.close(script)
+
+    def _check_exec(self, fd: int, argv: tuple[bytes, ...], timeout_s: float) -> tuple[ExecRecord, AncestryEntry | None]:
+        """Run /dev/fd/fd with argv; its record (kept from on_exec) and ancestry entry."""
+        self._check_record = None
+        try:
+            child = subprocess.Popen(argv, executable=f"/dev/fd/{fd}", pass_fds=(fd,))
+            self._check_pid = child.pid
+            child.wait(timeout=timeout_s)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BtfRefused(f"the self-check exec failed: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while self._check_record is None and time.monotonic() < deadline:
+            self._bpf.ring_buffer_poll(50)
+        rec, self._check_pid = self._check_record, 0
+        if rec is None:
+            raise BtfRefused(f"the self-check exec (pid {child.pid}) was not reported")
+        return rec, self.ancestry(child.pid)
 
     def stop(self) -> None:
         """Stop polling (draining what is queued) and detach. Safe to call twice."""
@@ -357,7 +575,11 @@ class Probe:
 
     def _on_sample(self, _ctx: object, data: int, size: int) -> None:
         try:
-            self._on_exec(self._parse(ctypes.string_at(data, size)))
+            rec = self._parse(ctypes.string_at(data, size))
+            if rec.pid == self._check_pid:
+                self._check_record = rec   # the self-check's own exec: not the host's
+                return
+            self._on_exec(rec)
         except Exception as exc:  # a consumer bug must not kill the poll thread
             self.callback_errors += 1
             self.last_callback_error = f"{type(exc).__name__}: {exc}"
@@ -365,8 +587,12 @@ class Probe:
     def _parse(self, raw: bytes) -> ExecRecord:
         ev = self._event_type.from_buffer_copy(raw[: self._args_offset].ljust(ctypes.sizeof(self._event_type), b"\0"))
         argv = _split_args(raw[self._args_offset : self._args_offset + ev.args_size])
+        # The same limits in both modes: btf mode reads argv in one block, so the count
+        # and per-argument caps that tracepoint mode applies in the kernel apply here.
+        cut = SIZES["ARG_MAX_LEN"] - 1
+        argv = tuple(a[:cut] for a in argv[: SIZES["MAX_ARGS"]])
         flags = ev.flags
-        if len(argv) < ev.argc or any(len(a) >= SIZES["ARG_MAX_LEN"] - 1 for a in argv):
+        if len(argv) < ev.argc or any(len(a) >= cut for a in argv):
             flags |= F_ARGS_TRUNCATED   # the kernel leaves this part of the check to us
         return ExecRecord(
             time=self._wall_offset + ev.ktime_ns / 1e9,

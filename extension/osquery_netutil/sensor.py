@@ -32,6 +32,8 @@ class Sensor:
         extra_prefixes: Iterable[str] = (),
         on_row: Callable[[Row], None] | None = None,
         problems: Iterable[str] = (),
+        probe_mode: str = "auto",
+        btf_offsets: dict[str, int] | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -39,6 +41,8 @@ class Sensor:
         # The writable directories always; a user's --prefix adds places, never removes one.
         self._prefixes = (*WRITABLE_DIRS, *extra_prefixes)
         self._problems = list(problems)   # start-up problems worked around (bad --catalog, say)
+        self._probe_mode = probe_mode
+        self._btf_offsets = btf_offsets
         self._probe: Probe | None = None
         self._enricher: Enricher | None = None
         self._failure = ""
@@ -53,7 +57,8 @@ class Sensor:
         """Compile and attach the probe (about a second). Raises ProbeError, which the
         status row then reports."""
         try:
-            probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes)
+            probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes,
+                          mode=self._probe_mode, btf_offsets=self._btf_offsets)
             self._enricher = Enricher(self.catalog, probe.ancestry)
             probe.start()
         except ProbeError as exc:
@@ -130,6 +135,8 @@ class Sensor:
             "source": "ebpf" if self._probe is not None else "store",
             "kernel": os.uname().release,
             "start_time": self._start_time,
+            "probe_mode": self._probe.mode if self._probe is not None else "",
+            "probe_mode_note": self._probe.mode_note if self._probe is not None else "",
             "execs_seen": counters.execs_seen if counters else 0,
             "events_matched": self.rows_made,
             "events_lost": counters.lost if counters else 0,
@@ -158,7 +165,7 @@ def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict
             "error": "; ".join(p for p in (
                 f"no osquery-netutil is collecting: the rows {where}are those stored before it stopped; "
                 "start the extension or 'osquery-netutil watch'", note) if p),
-            "kernel": os.uname().release, "start_time": 0, "execs_seen": 0, "events_matched": 0,
+            "kernel": os.uname().release, "start_time": 0, "probe_mode": "", "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
             "events_lost": 0, "catalog_size": len(catalog), "version": __version__,
         }
     status.update(source="store", rows_retained=rows, oldest_time=oldest,
