@@ -90,6 +90,7 @@ struct proc {
     u32 head_len;
     u32 pend_head_len;
     char comm[16];
+    u32 file_key;                  // with file, a path_buf: the filter's trie looks file up in place
     char file[FILENAME_LEN];       // the file exec'd: for a script, the script
     const char *pend_filename;     // caller's pointer, still valid if the exec fails
     u32 pend_tid;                  // thread whose exec is pending; 0: none
@@ -106,6 +107,8 @@ struct prefix_key { u32 prefixlen; char path[PREFIX_LEN]; };
 // A path with room for a prefix_key's header: the LPM lookup reads only its first
 // sizeof(struct prefix_key) bytes, so the path read needs no copy to become a key.
 struct path_buf { u32 prefixlen; char path[FILENAME_LEN]; };
+_Static_assert(offsetof(struct proc, file) == offsetof(struct proc, file_key) + sizeof(u32),
+               "a slot's file_key and file must make a struct path_buf");
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, C_COUNT);
@@ -300,19 +303,25 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     count(C_EXECS_SEEN);
 
     struct proc *p = proc_of(bpf_get_current_pid_tgid() >> 32);
-    struct path_buf *path = path_heap.lookup(&zero);
-    if (!p || !path)
+    if (!p)
         return 0;
-    const char *filename = 0, *interp = 0;
-    FIELD(filename, bprm, OFF_BPRM_FILENAME);
-    FIELD(interp, bprm, OFF_BPRM_INTERP);
-    int len = bpf_probe_read_kernel_str(path->path, FILENAME_LEN, filename);
+    // Each read is a helper call (about 60 ns here): adjacent fields are read together,
+    // and the file goes straight into the slot, where the filter looks it up.
+    const char *names[2] = {};   // bprm->filename, bprm->interp (differ for a #! script)
+#if OFF_BPRM_INTERP == OFF_BPRM_FILENAME + 8
+    FIELD(names, bprm, OFF_BPRM_FILENAME);
+#else
+    FIELD(names[0], bprm, OFF_BPRM_FILENAME);
+    FIELD(names[1], bprm, OFF_BPRM_INTERP);
+#endif
+    int script = names[0] != names[1];
+    int len = bpf_probe_read_kernel_str(p->file, FILENAME_LEN, names[0]);
     if (len <= 0) {
-        path->path[0] = 0;
+        p->file[0] = 0;
         len = 1;
     }
-    u32 match = (name_is_candidate(path->path, len) ? F_MATCH_COMM : 0)
-              | (path_is_candidate(path) ? F_MATCH_PATH : 0);
+    u32 match = (name_is_candidate(p->file, len) ? F_MATCH_COMM : 0)
+              | (path_is_candidate((struct path_buf *)&p->file_key) ? F_MATCH_PATH : 0);
 
     void *mm = 0;
     unsigned long range[2] = {};   // arg_start, arg_end
@@ -334,7 +343,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         u32 n = size < sizeof(ev->args) ? size : sizeof(ev->args);
         bpf_probe_read_user(ev->args, n, (void *)range[0]);
         ev->args_size = n;
-        ev->flags = (n < size ? F_ARGS_TRUNCATED : 0) | (interp != filename ? F_SCRIPT : 0);
+        ev->flags = (n < size ? F_ARGS_TRUNCATED : 0) | (script ? F_SCRIPT : 0);
         int argc = 0;
         FIELD(argc, bprm, OFF_BPRM_ARGC);
         ev->argc = argc;
@@ -347,12 +356,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     }
     p->ktime_ns = bpf_ktime_get_ns();
     p->uid = (u32)uid_gid;
-    p->flags = interp != filename ? I_SCRIPT : 0;
+    p->flags = script ? I_SCRIPT : 0;
     p->head_len = head_len;
     p->cur ^= 1;
     p->pend_tid = 0;
     bpf_get_current_comm(p->comm, sizeof(p->comm));
-    bpf_probe_read_kernel(p->file, FILENAME_LEN, path->path);
     if (ev)
         forward(ev, p, old_tid, match, uid_gid);
     return 0;
