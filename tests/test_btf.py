@@ -14,7 +14,7 @@ import pytest
 
 from osquery_netutil.btf import VMLINUX, Btf, BtfError
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.probe import BTF_FIELDS, FENTRY_FIELDS, Probe, ProbeError, btf_offsets
+from osquery_netutil.probe import BTF_FIELDS, FENTRY_FIELDS, Probe, ProbeError, btf_defines, btf_offsets, fentry_problem
 from osquery_netutil.sensor import Sensor
 from osquery_netutil.store import Store
 
@@ -178,3 +178,20 @@ def test_the_status_row_names_the_mode_and_why_btf_was_refused(catalog: Catalog,
                 assert status["probe_mode_note"].startswith("btf mode refused: the self-check exec read parent 0")
             else:
                 assert not status["probe_mode_note"].startswith("btf mode refused")
+
+
+def test_the_fentry_program_compiles_and_a_kernel_that_refuses_it_is_noted_not_fatal() -> None:
+    """The program that names scripts without #! is built even where the kernel will not
+    load it (this VM answers EPERM), so that its C is checked here too."""
+    need(probe_unavailable())
+    btf = _kernel_btf()
+    bpf = Probe._compile(btf_defines(btf, btf_offsets(btf), fentry=True))
+    try:
+        loaded = {name.decode() for name in bpf.funcs}
+        assert {"raw_tracepoint__sched_process_exec", "raw_tracepoint__task_newtask"} <= loaded
+        if fentry_problem(btf) is None:
+            assert bpf.fentry_error == "" and "kfunc__security_bprm_check" in loaded
+        else:
+            assert bpf.fentry_error, "the kernel refused fentry programs, the loader should say so"
+    finally:
+        bpf.cleanup()

@@ -244,6 +244,15 @@ def btf_offsets(btf: Btf) -> dict[str, int]:
     return {name: btf.offset(struct, member) for name, (struct, member) in BTF_FIELDS.items()}
 
 
+def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool) -> dict[str, int]:
+    """The -D flags of btf mode: its offsets, and the fentry's when it is wanted."""
+    defines = {"PROBE_BTF": 1, **offsets}
+    if fentry:
+        defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
+        defines |= {name: btf.offset(*field) for name, field in FENTRY_FIELDS.items()}
+    return defines
+
+
 def fentry_problem(btf: Btf) -> str | None:
     """Why the fentry on FENTRY_FUNCTION cannot be used here, or None.
 
@@ -371,13 +380,9 @@ class Probe:
             offsets = self._btf_offsets or btf_offsets(btf)
         except BtfError as exc:
             raise BtfRefused(str(exc)) from exc
-        defines = {"PROBE_BTF": 1, **offsets}
         no_fentry = fentry_problem(btf)
-        if no_fentry is None:
-            defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
-            defines |= {name: btf.offset(*field) for name, field in FENTRY_FIELDS.items()}
         try:
-            self._bpf = self._compile(defines)
+            self._bpf = self._compile(btf_defines(btf, offsets, fentry=no_fentry is None))
         except ProbeError as exc:
             raise BtfRefused(str(exc)) from exc
         no_fentry = no_fentry or self._bpf.fentry_error
@@ -392,9 +397,11 @@ class Probe:
             raise
         self.mode = "btf"
 
-    def _compile(self, defines: dict[str, int]) -> "object":
+    @staticmethod
+    def _compile(defines: dict[str, int]) -> "object":
         """bcc's BPF object for the program with these -D flags (and the sizes); it
-        attaches its programs as it loads them."""
+        attaches its programs as it loads them. An fentry the kernel refuses leaves its
+        reason in the object's fentry_error."""
         from bcc import BPF
 
         class _Bpf(BPF):
