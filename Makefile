@@ -21,6 +21,7 @@ bench:
 	$(PY) bench/kernel_cost.py
 	$(PY) bench/storm.py
 	$(PY) bench/extension_bench.py
+	$(PY) bench/syscall_tax.py
 	$(PY) bench/report.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext

@@ -1,6 +1,7 @@
 """2. Kernel cost per exec: run time of each probe program per exec, from the kernel's
 own BPF statistics (sysctl kernel.bpf_stats_enabled), for non-catalog execs (the common
-case: the filter drops them) and catalog execs (forwarded to user space).
+case: the filter drops them) and catalog execs (forwarded to user space), in each probe
+mode (btf, tracepoint).
 
 Run as root after set-up. Prints figures and writes bench/results/kernel_cost.json.
 """
@@ -28,9 +29,28 @@ def measure(probe: Probe, binary: str, count: int) -> dict[str, dict[str, float]
     programs = {}
     for name, (runs, ns) in after.items():
         r, t = runs - before[name][0], ns - before[name][1]
-        short = name.removeprefix("tracepoint__").replace("__", ":")
+        short = name.removeprefix("tracepoint__").removeprefix("raw_tracepoint__").removeprefix("kfunc__").replace("__", ":")
         programs[short] = {"runs": r, "ns_per_run": t / max(r, 1), "ns_per_exec": t / count}
     return programs
+
+
+def report(mode: str, rounds: dict[str, list[dict[str, dict[str, float]]]], execs: int) -> dict[str, object]:
+    """Medians per kind of exec and program, printed and returned."""
+    result: dict[str, object] = {}
+    print(f"{mode} mode: kernel time of the probe's programs per exec ({execs} fork+exec per round, median of {len(rounds['catalog'])} rounds):")
+    for kind, measured in rounds.items():
+        programs = {}
+        for name in measured[0]:
+            values = sorted(m[name]["ns_per_exec"] for m in measured)
+            programs[name] = {"ns_per_exec": values[len(values) // 2], "ns_per_run": measured[0][name]["ns_per_run"],
+                              "runs_per_exec": measured[0][name]["runs"] / execs}
+        totals = sorted(sum(m[n]["ns_per_exec"] for n in m) for m in measured)
+        result[kind] = {"programs": programs, "total_ns": totals[len(totals) // 2], "min_ns": totals[0], "max_ns": totals[-1]}
+        print(f"  {kind.replace('_', '-')} execs: {totals[len(totals) // 2]:.0f} ns per exec in all ({totals[0]:.0f}-{totals[-1]:.0f})")
+        for name, p in programs.items():
+            if p["runs_per_exec"]:
+                print(f"    {name:36s} {p['ns_per_exec']:6.0f} ns/exec  ({p['runs_per_exec']:.2f} runs of {p['ns_per_run']:.0f} ns)")
+    return result
 
 
 def main() -> int:
@@ -39,34 +59,23 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     kinds = {"non_catalog": static_binary("bench-true"), "catalog": str(write_executable(WORK / "nc", tiny_elf()))}
-    received = []
-    probe = Probe(Catalog.load().basenames(), received.append)
-    probe.start()
     previous = STATS.read_text().strip()
     STATS.write_text("1")
-    rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in kinds}
+    result: dict[str, object] = {"execs": args.execs, "rounds": args.rounds}
     try:
-        for _ in range(args.rounds):
-            for kind, binary in kinds.items():
-                rounds[kind].append(measure(probe, binary, args.execs))
+        for mode in ("btf", "tracepoint"):
+            probe = Probe(Catalog.load().basenames(), lambda rec: None, mode=mode)
+            probe.start()
+            rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in kinds}
+            try:
+                for _ in range(args.rounds):
+                    for kind, binary in kinds.items():
+                        rounds[kind].append(measure(probe, binary, args.execs))
+            finally:
+                probe.stop()
+            result[mode] = report(mode, rounds, args.execs)
     finally:
         STATS.write_text(previous)
-        probe.stop()
-    result: dict[str, object] = {"execs": args.execs, "rounds": args.rounds}
-    print(f"kernel time of the probe's programs per exec ({args.execs} fork+exec per round, median of {args.rounds} rounds):")
-    for kind, measured in rounds.items():
-        programs = {}
-        for name in measured[0]:
-            values = sorted(m[name]["ns_per_exec"] for m in measured)
-            programs[name] = {"ns_per_exec": values[len(values) // 2], "ns_per_run": measured[0][name]["ns_per_run"],
-                              "runs_per_exec": measured[0][name]["runs"] / args.execs}
-        totals = sorted(sum(m[n]["ns_per_exec"] for n in m) for m in measured)
-        result[kind] = {"programs": programs, "total_ns": totals[len(totals) // 2], "min_ns": totals[0], "max_ns": totals[-1]}
-        print(f"  {kind.replace('_', '-')} execs: {result[kind]['total_ns']:.0f} ns per exec in all "
-              f"({totals[0]:.0f}-{totals[-1]:.0f})")
-        for name, p in programs.items():
-            if p["runs_per_exec"]:
-                print(f"    {name:36s} {p['ns_per_exec']:6.0f} ns/exec  ({p['runs_per_exec']:.2f} runs of {p['ns_per_run']:.0f} ns)")
     print(f"  written to {save('kernel_cost', result)}")
     return 0
 

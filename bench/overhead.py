@@ -7,9 +7,10 @@ all alike:
   none       nothing attached
   floor      the same tracepoints as ours with empty programs: the cost of attaching alone
   sched-floor  only the two sched/task tracepoints, empty: what a probe without syscall
-             tracepoints would cost at least (design.md requires the syscall ones: argv
-             is read at sys_enter, before exec replaces the caller's memory)
-  netutil    this project's sensor (probe, enrichment and store), as `watch` runs it
+             tracepoints costs at least
+  netutil-btf  this project's sensor (probe, enrichment and store), as `watch` runs it,
+             in btf mode (raw tracepoints on exec and fork only)
+  netutil-tracepoint  the same in tracepoint mode (the fallback)
   bpftrace   a bpftrace one-liner on sys_enter_execve printing each exec to a file (the
              bare-eBPF baseline)
   auditd     an auditd execve rule (what osquery's process_events relies on)
@@ -48,10 +49,12 @@ def nothing() -> Iterator[int | None]:
 
 
 @contextlib.contextmanager
-def netutil() -> Iterator[int | None]:
+def netutil(mode: str = "auto") -> Iterator[int | None]:
+    """The whole sensor, as `watch` runs it, in the given probe mode."""
     with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, Store(Path(tmp) / "events.db") as store:
-        sensor = Sensor(Catalog.load(), store)
+        sensor = Sensor(Catalog.load(), store, probe_mode=mode)
         sensor.start()
+        assert mode == "auto" or sensor.status()["probe_mode"] == mode
         try:
             yield None   # runs in this process: its CPU is this process's
         finally:
@@ -140,7 +143,8 @@ def main() -> int:
     args = parser.parse_args()
     binary = static_binary("bench-true")
     marker = static_binary("bench-marker")
-    tools = {"none": nothing, "sched-floor": lambda: floor(EMPTY_SCHED_PROGRAMS), "floor": floor, "netutil": netutil, "bpftrace": lambda: bpftrace(marker), "auditd": auditd}
+    tools = {"none": nothing, "sched-floor": lambda: floor(EMPTY_SCHED_PROGRAMS), "floor": floor,
+             "netutil-btf": lambda: netutil("btf"), "netutil-tracepoint": lambda: netutil("tracepoint"), "bpftrace": lambda: bpftrace(marker), "auditd": auditd}
     missing = [t for t in ("bpftrace", "auditd", "auditctl") if shutil.which(t) is None]
     for name in list(tools):
         if (name == "bpftrace" and "bpftrace" in missing) or (name == "auditd" and {"auditd", "auditctl"} & set(missing)):

@@ -15,11 +15,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import RESULTS  # noqa: E402
 
 COMMANDS = """```sh
-sudo make bench                      # all of it: set-up (--bench), the four benchmarks, this report
+sudo make bench                      # all of it: set-up (--bench), the five benchmarks, this report
 .venv/bin/python bench/overhead.py   # 1. exec overhead against nothing, bpftrace and auditd
 .venv/bin/python bench/kernel_cost.py    # 2. kernel ns per exec, per program
 .venv/bin/python bench/storm.py          # 3. loss under a storm, 4. user-space CPU
 .venv/bin/python bench/extension_bench.py  # 5. query latency, 6. memory and start-up
+.venv/bin/python bench/syscall_tax.py    # 7. the tax on syscalls that are not execs
 .venv/bin/python bench/report.py     # this file and the plots
 ```"""
 
@@ -45,27 +46,29 @@ def overhead_section(data: dict[str, Any]) -> list[str]:
     lines = ["## 1. Exec overhead", "", machine_line(data), "",
              f"{data['execs']:,} fork+exec of a static binary (compiled from C by the bench) per run, one spawner per core, "
              f"{data['rounds']} rounds interleaved ({', '.join(tools)}, none, ...). Medians, min-max in "
-             "brackets. *floor* is our six tracepoints with empty programs: what attaching syscall tracepoints costs "
-             "every process by itself, before any program runs. *sched-floor* is the two sched/task tracepoints alone, "
-             "empty: the least a probe without syscall tracepoints could cost (design.md requires them: argv must be "
-             "read at syscall entry, before exec replaces the caller's memory).", "",
+             "brackets. *floor* is tracepoint mode's six tracepoints with empty programs: what attaching syscall "
+             "tracepoints costs every process by itself, before any program runs. *sched-floor* is the two sched/task "
+             "tracepoints alone, empty: about what btf mode's two raw tracepoints cost before their programs run.", "",
              "| watching execs with | wall time | ratio to nothing | per exec | spawners' CPU | the tool's own CPU |",
              "|---|---|---|---|---|---|"]
     for name, t in tools.items():
         w = t["wall"]
         lines.append(f"| {name} | {w['median'] * 1e3:.0f} ms ({w['min'] * 1e3:.0f}-{w['max'] * 1e3:.0f}) | **{t['ratio']:.3f}** | "
                      f"{t['us_per_exec']:.1f} µs | {t['cpu']['median']:.2f} s | {t['tool_cpu']['median']:.2f} s |")
-    if "floor" in tools and "netutil" in tools:
-        lines += ["", f"netutil / floor = **{tools['netutil']['ratio'] / tools['floor']['ratio']:.3f}**: what our programs "
-                      "add; the rest is what the tracepoints cost with nothing to run."]
+    if {"floor", "netutil-tracepoint", "sched-floor", "netutil-btf"} <= set(tools):
+        lines += ["", f"netutil-tracepoint / floor = **{tools['netutil-tracepoint']['ratio'] / tools['floor']['ratio']:.3f}**, "
+                      f"netutil-btf / sched-floor = **{tools['netutil-btf']['ratio'] / tools['sched-floor']['ratio']:.3f}**: "
+                      "what our programs add; the rest is what the hooks cost with nothing to run."]
     lines += ["", "![exec overhead](overhead.png)", ""]
     names = list(tools)
     ratios = [tools[n]["ratio"] for n in names]
     low = [tools[n]["ratio"] - tools[n]["wall"]["min"] / tools["none"]["wall"]["median"] for n in names]
     high = [tools[n]["wall"]["max"] / tools["none"]["wall"]["median"] - tools[n]["ratio"] for n in names]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    colours = {"none": "#999", "sched-floor": "#ccc", "floor": "#bbb", "netutil": "#2a7", "bpftrace": "#48c", "auditd": "#c74"}
+    colours = {"none": "#999", "sched-floor": "#ccc", "floor": "#bbb", "netutil-btf": "#2a7", "netutil-tracepoint": "#7c9",
+               "bpftrace": "#48c", "auditd": "#c74"}
     ax.bar(names, ratios, yerr=[low, high], capsize=4, color=[colours.get(n, "#777") for n in names])
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(1.02, color="#2a7", linewidth=0.8, linestyle="--", label="target for netutil: 1.02")
     ax.set_ylabel("fork+exec wall time / nothing attached")
@@ -77,31 +80,30 @@ def overhead_section(data: dict[str, Any]) -> list[str]:
 
 
 def kernel_section(data: dict[str, Any]) -> list[str]:
+    modes = [m for m in ("btf", "tracepoint") if m in data]
     lines = ["## 2. Kernel cost per exec", "", machine_line(data), "",
              f"Run time of each probe program from the kernel's BPF statistics (`kernel.bpf_stats_enabled`), "
-             f"{data['execs']:,} execs per round, median of {data['rounds']} rounds.", "",
-             "| program | non-catalog exec (filtered in the kernel) | catalog exec (forwarded) |", "|---|---|---|"]
-    programs = [p for p in data["non_catalog"]["programs"] if data["non_catalog"]["programs"][p]["runs_per_exec"]
-                or data["catalog"]["programs"][p]["runs_per_exec"]]
-    for p in programs:
-        lines.append(f"| `{p}` | {data['non_catalog']['programs'][p]['ns_per_exec']:.0f} ns | "
-                     f"{data['catalog']['programs'][p]['ns_per_exec']:.0f} ns |")
-    nc, c = data["non_catalog"], data["catalog"]
-    lines += [f"| **all programs** | **{nc['total_ns']:.0f} ns** ({nc['min_ns']:.0f}-{nc['max_ns']:.0f}) | "
-              f"**{c['total_ns']:.0f} ns** ({c['min_ns']:.0f}-{c['max_ns']:.0f}) |", "",
-              "![kernel ns per exec](kernel_ns.png)", ""]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bottom = [0.0, 0.0]
-    for p in programs:
-        values = [nc["programs"][p]["ns_per_exec"], c["programs"][p]["ns_per_exec"]]
-        ax.bar(["non-catalog exec", "catalog exec"], values, bottom=bottom, label=p)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.axhline(1500, color="black", linestyle="--", linewidth=0.8, label="target: 1,500 ns (non-catalog)")
-    ax.set_ylabel("kernel ns per exec")
-    ax.set_title("Probe programs' kernel time per exec")
-    ax.legend(fontsize=7)
+             f"{data['execs']:,} execs per round, median of {data['rounds']} rounds, in each probe mode.", ""]
+    fig, axes = plt.subplots(1, len(modes), figsize=(4 * len(modes), 3.5), sharey=True, squeeze=False)
+    for mode, ax in zip(modes, axes[0]):
+        nc, c = data[mode]["non_catalog"], data[mode]["catalog"]
+        programs = [p for p in nc["programs"] if nc["programs"][p]["runs_per_exec"] or c["programs"][p]["runs_per_exec"]]
+        lines += [f"**{mode} mode**", "", "| program | non-catalog exec (filtered in the kernel) | catalog exec (forwarded) |",
+                  "|---|---|---|"]
+        lines += [f"| `{p}` | {nc['programs'][p]['ns_per_exec']:.0f} ns | {c['programs'][p]['ns_per_exec']:.0f} ns |" for p in programs]
+        lines += [f"| **all programs** | **{nc['total_ns']:.0f} ns** ({nc['min_ns']:.0f}-{nc['max_ns']:.0f}) | "
+                  f"**{c['total_ns']:.0f} ns** ({c['min_ns']:.0f}-{c['max_ns']:.0f}) |", ""]
+        bottom = [0.0, 0.0]
+        for p in programs:
+            values = [nc["programs"][p]["ns_per_exec"], c["programs"][p]["ns_per_exec"]]
+            ax.bar(["non-catalog", "catalog"], values, bottom=bottom, label=p)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.axhline(1500, color="black", linestyle="--", linewidth=0.8, label="target: 1,500 ns (non-catalog)")
+        ax.set_title(f"{mode} mode")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("kernel ns per exec")
     _save(fig, "kernel_ns.png")
-    return lines
+    return lines + ["![kernel ns per exec](kernel_ns.png)", ""]
 
 
 def storm_section(data: dict[str, Any]) -> list[str]:
@@ -152,8 +154,38 @@ def extension_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def syscall_tax_section(data: dict[str, Any]) -> list[str]:
+    tools = data["tools"]
+    loops = list(next(iter(tools.values())))
+    lines = ["## 7. Syscall tax", "", machine_line(data), "",
+             f"A C loop of `getppid()` and of one-byte `read()`s from /dev/zero, with each way of watching execs attached; "
+             f"a measurement is the fastest of {data['repeat']} runs of {data['calls']:,} calls (steal time on this VM "
+             f"only adds), {data['rounds']} rounds interleaved. Medians, min-max in brackets. Any "
+             "`syscalls:*` tracepoint sends every syscall of every process down the slow path; btf mode attaches none.", "",
+             "| watching execs with | " + " | ".join(f"{loop}" for loop in loops) + " |", "|---|" + "---|" * len(loops)]
+    for name, by_loop in tools.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{by_loop[loop]['median']:.1f} ns ({by_loop[loop]['min']:.1f}-{by_loop[loop]['max']:.1f}), **×{by_loop[loop]['ratio']:.3f}**"
+            for loop in loops) + " |")
+    lines += ["", "![syscall tax](syscall_tax.png)", ""]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(loops)
+    for i, loop in enumerate(loops):
+        ax.bar([k + i * width for k in range(len(tools))], [t[loop]["ratio"] for t in tools.values()], width, label=loop)
+    ax.set_xticks([k + width * (len(loops) - 1) / 2 for k in range(len(tools))], list(tools))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(1.02, color="#2a7", linewidth=0.8, linestyle="--", label="target for btf: 1.02")
+    ax.set_ylim(0.9, max(t[loop]["ratio"] for t in tools.values() for loop in loops) * 1.05)
+    ax.set_ylabel("ns per syscall / nothing attached")
+    ax.set_title("Syscall tax of each way of watching execs")
+    ax.legend()
+    _save(fig, "syscall_tax.png")
+    return lines
+
+
 def main() -> int:
-    sections = {"overhead": overhead_section, "kernel_cost": kernel_section, "storm": storm_section, "extension": extension_section}
+    sections = {"overhead": overhead_section, "kernel_cost": kernel_section, "storm": storm_section, "extension": extension_section,
+                "syscall_tax": syscall_tax_section}
     lines = ["# osquery-netutil benchmarks", "",
              "Generated by `bench/report.py` from the JSON in this directory. Each measurement ran in one process or "
              "script, so that its ratios hold on a noisy machine. Reproduce with:", "", COMMANDS, ""]
