@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import struct
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -93,8 +93,8 @@ NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the a
 
 _COUNTERS = ("execs_seen", "forwarded", "lost", "failed")
 
-# What each mode attaches (btf: raw tracepoints, plus the optional fentry).
-RAW_TRACEPOINTS = ("sched_process_exec", "task_newtask")
+# What tracepoint mode attaches (btf mode: the raw tracepoints sched_process_exec and
+# task_newtask, and the fentry where the kernel allows it).
 TRACEPOINTS = (
     ("syscalls", "sys_enter_execve"),
     ("syscalls", "sys_enter_execveat"),
