@@ -47,7 +47,8 @@ class Sensor:
         self._enricher: Enricher | None = None
         self._failure = ""
         self._stopped = False
-        self._start_time = 0
+        self._started = time.time()    # this run: it owns the store from here on
+        self._attached = 0.0           # when the probe was attached and its reader polling
         self._lock = threading.Lock()
         self.rows_made = 0
         self.row_errors = 0
@@ -55,7 +56,10 @@ class Sensor:
 
     def start(self) -> None:
         """Compile and attach the probe (about a second). Raises ProbeError, which the
-        status row then reports."""
+        status row then reports. Readers of the store see this run's own 'starting' row
+        first and 'running' only once the probe's reader polls: an exec made after that
+        is recorded."""
+        self.publish_status()
         try:
             probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes,
                           mode=self._probe_mode, btf_offsets=self._btf_offsets)
@@ -63,9 +67,11 @@ class Sensor:
             probe.start()
         except ProbeError as exc:
             self._failure = str(exc)
+            self.publish_status()
             raise
+        self._attached = time.time()
         self._probe = probe
-        self._start_time = int(time.time())
+        self.publish_status()
 
     def stop(self) -> None:
         """Detach the probe (handling what it had queued) and flush the store."""
@@ -134,7 +140,9 @@ class Sensor:
             "error": error,
             "source": "ebpf" if self._probe is not None else "store",
             "kernel": os.uname().release,
-            "start_time": self._start_time,
+            "start_time": int(self._started),
+            "attached_time": int(self._attached),
+            "startup_ms": round((self._attached - self._started) * 1000) if self._attached else 0,
             "probe_mode": self._probe.mode if self._probe is not None else "",
             "probe_mode_note": self._probe.mode_note if self._probe is not None else "",
             "execs_seen": counters.execs_seen if counters else 0,
@@ -150,22 +158,26 @@ class Sensor:
 
 def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict[str, Any]:
     """The status row for a process that only reads the store (`query`, or an extension
-    that found another writer): the writer's published status with fresh store figures,
-    or 'failed' when no writer runs."""
+    that found another writer): the status the writer holding the store published, with
+    fresh store figures; 'starting' while that writer has published nothing yet; 'failed'
+    when no writer runs."""
     rows, oldest = store.stats()[:2] if store is not None else (0, 0)
     writer = store.writer_pid() if store is not None else None
-    published = store.published_status() if store is not None and writer is not None else None
+    published = store.published_status() if store is not None else None
     if published is not None:
         status = dict(published)
         status["error"] = "; ".join(p for p in (status.get("error", ""), note) if p)
     else:
-        where = f"in {store.path} " if store is not None else ""
+        if writer is not None:
+            state, why = "starting", f"osquery-netutil (pid {writer}) has taken the store and is starting"
+        else:
+            where = f"in {store.path} " if store is not None else ""
+            state, why = "failed", (f"no osquery-netutil is collecting: the rows {where}are those stored before it "
+                                    "stopped; start the extension or 'osquery-netutil watch'")
         status = {
-            "state": "failed",
-            "error": "; ".join(p for p in (
-                f"no osquery-netutil is collecting: the rows {where}are those stored before it stopped; "
-                "start the extension or 'osquery-netutil watch'", note) if p),
-            "kernel": os.uname().release, "start_time": 0, "probe_mode": "", "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
+            "state": state, "error": "; ".join(p for p in (why, note) if p),
+            "kernel": os.uname().release, "start_time": 0, "attached_time": 0, "startup_ms": 0, "probe_mode": "",
+            "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
             "events_lost": 0, "catalog_size": len(catalog), "version": __version__,
         }
     status.update(source="store", rows_retained=rows, oldest_time=oldest,

@@ -13,6 +13,7 @@ root-only directory, and a file or directory that others could write is refused
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import operator
@@ -153,6 +154,7 @@ class Store:
         self._wake = threading.Condition()
         self._writer: threading.Thread | None = None
         self._read_lock = threading.Lock()
+        self._publish_lock = threading.Lock()
         self._held: list[Row] = []          # rows the file could not take (disk full)
         self._held_lock = threading.Lock()
         try:
@@ -194,6 +196,9 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        # The status an earlier run left describes that run, never this one.
+        with contextlib.suppress(FileNotFoundError):
+            self._status_path.unlink()
 
     def _open_for_writing(self) -> None:
         if not self.path.exists():
@@ -334,12 +339,14 @@ class Store:
 
     def publish_status(self, status: dict[str, Any]) -> None:
         """Leave the writer's status row beside the store, for readers in other processes
-        (`query`, a second extension) to show in network_utility_probe_status."""
+        (`query`, a second extension) to show in network_utility_probe_status. It is
+        signed with the writer's pid, which readers compare with the lock's holder."""
         tmp = self._status_path.with_name(self._status_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(status, f)
-        os.replace(tmp, self._status_path)
+        with self._publish_lock:   # the extension publishes from its attach and its timer threads
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"writer_pid": os.getpid(), "status": status}, f)
+            os.replace(tmp, self._status_path)
 
     # -- reader side -------------------------------------------------------------------
     @property
@@ -364,12 +371,19 @@ class Store:
             os.close(fd)
 
     def published_status(self) -> dict[str, Any] | None:
-        """The status the writer last published, or None."""
+        """The status the writer that holds the store now last published; None when no
+        writer runs, it has published nothing yet, or the file is an earlier run's (a run
+        that died is never shown as live)."""
+        writer = self.writer_pid()
+        if writer is None:
+            return None
         try:
-            status = json.loads(self._status_path.read_text())
+            signed = json.loads(self._status_path.read_text())
         except (OSError, ValueError):
             return None
-        return status if isinstance(status, dict) else None
+        if not isinstance(signed, dict) or signed.get("writer_pid") != writer or not isinstance(signed.get("status"), dict):
+            return None
+        return signed["status"]
 
     def select(self, conditions: Sequence[Condition] = (), text: bool = False) -> list[Row]:
         """Rows matching all conditions (each on a schema column, op in OPS), eid order,
