@@ -141,6 +141,22 @@ def test_sql_errors_and_missing_fixtures_are_reported_and_the_cli_fails(tmp_path
     assert "problems" in capsys.readouterr().out
 
 
+def test_a_regex_osquery_refuses_fails_verify_even_where_no_row_reaches_it(tmp_path: Path) -> None:
+    """std::regex has no lookbehind: osquery would refuse the query, so verify does, from
+    the SQL itself (the fixtures' rows never reach this pattern)."""
+    directory = _copy_packs(tmp_path)
+    body = ("SELECT eid FROM network_utility_execs\n"
+            "WHERE utility = 'none' AND regex_match(concat(cmdline, ','), '(?<=-e )/bin/sh', 0) IS NOT NULL;\n")
+    (directory / "lookbehind.sql").write_text(GOOD_HEADER + body)
+    fixtures = directory / "fixtures" / "lookbehind"
+    fixtures.mkdir()
+    (fixtures / "negative.jsonl").write_text('{"utility": "curl", "cmdline": "curl -e /bin/sh"}\n')
+    problems = packs.verify(directory)
+    assert any(p.startswith(f"{directory / 'lookbehind.sql'}:7: osquery refuses the regex '(?<=-e )/bin/sh'")
+               and "lookbehind" in p for p in problems), problems
+    assert packs.regex_literals("SELECT regex_split(x, 'a''b', 0), regex_match(f(a, ')'), '[,)]', 1)") == ["a'b", "[,)]"]
+
+
 def _copy_packs(tmp_path: Path) -> Path:
     directory = tmp_path / "packs"
     shutil.copytree(packs.PACKS_DIR, directory)

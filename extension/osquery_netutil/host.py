@@ -11,7 +11,7 @@ and the pack tests run the packs' SQL exactly as osqueryd would:
   text is one, else as text.
 * osquery's extra SQL functions (osquery/sql/sqlite_string.cpp, sqlite_network.cpp) are
   provided with osquery's semantics: regex_match, regex_split, split, concat, concat_ws,
-  inet_aton, in_cidr_block.
+  inet_aton, in_cidr_block. Regular expressions are std::regex's (stdregex.py).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import ipaddress
 import json
 import re
 import socket
-from functools import lru_cache
 from typing import Any, Iterable, Iterator, Sequence
 
 import apsw
 
 from .schema import Table
+from .stdregex import MAX_SIZE as REGEX_MAX_SIZE, RegexError, compile_ecmascript
 from .tables import TablePlugin
 
 # osquery's constraint ops (osquery/core/tables.h), which are SQLite's.
@@ -38,7 +38,6 @@ _RANGE_OPS = {
     apsw.SQLITE_INDEX_CONSTRAINT_GT, apsw.SQLITE_INDEX_CONSTRAINT_LE,
     apsw.SQLITE_INDEX_CONSTRAINT_LT, apsw.SQLITE_INDEX_CONSTRAINT_GE,
 }
-REGEX_MAX_SIZE = 256   # osquery's --regex_max_size default
 
 
 class QueryError(Exception):
@@ -159,14 +158,14 @@ def _typed(column_type: str, value: str | None) -> Any:
 
 # -- osquery's SQL functions -----------------------------------------------------------
 
-@lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    if len(pattern.encode()) > REGEX_MAX_SIZE:
-        raise ValueError(f"Invalid regex: too big, max size is {REGEX_MAX_SIZE} bytes")
+def _regex(pattern: str, function: str) -> re.Pattern[str]:
+    """The pattern as std::regex (ECMAScript) reads it, or osquery's own error text."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"Invalid regex ({exc})") from None
+        return compile_ecmascript(pattern)
+    except RegexError:
+        if function == "regex_match" and len(pattern.encode()) > REGEX_MAX_SIZE:
+            raise ValueError(f"Invalid regex: too big, max size is {REGEX_MAX_SIZE} bytes") from None
+        raise ValueError("Invalid regex") from None
 
 
 def _index(value: Any) -> int | None:
@@ -182,7 +181,7 @@ def regex_match(value: Any, pattern: Any, index: Any) -> str | None:
     """Group `index` (0: the whole match) of the first match of pattern in value, or NULL."""
     if value is None or pattern is None or index is None:
         return None
-    match = _regex(_as_text(pattern)).search(_as_text(value))
+    match = _regex(_as_text(pattern), "regex_match").search(_as_text(value))
     i = _index(index)
     if match is None or i is None or i > (match.re.groups):
         return None
@@ -198,7 +197,7 @@ def regex_split(value: Any, pattern: Any, index: Any) -> str | None:
     if _as_text(pattern) == "":
         raise ValueError("Invalid input to split function")
     text, tokens, last = _as_text(value), [], 0
-    for match in _regex(_as_text(pattern)).finditer(text):
+    for match in _regex(_as_text(pattern), "regex_split").finditer(text):
         tokens.append(text[last:match.start()])
         last = match.end()
     if last < len(text):
@@ -313,10 +312,11 @@ class Host:
             self.db.execute(f'CREATE VIRTUAL TABLE temp."{name}" USING "{name}"')
             self.tables[name] = plugin.table
 
-    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """(column names, rows) of sql (one statement, as in osquery). Raises QueryError."""
+    def query(self, sql: str, bindings: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(column names, rows) of sql (one statement, as in osquery; ? bound to bindings).
+        Raises QueryError."""
         try:
-            cursor = self.db.cursor().execute(sql)
+            cursor = self.db.cursor().execute(sql, bindings)
             try:
                 columns = [d[0] for d in cursor.get_description()]
             except apsw.ExecutionCompleteError:   # a statement that returns nothing

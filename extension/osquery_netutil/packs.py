@@ -33,6 +33,7 @@ from . import jsonl
 from .host import Host, QueryError
 from .locations import WRITABLE_DIRS
 from .schema import STATUS
+from .stdregex import RegexError, compile_ecmascript
 from .store import Store
 from .tables import ExecsTable, StatusTable
 
@@ -51,6 +52,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
 # What is not SQL syntax: string literals, quoted names and comments (a ';' there ends nothing).
 _NOT_SYNTAX = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]|--[^\n]*|/\*.*?(?:\*/|$)", re.S)
+
+_REGEX_CALL = re.compile(r"\bregex_(?:match|split)\s*\(", re.I)
+_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*", re.S)
 
 
 class PackError(ValueError):
@@ -309,12 +313,50 @@ def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
     return problems
 
 
+def regex_literals(sql: str) -> list[str]:
+    """The pattern of every regex_match/regex_split call in sql whose pattern is a string
+    literal: osquery refuses a query whose pattern std::regex refuses, whatever the rows."""
+    found = []
+    for call in _REGEX_CALL.finditer(sql):
+        args, depth, start, i = [], 0, call.end(), call.end()
+        while i < len(sql) and depth >= 0:
+            skipped = _NOT_SYNTAX.match(sql, i)
+            if skipped:   # a string, quoted name or comment: no comma or parenthesis in it counts
+                i = skipped.end()
+                continue
+            if sql[i] == "(":
+                depth += 1
+            elif sql[i] == ")":
+                depth -= 1
+            if (sql[i] == "," and depth == 0) or depth < 0:
+                args.append(sql[start:i])
+                start = i + 1
+            i += 1
+        literal = _LITERAL.fullmatch(args[1]) if len(args) >= 2 else None
+        if literal:
+            found.append(literal[1].replace("''", "'"))
+    return found
+
+
+def check_regexes(query: Query) -> list[str]:
+    """The query's regex patterns that osquery's std::regex (ECMAScript) would refuse."""
+    problems = []
+    for pattern in regex_literals(query.sql):
+        try:
+            compile_ecmascript(pattern)
+        except RegexError as exc:
+            problems.append(f"{query.where}: osquery refuses the regex {pattern!r} ({exc}): "
+                            "write it in std::regex's ECMAScript grammar")
+    return problems
+
+
 def verify(directory: Path = PACKS_DIR) -> list[str]:
     """Every problem in the packs: headers, SQL (run through the embedded host, with
-    osquery's functions) and fixtures, each as 'file:line: what and the fix'."""
+    osquery's functions), regex patterns (as osquery's std::regex reads them) and
+    fixtures, each as 'file:line: what and the fix'."""
     queries, problems = load_each(directory)
     for query in queries:
-        problems += check_fixtures(query, directory)
+        problems += check_regexes(query) + check_fixtures(query, directory)
     problems += [f"{directory / 'generated' / name}: stale: run 'osquery-netutil packs build'"
                  for name in (stale(directory) if not problems else [])]
     return problems
