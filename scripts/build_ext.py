@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
 import stat
 import sys
@@ -46,6 +47,10 @@ def main() -> int:
     parser.add_argument("output", type=Path, nargs="?", default=ROOT / "dist" / "osquery-netutil.ext")
     parser.add_argument("--python", default="/usr/bin/python3", help="interpreter for the #! line")
     args = parser.parse_args()
+    if not Path(args.python).is_file() or not os.access(args.python, os.X_OK):
+        print(f"build_ext: {args.python} is not an executable interpreter here: the .ext would not start "
+              "(osquery would log only that it failed); install python3 or pass --python PATH", file=sys.stderr)
+        return 2
     path = build(args.output, args.python)
     print(f"built {path} ({path.stat().st_size // 1024} KiB)")
     return 0

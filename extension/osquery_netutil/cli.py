@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -24,17 +26,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, jsonl, packs, safety
+from . import __version__, faults, jsonl, packs, safety
 from .catalog import Catalog, load_in_force
 from .enrich import Row
 from .host import Host, QueryError
 from .output import render
 from .runner import PackRunner, readable
 from .locations import WRITABLE_DIRS
-from .probe import ProbeError, probe_mode_option
+from .probe import NEEDS_ROOT, ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
 from .shell import Shell
-from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreError
+from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreError, StoreMissing
 from .tables import ExecsTable, StatusTable
 
 
@@ -79,29 +81,34 @@ def _run_sensor(args: argparse.Namespace, store: Store | None, on_row: Callable[
     return 0
 
 
-def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store | None:
-    """The store watch writes and the packs read: --store, or a private temporary one
-    with --no-store or when --store cannot be used (said on stderr)."""
+def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store:
+    """The store watch writes and the packs read: --store, or a private temporary one with
+    --no-store. Raises StoreError when --store cannot be used: the rows would be lost at
+    exit, which the user must choose (--no-store), not find out."""
     if not args.no_store:
-        try:
-            store = keep.enter_context(Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age))
-            if store.recovered:
-                _say(store.recovered)
-            return store
-        except StoreError as exc:
-            _say(f"{exc}; keeping rows in a temporary store instead")
+        store = keep.enter_context(Store(args.store, max_rows=args.max_rows, max_age_s=args.max_age))
+        if store.recovered:
+            _say(store.recovered)
+        return store
     tmp = keep.enter_context(tempfile.TemporaryDirectory(prefix="osquery-netutil-"))
     return keep.enter_context(Store(Path(tmp) / "events.db", max_rows=args.max_rows, max_age_s=args.max_age))
 
 
 def _watch(args: argparse.Namespace) -> int:
     queries, errors = packs.load_each(args.packs, window=packs.WINDOW_S if args.pack_intervals else packs.WATCH_WINDOW_S)
+    if not queries:
+        _say(errors[0] if errors else f"{args.packs}: no detections (.sql files) here: give --packs the packs directory")
+        return 2
     for error in errors:
         _say(f"{error}; the other packs keep running")
     by_name = {q.name: q for q in queries}
     fmt = args.format if args.format != "auto" else ("text" if sys.stdout.isatty() else "json")
     with contextlib.ExitStack() as keep:
-        store = _watch_store(args, keep)
+        try:
+            store = _watch_store(args, keep)
+        except StoreError as exc:
+            _say(f"{exc} (or run with --no-store)")
+            return 2
 
         def ticker(sensor: Sensor) -> Callable[[], None]:
             host = Host([ExecsTable(lambda: store), StatusTable(sensor.status)])
@@ -142,7 +149,7 @@ def _packs(args: argparse.Namespace) -> int:
     problems = packs.verify(args.packs)
     for problem in problems:
         print(problem, file=sys.stderr)
-    count = len(list(args.packs.glob("*.sql")))
+    count = len(packs.load_each(args.packs)[0])
     print(f"{count} detections checked: " + (f"{len(problems)} problems" if problems else "all good"))
     return 1 if problems else 0
 
@@ -189,7 +196,7 @@ def _reading_host(args: argparse.Namespace) -> tuple[Host, Store | None]:
             oldest, newest = store.select_bounds()
             _say(f"no osquery-netutil is collecting into {store.path}: showing the {store.stats()[0]} rows stored"
                  + (f" (until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(newest))})" if newest else ""))
-    except StoreError as exc:
+    except StoreMissing as exc:
         _say(f"{exc}; the tables are empty")
     host = Host([ExecsTable(lambda: store), StatusTable(lambda: stored_status(store, catalog))])
     return host, store
@@ -278,7 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(mode="pretty")
     args = parser.parse_args(argv)
     commands = {"watch": _watch, "record": _record, "replay": _replay, "query": _query, "shell": _shell, "packs": _packs}
-    return commands[args.command](args)
+    # Faults in the order a user fixes them: privileges first, then what each command
+    # reads (packs, store, catalog); each as one line and a non-zero status.
+    if args.command in ("watch", "record") and os.geteuid() != 0:
+        _say(NEEDS_ROOT)
+        return 2
+    try:
+        return commands[args.command](args)
+    except (StoreError, packs.PackError) as exc:
+        _say(str(exc))
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        _say(faults.explain(exc))
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import sys
 import threading
@@ -30,7 +31,7 @@ from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
 from thrift.transport import TSocket, TTransport
 
-from . import __version__, safety
+from . import __version__, faults, safety
 from .catalog import load_in_force
 from .probe import ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
@@ -271,7 +272,17 @@ def _watch_core(client: ExtensionClient, interval: float, stop: threading.Event)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """The extension process; an environment fault (a flag file or store it cannot read,
+    say) ends it with one line on stderr, which osqueryd logs, and status 2."""
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except (OSError, sqlite3.Error) as exc:
+        log(faults.explain(exc))
+        return 2
+
+
+def _run(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
     catalog, problems = load_in_force(args.catalog)
     for problem in problems:
         log(problem)

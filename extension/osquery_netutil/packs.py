@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from . import jsonl
+from . import faults, jsonl
 from .host import Host, QueryError
 from .locations import WRITABLE_DIRS
 from .schema import STATUS
@@ -108,7 +108,10 @@ def expand(source: str, directory: Path = PACKS_DIR, where: str = "", window: in
 
 def parse(path: Path, directory: Path = PACKS_DIR, window: int = WINDOW_S) -> Query:
     """One detection file. Raises PackError naming file:line and the fix."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise PackError(f"{path}: cannot read the detection ({faults.cause(exc)}): {faults.fix(exc)}") from None
     meta: dict[str, tuple[str, int]] = {}
     body_start = len(lines)
     for number, line in enumerate(lines, 1):
@@ -149,16 +152,28 @@ def parse(path: Path, directory: Path = PACKS_DIR, window: int = WINDOW_S) -> Qu
     return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
 
 
+def sources(directory: Path) -> list[Path]:
+    """The .sql files of a pack directory. Raises PackError when it cannot be read."""
+    try:
+        return sorted(p for p in directory.iterdir() if p.suffix == ".sql")
+    except OSError as exc:
+        raise PackError(f"{directory}: cannot read the pack directory ({faults.cause(exc)}): {faults.fix(exc)}") from None
+
+
 def load(directory: Path = PACKS_DIR) -> list[Query]:
     """Every detection in directory, by name. Raises PackError on the first bad file."""
-    return [parse(p, directory) for p in sorted(directory.glob("*.sql"))]
+    return [parse(p, directory) for p in sources(directory)]
 
 
 def load_each(directory: Path = PACKS_DIR, window: int = WINDOW_S) -> tuple[list[Query], list[str]]:
     """Every good detection, and an error line (file:line: why) for each bad file: one
     broken file must not stop the others."""
     queries, errors = [], []
-    for path in sorted(directory.glob("*.sql")):
+    try:
+        paths = sources(directory)
+    except PackError as exc:
+        return [], [str(exc)]
+    for path in paths:
         try:
             queries.append(parse(path, directory, window))
         except (PackError, OSError) as exc:

@@ -105,6 +105,7 @@ TRACEPOINTS = (
 )
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+NEEDS_ROOT = "the eBPF probe needs root: run as root (sudo)"
 
 
 class ProbeError(RuntimeError):
@@ -204,7 +205,7 @@ def preflight() -> None:
     """Raise ProbeError naming the first missing prerequisite of either mode, cheapest
     check first."""
     if os.geteuid() != 0:
-        raise ProbeError("the eBPF probe needs root: run as root (sudo)")
+        raise ProbeError(NEEDS_ROOT)
     problem = check_bpf_syscall()
     if problem:
         raise ProbeError(problem)

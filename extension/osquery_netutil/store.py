@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import safety
+from . import faults, safety
 from .schema import EXECS
 
 DEFAULT_PATH = Path("/var/osquery/netutil_events.db")
@@ -104,6 +104,10 @@ class StoreError(RuntimeError):
     """The store cannot be used. The message names the file, the cause and the fix."""
 
 
+class StoreMissing(StoreError):
+    """No store at the path yet (nothing was collected there): not a fault for a reader."""
+
+
 class StoreBusy(StoreError):
     """Another process is the writer of this store."""
 
@@ -164,7 +168,7 @@ class Store:
         try:
             if readonly:
                 if not self.path.exists():
-                    raise StoreError(f"{self.path}: no store here yet: start 'osquery-netutil watch' or the extension first")
+                    raise StoreMissing(f"{self.path}: no store here yet: start 'osquery-netutil watch' or the extension first")
                 self._reader = _connect(self.path, readonly=True)
                 self._reader.execute("SELECT eid FROM events LIMIT 1")
                 return
@@ -174,8 +178,7 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
-            why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            raise StoreError(f"{self.path}: cannot open the store ({why}): check the path and run as root") from exc
+            raise StoreError(f"{self.path}: cannot open the store ({faults.cause(exc)}): {faults.fix(exc)}") from exc
         self._writer = threading.Thread(target=self._write_loop, name="netutil-store", daemon=True)
         self._writer.start()
 
@@ -193,8 +196,12 @@ class Store:
                 f"{self.path}: another osquery-netutil (pid {holder}) is writing this store: "
                 "read it with 'osquery-netutil query', or give this one another --store"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            os.close(fd)   # a full disk: give the lock back, or this process would keep it
+            raise
         self._lock_fd = fd
         # The status an earlier run left describes that run, never this one.
         with contextlib.suppress(FileNotFoundError):
