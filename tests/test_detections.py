@@ -3,6 +3,7 @@ probe, enrichment and store, detected by the packs' SQL in the embedded host."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -119,3 +120,41 @@ def test_a_container_is_detected_as_a_container(sensor: Sensor, workdir: Path) -
         assert detections(sensor, "netutil_host_suspicious_location", tag, timeout=0) == []
     finally:
         cgroup.rmdir()
+
+
+MEMFD_SHELL = (
+    "import os, sys\n"
+    "fd = os.memfd_create('launcher', 0)\n"
+    "os.write(fd, open('/bin/dash', 'rb').read())\n"
+    "os.execve(fd, ['sh', '-c', sys.argv[1]], dict(os.environ))\n"
+)
+
+
+def test_the_hosts_own_memfd_launcher_is_not_evidence_but_a_memfd_below_it_is(tmp_path: Path) -> None:
+    """A launcher exec'd from a memfd (as agents, CI runners and this project's sandbox
+    are) starts `watch` and, beside it, a benign curl: quiet, since the launcher is the
+    host's base. The same curl from a memfd shell the launcher started: detected."""
+    need(None if os.geteuid() == 0 else "needs root (watch attaches the probe)")
+    tag = uuid.uuid4().hex[:10]
+    out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+    # A remote address, so that the loopback exception plays no part: in an empty network
+    # namespace, though --version sends nothing anyway.
+    below = f"unshare -n curl --version http://203.0.113.9/evil-{tag} >/dev/null"
+    script = (
+        f"{sys.executable} -m osquery_netutil.cli watch --no-store --format json --every 1 >{out} 2>{err} & watch=$!\n"
+        f"i=0; while ! grep -q 'watching execs' {err} && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n"
+        f"unshare -n curl --version http://203.0.113.9/benign-{tag} >/dev/null\n"
+        f"{sys.executable} -c \"$MEMFD_SHELL\" '{below}'\n"
+        "sleep 4; kill -INT $watch; wait $watch\n"
+    )
+    env = {**os.environ, "MEMFD_SHELL": MEMFD_SHELL}
+    subprocess.run([sys.executable, "-c", MEMFD_SHELL, script], env=env, timeout=90, check=True)
+    assert "watching execs" in err.read_text(), err.read_text()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    location = [line["columns"] for line in lines if line["name"].endswith("netutil_host_suspicious_location")]
+    assert not [c for c in location if f"benign-{tag}" in c["cmdline"]], "the host's own launcher counted as evidence"
+    (hit,) = [c for c in location if f"evil-{tag}" in c["cmdline"]]
+    assert hit["reason"] == "fd or memfd" and hit["suspicious_path"].startswith("/dev/fd/")
+    # Both were seen: the benign one is quiet because of the base, not because it was missed.
+    every = [line["columns"]["cmdline"] for line in lines if line["name"].endswith("netutil_every_execution")]
+    assert any(f"benign-{tag}" in c for c in every) and any(f"evil-{tag}" in c for c in every)

@@ -73,6 +73,23 @@ def absolute(path: str, cwd: str) -> str:
     return os.path.normpath(os.path.join(cwd, path))
 
 
+def own_ancestry(pid: int | None = None) -> dict[int, int]:
+    """The ancestors of a process (this one by default), up to init: pid -> start time
+    (clock ticks since boot, /proc/PID/stat). They are the host's base: whatever started
+    the sensor (init, osqueryd, a supervisor, a CI runner or sandbox launcher) is no
+    evidence against the processes it also started."""
+    base: dict[int, int] = {}
+    pid = _ProcView(os.getpid() if pid is None else pid).ppid()
+    while pid > 0 and pid not in base and len(base) < MAX_ANCESTORS:
+        view = _ProcView(pid)
+        started = view.start_time()
+        if started < 0:
+            break
+        base[pid] = started
+        pid = view.ppid()
+    return base
+
+
 class Enricher:
     """Turns ExecRecords into rows; keeps what it learnt of forwarded scripts' paths."""
 
@@ -82,9 +99,12 @@ class Enricher:
         ancestry: Callable[[int], AncestryEntry | None],
         cgroups: CgroupResolver | None = None,
         content: ContentMatcher | None = None,
+        base: dict[int, int] | None = None,
     ) -> None:
+        """base: the host's base processes (own_ancestry()), marked in every chain."""
         self.catalog = catalog
         self._ancestry = ancestry
+        self._base = own_ancestry() if base is None else base
         self._cgroups = cgroups or CgroupResolver()
         self._content = content or ContentMatcher(catalog)
         # (exec ktime, file as exec'd) -> absolute path, for scripts started by a relative
@@ -154,8 +174,11 @@ class Enricher:
         chain: list[dict[str, Any]] = []
         pid, known = ppid, entry
         while pid > 0 and len(chain) < MAX_ANCESTORS and all(a["pid"] != pid for a in chain):
-            node, pid = self._ancestor(pid, known if pid == ppid else self._ancestry(pid))
+            node, parent = self._ancestor(pid, known if pid == ppid else self._ancestry(pid))
+            if pid in self._base and _ProcView(pid).start_time() == self._base[pid]:
+                node = {**node, "base": True}   # the same process the sensor descends from
             chain.append(node)
+            pid = parent
             if node["pid"] == 1:
                 break
         if len(self._chains) >= _PATHS_REMEMBERED:
@@ -248,6 +271,14 @@ class _ProcView:
 
     def ppid(self) -> int:
         return int(self._fields().get("PPid", "0").strip() or 0)
+
+    def start_time(self) -> int:
+        """Clock ticks since boot when the process started (stat field 22); -1 when gone.
+        With the pid, it names one process: a reused pid starts later."""
+        raw = _read(f"/proc/{self.pid}/stat")
+        if not raw:
+            return -1
+        return int(raw.rsplit(b")", 1)[1].split()[19])
 
     def uid(self) -> int:
         uids = self._fields().get("Uid", "").split()

@@ -11,11 +11,13 @@ recent AS MATERIALIZED (
 ),
 -- Writable directories, generated from extension/osquery_netutil/locations.py.
 writable(prefix) AS (VALUES {{writable_dirs}}),
--- Each exec (depth 0) and each of its ancestors (depth 1 = parent), as recorded at exec time.
+-- Each exec (depth 0) and each of its ancestors (depth 1 = parent), as recorded at exec time;
+-- base = 1 for the host's own ancestors (those the sensor itself descends from).
 nodes AS (
-  SELECT eid, 0 AS depth, path, cmdline FROM recent
+  SELECT eid, 0 AS depth, path, cmdline, 0 AS base FROM recent
   UNION ALL
-  SELECT r.eid, a.key + 1, json_extract(a.value, '$.path'), json_extract(a.value, '$.cmdline')
+  SELECT r.eid, a.key + 1, json_extract(a.value, '$.path'), json_extract(a.value, '$.cmdline'),
+         coalesce(json_extract(a.value, '$.base'), 0)
   FROM recent r, json_each(r.ancestors) a
 ),
 -- Per process: the script an interpreter was started on (sh /tmp/x.sh, python3 /dev/shm/p.py), if any.
@@ -24,9 +26,13 @@ scripts AS (
       '^[^ ]*\b(sh|bash|dash|zsh|ksh|busybox|python[0-9.]*|perl|ruby|php[0-9.]*|node) +(-[^ ]+ +)*([^ -][^ ]*)', 3) AS script
   FROM nodes n
 ),
--- Why a process is suspicious (NULL when it is not), and the file that makes it so.
+-- Why a process is suspicious (NULL when it is not), and the file that makes it so. The
+-- host's base is not evidence: agents, supervisors and sandboxes are exec'd from memfds
+-- and odd places, and everything on the host descends from them; nor is a container
+-- runtime's re-exec of itself from a sealed memfd.
 located AS (
   SELECT s.eid, s.depth, CASE
+      WHEN s.base = 1 OR s.path LIKE '/memfd:runc_cloned%' THEN NULL
       WHEN EXISTS (SELECT 1 FROM writable w WHERE s.path LIKE w.prefix || '%') THEN 'writable directory'
       WHEN s.depth > 0 AND EXISTS (SELECT 1 FROM writable w WHERE s.script LIKE w.prefix || '%') THEN 'script in a writable directory'
       WHEN s.path LIKE '/dev/fd/%' OR s.path LIKE '/proc/%/fd/%' OR s.path LIKE '/memfd:%' THEN 'fd or memfd'
