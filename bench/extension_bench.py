@@ -170,7 +170,7 @@ def main() -> int:
             print(f"  {via + ' ' + label + ' (ms)':<34}{cells}   rows: {[r[f'{via}_{name}'][1] for r in results]}")
     for key, label in (("rss_rest", "RSS at rest, anon + file (MB)"), ("rss_after", "RSS after the queries (MB)")):
         print(f"  {label:<34}" + "".join(f"{r[key][0]:>7.0f} +{r[key][1]:>4.0f}  " for r in results))
-    print(f"  {'all 12 detections, embedded host (ms)':<34}" + "".join(f"{r['pack_run'][0] * 1e3:>9.1f} ms{'':>2}" for r in results))
+    print(f"  {'all detections, embedded host (ms)':<34}" + "".join(f"{r['pack_run'][0] * 1e3:>9.1f} ms{'':>2}" for r in results))
     print(f"  probe state: {[r['state'] for r in results]}")
     print(f"  written to {save('extension', {'sizes': results})}")
     return 0

@@ -182,3 +182,51 @@ def test_reverse_shells_to_loopback_are_detected_and_health_checks_are_not(senso
     # Launched from /tmp, the nc is a location detection too; the health check is not.
     located = detections(sensor, "netutil_host_suspicious_location", tag)
     assert {h["utility"] for h in located} >= {"netcat"} and not [h for h in located if "-health" in h["cmdline"]]
+
+
+def _named_shell(directory: Path, name: str) -> str:
+    """A copy of dash under another name: a process whose path says `name`, as a runtime's
+    shim or a web server's would."""
+    copy = directory / name
+    shutil.copy("/bin/dash", copy)
+    copy.chmod(0o755)
+    return str(copy)
+
+
+def test_a_containers_own_service_running_a_utility_is_detected_and_a_runtime_probe_is_not(sensor: Sensor, workdir: Path) -> None:
+    """In a docker-like container (cgroup and namespaces as design.md describes), a web
+    server's shell runs curl: detected, whatever the directory. The same curl in a shell the
+    runtime started (docker exec, HEALTHCHECK, an exec probe): quiet."""
+    root = v2_root()
+    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    cgroup = root / "system.slice" / f"docker-{container}.scope"
+    cgroup.mkdir(parents=True)
+    tag = uuid.uuid4().hex[:10]
+    shim, nginx = _named_shell(workdir, "containerd-shim-runc-v2"), _named_shell(workdir, "nginx")
+    curl = "unshare -n curl --version http://203.0.113.9/{}-" + tag + " >/dev/null"
+    body = write_executable(workdir / "body.sh", f"sh -c '{curl.format('service')}'\n")
+    inside = write_executable(workdir / "inside.sh", f"{nginx} {body}\nsh -c '{curl.format('probe')}'\n")
+    entry = write_executable(workdir / "entry.sh", f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
+                             f"exec unshare --pid --mount --fork --mount-proc {shim} {inside}\n")
+    try:
+        subprocess.run([str(entry)], check=True, timeout=30)
+        hits = detections(sensor, "netutil_container_service_shell", tag)
+    finally:
+        cgroup.rmdir()
+    (hit,) = hits
+    assert f"service-{tag}" in hit["cmdline"] and hit["service"] == nginx and hit["container_id"] == container
+    assert f" > {shim} > {nginx} > " in hit["chain"]
+
+
+def test_instance_metadata_access_is_detected_unless_a_cloud_agent_makes_it(sensor: Sensor, workdir: Path) -> None:
+    tag = uuid.uuid4().hex[:10]
+    agent = _named_shell(workdir, "google_guest_agent")
+    fetch = "unshare -n curl --version http://{}/latest/meta-data/" + tag + "-{} >/dev/null"
+    dropper = write_executable(workdir / "steal.sh", f"#!/bin/sh\n{fetch.format('0xa9fea9fe', 'stolen')}\n")
+    routine = write_executable(workdir / "routine.sh", f"{fetch.format('169.254.169.254', 'agent')}\n")
+    subprocess.run([str(dropper)], timeout=30)
+    subprocess.run([agent, str(routine)], timeout=30)
+    hits = detections(sensor, "netutil_cloud_metadata_access", tag)
+    assert [h["cmdline"].rsplit("-", 1)[1] for h in hits] == ["stolen"], hits
+    assert "169.254.169.254" in hits[0]["ip_args"]

@@ -23,7 +23,7 @@ REQUIRED = {
     "netutil_host_suspicious_location", "netutil_container_suspicious_location", "netutil_public_ip_argument",
     "netutil_ip_argument_hunt", "netutil_backdoor_arguments", "netutil_ingress_tool_transfer",
     "netutil_dns_exfiltration", "netutil_scanner_or_sniffer", "netutil_tunnel", "netutil_renamed_utility",
-    "netutil_probe_health", "netutil_every_execution",
+    "netutil_probe_health", "netutil_every_execution", "netutil_container_service_shell", "netutil_cloud_metadata_access",
 }
 
 
