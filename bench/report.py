@@ -115,7 +115,9 @@ def storm_section(data: dict[str, Any]) -> list[str]:
         lines.append(f"| {s['execs']:,} | {s['rate']:,.0f}/s | {s['rows']:,} | {s['stored']:,} | {s['lost']:,} |")
     lines += ["", f"Outcome: {data['why']}.", "",
               f"User-space CPU: **{data['cpu_per_1000_non_catalog_s'] * 1e3:.1f} ms per 1,000 non-catalog execs** "
-              f"(the kernel drops them) and **{data['cpu_per_1000_catalog_s'] * 1e3:.0f} ms per 1,000 catalog execs** "
+              f"(the kernel drops them), **{data.get('cpu_per_1000_dropped_s', 0) * 1e3:.1f} ms per 1,000 execs forwarded by name "
+              f"and dropped by the catalog's args** (openssl without s_client) "
+              f"and **{data['cpu_per_1000_catalog_s'] * 1e3:.0f} ms per 1,000 catalog execs** "
               f"(enrichment and store; ring buffer {data['ring_buffer_bytes'] >> 20} MiB).", ""]
     return lines
 

@@ -8,7 +8,9 @@ counter at 0. Then the storm doubles until events are lost, and the report says 
 rate, and why.
 
 User-space cost: CPU seconds the sensor's process spends per 1,000 non-catalog execs
-(the kernel drops them: expected ~0) and per 1,000 catalog execs.
+(the kernel drops them: expected ~0), per 1,000 execs the kernel forwards by name and
+user space drops by the catalog's args (openssl without s_client), and per 1,000 catalog
+execs.
 
 Run as root after set-up. Prints figures and writes bench/results/storm.json.
 """
@@ -69,6 +71,12 @@ def main() -> int:
             spawn(other, args.execs)
             time.sleep(0.5)
             result["cpu_per_1000_non_catalog_s"] = (time.process_time() - cpu0) / args.execs * 1000
+            # Forwarded by name, dropped by the catalog's args (openssl without s_client).
+            dropped = str(write_executable(WORK / "openssl", tiny_elf()))
+            cpu0 = time.process_time()
+            spawn(dropped, args.execs)
+            time.sleep(2.0)
+            result["cpu_per_1000_dropped_s"] = (time.process_time() - cpu0) / args.execs * 1000
             cost = run_storm(sensor, store, nc, args.execs)
             result["cpu_per_1000_catalog_s"] = cost["cpu_s"] / args.execs * 1000
             storms = []
@@ -83,6 +91,7 @@ def main() -> int:
             sensor.stop()
             store.close()
     print(f"user space: {result['cpu_per_1000_non_catalog_s'] * 1e3:.1f} ms CPU per 1,000 non-catalog execs, "
+          f"{result['cpu_per_1000_dropped_s'] * 1e3:.1f} ms per 1,000 argv-conditioned execs dropped (openssl version), "
           f"{result['cpu_per_1000_catalog_s'] * 1e3:.0f} ms per 1,000 catalog execs "
           f"({result['cpu_per_1000_catalog_s']:.2f} ms per row)")
     print("storm: catalog execs from one spawner per core, through probe, enrichment and store")

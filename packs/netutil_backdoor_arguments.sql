@@ -1,4 +1,4 @@
--- description: Backdoor and reverse-shell arguments: nc -e/-c, ncat --sh-exec/--exec/--lua-exec, socat EXEC:/SYSTEM:, an nc listener launched from a suspicious location, or a shell pipeline through nc/telnet in an ancestor's command line (Falco, Elastic, Sigma, Datadog netcat_shell)
+-- description: Backdoor and reverse-shell arguments: nc -e/-c, ncat --sh-exec/--exec/--lua-exec, socat EXEC:/SYSTEM:, an nc listener launched from a suspicious location, or a shell pipeline through nc, telnet or openssl s_client in an ancestor's command line (Falco, Elastic, Sigma, Datadog netcat_shell)
 -- interval: 60
 -- platform: linux
 -- technique: T1059.004
@@ -13,7 +13,7 @@ shapes AS (
       WHEN r.utility = 'socat' AND regex_match(upper(r.cmdline), '(^| |,|!!)(EXEC|SYSTEM):', 0) IS NOT NULL THEN 'connects a program to the socket (EXEC:/SYSTEM:)'
       WHEN r.utility IN ('netcat', 'ncat') AND regex_match(r.cmdline, '(^| )-[A-Za-z]*l', 0) IS NOT NULL
            AND r.eid IN (SELECT eid FROM suspicious) THEN 'listens, launched from a suspicious location'
-      WHEN r.utility IN ('netcat', 'ncat', 'telnet', 'socat') AND regex_match(r.parent_cmdline, '\|\s*(/bin/|/usr/bin/)?(ba|da|z|k)?sh( |$|\|)|mkfifo|mknod .* p', 0) IS NOT NULL
+      WHEN r.utility IN ('netcat', 'ncat', 'telnet', 'socat', 'openssl') AND regex_match(r.parent_cmdline, '\|\s*(/bin/|/usr/bin/)?(ba|da|z|k)?sh( |$|\|)|mkfifo|mknod .* p', 0) IS NOT NULL
            THEN 'part of a shell pipeline (reverse shell)'
     END AS shape
   FROM report r

@@ -23,4 +23,6 @@ SELECT r.*,
          r.path, r.utility, r.username,
          CASE WHEN r.container_id <> '' THEN ' in container ' || substr(r.container_id, 1, 12) ELSE '' END, r.chain) AS message
 FROM report r JOIN metadata m ON m.eid = r.eid
-WHERE r.container_id <> '' OR r.eid NOT IN (SELECT eid FROM agents);
+WHERE (r.container_id <> '' OR r.eid NOT IN (SELECT eid FROM agents))
+  -- ip route get 169.254.169.254 asks the route, not the service.
+  AND r.category <> 'discovery';

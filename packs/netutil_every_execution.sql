@@ -7,4 +7,6 @@
 WITH {{common}}
 SELECT r.*,
   printf('%s (%s) was executed by %s: %s', r.path, r.utility, r.username, r.chain) AS message
-FROM report r;
+FROM report r
+  -- Discovery tools (ip, ss, netstat, iptables -L) run everywhere in admin scripts: rows only.
+WHERE r.category <> 'discovery';

@@ -8,4 +8,6 @@ WITH {{common}}
 SELECT r.*,
   printf('%s (%s) was executed by %s with IP address(es) %s in its arguments', r.path, r.utility, r.username, r.ip_args) AS message
 FROM report r
-WHERE r.ip_args <> '';
+WHERE r.ip_args <> ''
+  -- Discovery tools (ip, ss, netstat, iptables -L) run everywhere in admin scripts: rows only.
+  AND r.category <> 'discovery';

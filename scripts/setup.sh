@@ -28,7 +28,7 @@ command -v apt-get >/dev/null || die "apt-get not found: this set-up supports De
 PACKAGES=(
   python3-bpfcc
   netcat-openbsd ncat socat curl wget dnsutils iputils-ping telnet whois
-  openssh-client rsync nmap
+  openssh-client rsync nmap openssl
   procps util-linux iproute2
   bpftool
 )

@@ -64,6 +64,8 @@ def test_a_user_file_adds_entries(tmp_path: Path) -> None:
         (GOOD + GOOD.replace("utilities:\n", "").replace("basenames: [mytool]", "basenames: [other]"),
          r"extra.yaml:3: duplicate name 'mytool' \(line 2\)"),
         (GOOD.replace("basenames: [mytool]", "basenames: [nc]"), r"basename 'nc' already belongs to 'netcat': list each basename once"),
+        (GOOD.replace("category: tunnel", "category: tunnel, args: s_client"), r"extra.yaml:2: 'args' must list arguments"),
+        (GOOD.replace("category: tunnel", "category: tunnel, argz: [x]"), r"unknown key 'argz': allowed keys are .*, args"),
     ],
 )
 def test_a_bad_user_file_names_file_line_and_fix(tmp_path: Path, text: str, message: str) -> None:

@@ -252,3 +252,18 @@ def test_containers_started_within_a_second_are_each_named_by_their_cgroup_id() 
     finally:
         for cgroup in made:
             cgroup.rmdir()
+
+
+def test_argv_conditioned_entries_count_only_their_subcommands(sensor: Sensor, rows: Collector) -> None:
+    """openssl is a network utility as s_client or s_server only; ip is a discovery tool.
+    The kernel forwards every openssl by name: user space drops `openssl version`."""
+    tag = uuid.uuid4().hex[:10]
+    mark = rows.mark()
+    subprocess.run(["openssl", "version", "-a", tag], capture_output=True, timeout=10)
+    subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{free_port()}", "-servername", tag],
+                   capture_output=True, stdin=subprocess.DEVNULL, timeout=10)
+    subprocess.run(["ip", "-br", "link", "show", "lo"], capture_output=True, timeout=10)
+    client = row_for(rows, mark, "openssl", lambda r: tag in r["cmdline"])
+    assert client["cmdline"].startswith("openssl s_client") and client["category"] == "remote_shell"
+    assert row_for(rows, mark, "ip", lambda r: r["cmdline"] == "ip -br link show lo")["category"] == "discovery"
+    assert not [r for r in rows.since(mark) if r["utility"] == "openssl" and "version" in r["cmdline"]]

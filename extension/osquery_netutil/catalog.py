@@ -16,11 +16,15 @@ import yaml
 
 from . import safety
 
-CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel", "recon")
+CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel", "recon", "discovery")
 # Multi-call binaries run the applet that argv[1] names when called by their own name
 # (`busybox nc -e /bin/sh ...`): the kernel forwards them, enrichment reads the applet.
 MULTICALL = ("busybox", "toybox")
 _FIELDS = {"name": str, "basenames": list, "category": str, "technique": str, "description": str}
+# Optional: `args`, the arguments of which one must be present for an exec to count
+# (openssl only as s_client/s_server, iptables only when it lists rules). The kernel
+# still forwards by name; user space drops the other execs.
+_OPTIONAL = {"args": list}
 _BUILTIN = "catalog.yaml"
 
 
@@ -35,6 +39,14 @@ class Utility:
     category: str
     technique: str
     description: str
+    args: tuple[str, ...] = ()   # one of these among the arguments, or the exec does not count
+
+    def counts(self, argv: Iterable[str]) -> bool:
+        """Whether an exec with this argv (argv[0] first) is this utility's business: always,
+        unless the entry lists args and none of them is among the arguments."""
+        if not self.args:
+            return True
+        return any(a in self.args for a in list(argv)[1:])
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -124,9 +136,12 @@ def _parse(text: str, source: str, existing: list[Utility]) -> list[Utility]:
             raise CatalogError(f"{source}: each item of 'utilities' must be a mapping with keys {', '.join(_FIELDS)}")
         line = entry.pop("__line__")
         where = f"{source}:{line}"
-        unknown = sorted(set(entry) - set(_FIELDS))
+        unknown = sorted(set(entry) - set(_FIELDS) - set(_OPTIONAL))
         if unknown:
-            raise CatalogError(f"{where}: unknown key {unknown[0]!r}: allowed keys are {', '.join(_FIELDS)}")
+            raise CatalogError(f"{where}: unknown key {unknown[0]!r}: allowed keys are {', '.join([*_FIELDS, *_OPTIONAL])}")
+        args = entry.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) and a for a in args):
+            raise CatalogError(f"{where}: 'args' must list arguments (non-empty strings), one of which an exec must carry")
         for key, kind in _FIELDS.items():
             if key not in entry:
                 raise CatalogError(f"{where}: missing key {key!r}: every entry needs {', '.join(_FIELDS)}")
@@ -143,5 +158,6 @@ def _parse(text: str, source: str, existing: list[Utility]) -> list[Utility]:
             if b in basenames:
                 raise CatalogError(f"{where}: basename {b!r} already belongs to {basenames[b]!r}: list each basename once")
             basenames[b] = entry["name"]
-        result.append(Utility(entry["name"], tuple(entry["basenames"]), entry["category"], entry["technique"], entry["description"]))
+        result.append(Utility(entry["name"], tuple(entry["basenames"]), entry["category"], entry["technique"],
+                              entry["description"], tuple(args)))
     return result

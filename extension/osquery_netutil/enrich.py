@@ -128,6 +128,8 @@ class Enricher:
                 return None
             matched_by = "content"
         argv = [text(a) for a in rec.argv]
+        if not utility.counts(argv[1:] if matched_by == "name" and text(rec.comm) in MULTICALL else argv):
+            return None   # openssl version, iptables -A: not this entry's business
         ip_args, public_ip_args = ip_columns(utility.name, argv)
         chain, chain_json = self._chain(rec.ppid)
         cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id, rec.ppid)

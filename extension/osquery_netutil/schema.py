@@ -51,7 +51,7 @@ EXECS = Table(
         Column("gid", "BIGINT", "Group id of the exec'ing task"),
         Column("username", "TEXT", "User name of uid on this host ('' if unknown)"),
         Column("utility", "TEXT", "Canonical name from the catalog: netcat, curl, nslookup, ...", indexed=True),
-        Column("category", "TEXT", "dns, transfer, remote_shell, scanner, sniffer, tunnel or recon", indexed=True),
+        Column("category", "TEXT", "dns, transfer, remote_shell, scanner, sniffer, tunnel, recon or discovery (ip, ss, netstat, iptables -L: rows only, alerts only from writable directories, memfds and containers)", indexed=True),
         Column("technique", "TEXT", "MITRE ATT&CK technique of the catalog entry"),
         Column("matched_by", "TEXT", "'name' (comm or file name) or 'content' (a renamed copy of an installed utility)"),
         Column("comm", "TEXT", "Kernel comm after the exec (first 15 bytes of the file name)"),
