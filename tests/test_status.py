@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from osquery_netutil import packs
 from osquery_netutil.catalog import Catalog
+from osquery_netutil.host import Host
 from osquery_netutil.sensor import stored_status
 from osquery_netutil.store import Store, StoreError
+from osquery_netutil.tables import StatusTable
 
 from .conftest import need, probe_unavailable
 
@@ -37,6 +40,11 @@ def _status(store: Path, catalog: Catalog) -> dict:
             return stored_status(reader, catalog)
     except StoreError:
         return {"state": "absent", "start_time": 0, "attached_time": 0}
+
+
+def _health_sql() -> str:
+    (query,) = [q for q in packs.load() if q.name == "netutil_probe_health"]
+    return query.sql
 
 
 def _recorded(store: Path, mark: str, timeout_s: float = 10.0) -> bool:
@@ -73,6 +81,8 @@ def test_a_restarted_sensor_is_never_shown_running_before_its_probe_records(cata
             assert status["start_time"] != old_start and status["start_time"] >= int(launched) - 1, status
             assert status["attached_time"] >= status["start_time"] and status["startup_ms"] > 0, status
             assert set(seen[:-1]) <= {"absent", "failed", "starting"}, seen
+            # The first run on a fresh store is no restart; every other followed a kill -9.
+            assert ("was killed" in status["restarted"]) == (attempt > 0), status["restarted"]
             startups.append(status["startup_ms"])
             launches.append(round((time.time() - launched) * 1000))
             mark = f"restart-{uuid.uuid4().hex[:8]}"
@@ -84,9 +94,21 @@ def test_a_restarted_sensor_is_never_shown_running_before_its_probe_records(cata
             current.send_signal(signal.SIGKILL)
             current.wait(timeout=10)
             current = _watch(store)
+        # A clean stop is a restart too, said as such, and the health pack reports it.
+        current.send_signal(signal.SIGINT)
+        assert current.wait(timeout=30) == 0
+        current = _watch(store)
+        deadline = time.monotonic() + 30
+        while (status := _status(store, catalog))["state"] != "running":
+            assert time.monotonic() < deadline, status
+            time.sleep(POLL_S)
+        assert status["restarted"].endswith("which stopped"), status["restarted"]
+        health = Host([StatusTable(lambda: status)]).query(_health_sql())[1]
+        assert len(health) == 1 and "the sensor restarted at" in health[0][-1]
     finally:
         current.send_signal(signal.SIGKILL)
         current.wait(timeout=10)
+
     def median(values: list[int]) -> int:
         return sorted(values)[len(values) // 2]
 

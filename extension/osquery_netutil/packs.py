@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -269,7 +270,8 @@ def _fixture_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _status_rows(path: Path) -> list[dict[str, Any]]:
-    """Status fixtures: JSON objects keyed by status column, defaults for the rest."""
+    """Status fixtures: JSON objects keyed by status column, defaults for the rest; a time
+    given as "now-N" is N seconds before the check runs."""
     rows = []
     for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
         if line.strip() and not line.startswith("#"):
@@ -278,7 +280,8 @@ def _status_rows(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise PackError(f"{path}:{number}: not JSON ({exc.msg})") from None
             row = {c.name: "" if c.python_type is str else 0 for c in STATUS.columns}
-            row.update(given)
+            row.update({k: int(time.time()) - int(v[4:]) if isinstance(v, str) and v.startswith("now-") else v
+                        for k, v in given.items()})
             rows.append(row)
     return rows
 

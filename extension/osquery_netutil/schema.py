@@ -81,6 +81,7 @@ STATUS = Table(
         Column("kernel", "TEXT", "Kernel release"),
         Column("start_time", "BIGINT", "Unix time this run started and took the store (0 when no run holds it)"),
         Column("attached_time", "BIGINT", "Unix time the probe was attached and its reader polling: execs from then on are recorded (0 while starting)"),
+        Column("restarted", "TEXT", "'' for the first run since boot; else how the previous run on this store ended: stopped, or killed (it never said it stopped)"),
         Column("startup_ms", "BIGINT", "Milliseconds from start_time to attached_time: what start-up took (0 while starting)"),
         Column("probe_mode", "TEXT", "btf (raw tracepoints on exec and fork, struct offsets from the kernel's BTF: no syscall is taxed) or tracepoint (the fallback: exec syscall tracepoints, which slow every syscall on the host); '' when not attached"),
         Column("probe_mode_note", "TEXT", "Why btf mode was refused (the failed check), or what it cannot see on this kernel; '' otherwise"),

@@ -81,6 +81,7 @@ class Sensor:
             self._probe = None
         if self.store is not None:
             self.store.flush()
+            self.publish_status()   # 'stopped': the next run can tell a stop from a kill
 
     def publish_status(self) -> None:
         """Leave the status row beside the store, for readers in other processes (`query`,
@@ -116,6 +117,9 @@ class Sensor:
         if self._on_row is not None:
             self._on_row(row)
 
+    def _restarted(self) -> str:
+        return _restart_text(self.store.previous_run if self.store is not None else None)
+
     def status(self) -> dict[str, Any]:
         """The network_utility_probe_status row."""
         counters = self._probe.counters() if self._probe is not None else None
@@ -143,6 +147,7 @@ class Sensor:
             "start_time": int(self._started),
             "attached_time": int(self._attached),
             "startup_ms": round((self._attached - self._started) * 1000) if self._attached else 0,
+            "restarted": self._restarted(),
             "probe_mode": self._probe.mode if self._probe is not None else "",
             "probe_mode_note": self._probe.mode_note if self._probe is not None else "",
             "execs_seen": counters.execs_seen if counters else 0,
@@ -154,6 +159,15 @@ class Sensor:
             "catalog_size": len(self.catalog),
             "version": __version__,
         }
+
+
+def _restart_text(previous: dict[str, Any] | None) -> str:
+    """How the run before this one (this boot, same store) ended, or '' for the first."""
+    if not previous:
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(previous.get("start_time") or 0)))
+    ended = "stopped" if previous.get("error") == "stopped" else "was killed or died (it never said it stopped)"
+    return f"after the run started {when} (pid {previous.get('pid')}), which {ended}"
 
 
 def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict[str, Any]:
@@ -176,7 +190,7 @@ def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict
                                     "stopped; start the extension or 'osquery-netutil watch'")
         status = {
             "state": state, "error": "; ".join(p for p in (why, note) if p),
-            "kernel": os.uname().release, "start_time": 0, "attached_time": 0, "startup_ms": 0, "probe_mode": "",
+            "kernel": os.uname().release, "start_time": 0, "attached_time": 0, "startup_ms": 0, "restarted": "", "probe_mode": "",
             "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
             "events_lost": 0, "catalog_size": len(catalog), "version": __version__,
         }

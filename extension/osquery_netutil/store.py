@@ -100,6 +100,14 @@ class StoredRows:
     __del__ = close
 
 
+def boot_id() -> str:
+    """This boot's id (a random UUID the kernel draws at boot)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 class StoreError(RuntimeError):
     """The store cannot be used. The message names the file, the cause and the fix."""
 
@@ -149,6 +157,7 @@ class Store:
         self.error = ""            # last write error, '' when writes succeed
         self.recovered = ""        # why the file was replaced at open, if it was
         self._lock_fd: int | None = None
+        self.previous_run: dict[str, Any] | None = None   # the writer before this one, this boot
         # Rows to write, swapped out whole by the writer: appending is all the probe's thread
         # pays per row (a queue.Queue costs it two lock round trips per row, and starves
         # under load).
@@ -203,7 +212,9 @@ class Store:
             os.close(fd)   # a full disk: give the lock back, or this process would keep it
             raise
         self._lock_fd = fd
-        # The status an earlier run left describes that run, never this one.
+        # The status an earlier run left describes that run, never this one: kept only as
+        # the previous run of this boot (how it ended tells a restart from a kill), then gone.
+        self.previous_run = self._previous_run()
         with contextlib.suppress(FileNotFoundError):
             self._status_path.unlink()
 
@@ -344,6 +355,17 @@ class Store:
             raise
         self._conn.execute("COMMIT")
 
+    def _previous_run(self) -> dict[str, Any] | None:
+        """The last status the previous writer of this store published, if it ran since
+        this boot (a status from before a reboot is no restart)."""
+        try:
+            signed = json.loads(self._status_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(signed, dict) or signed.get("boot_id") != boot_id() or not isinstance(signed.get("status"), dict):
+            return None
+        return {**signed["status"], "pid": signed.get("writer_pid")}
+
     def publish_status(self, status: dict[str, Any]) -> None:
         """Leave the writer's status row beside the store, for readers in other processes
         (`query`, a second extension) to show in network_utility_probe_status. It is
@@ -352,7 +374,7 @@ class Store:
         with self._publish_lock:   # the extension publishes from its attach and its timer threads
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump({"writer_pid": os.getpid(), "status": status}, f)
+                json.dump({"writer_pid": os.getpid(), "boot_id": boot_id(), "status": status}, f)
             os.replace(tmp, self._status_path)
 
     # -- reader side -------------------------------------------------------------------
