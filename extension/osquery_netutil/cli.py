@@ -31,7 +31,7 @@ from .catalog import Catalog, load_in_force
 from .enrich import Row
 from .host import Host, QueryError
 from .output import render
-from .runner import PackRunner, readable
+from .runner import Cursor, PackRunner, readable
 from .locations import WRITABLE_DIRS
 from .probe import NEEDS_ROOT, ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
@@ -95,7 +95,8 @@ def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    queries, errors = packs.load_each(args.packs, window=packs.WINDOW_S if args.pack_intervals else packs.WATCH_WINDOW_S)
+    # Plain watch judges each row once, by eid; --pack-intervals runs the packs as osquery would.
+    queries, errors = packs.load_each(args.packs, window=packs.WINDOW_S if args.pack_intervals else None)
     if not queries:
         _say(errors[0] if errors else f"{args.packs}: no detections (.sql files) here: give --packs the packs directory")
         return 2
@@ -112,7 +113,10 @@ def _watch(args: argparse.Namespace) -> int:
 
         def ticker(sensor: Sensor) -> Callable[[], None]:
             host = Host([ExecsTable(lambda: store), StatusTable(sensor.status)])
-            runner = PackRunner(host, queries, every_s=None if args.pack_intervals else args.every)
+            cursor = None if args.pack_intervals else Cursor(
+                store.path.with_name(store.path.name + ".judged"), lambda: store.stats()[2], store.eid_before, store.time_after)
+            runner = PackRunner(host, queries, every_s=None if args.pack_intervals else args.every, cursor=cursor)
+            sensor.progress = cursor.progress if cursor is not None else None
 
             def tick() -> None:
                 store.flush()   # rows of the last half second, so that detections see them

@@ -312,8 +312,8 @@ class Host:
             self.db.execute(f'CREATE VIRTUAL TABLE temp."{name}" USING "{name}"')
             self.tables[name] = plugin.table
 
-    def query(self, sql: str, bindings: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """(column names, rows) of sql (one statement, as in osquery; ? bound to bindings).
+    def query(self, sql: str, bindings: Sequence[Any] | dict[str, Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(column names, rows) of sql (one statement, as in osquery; ? or :name bound to bindings).
         Raises QueryError."""
         try:
             cursor = self.db.cursor().execute(sql, bindings)

@@ -4,7 +4,7 @@ Each detection is one file, `packs/<name>.sql`: a header of `-- key: value` line
 one SQL statement. The statement may start `WITH {{common}}` to use the shared CTEs in
 `packs/lib/common.sql` (the suspicious-location test, the ancestry walk, the exceptions,
 the triage columns), `{{writable_dirs}}` stands for the list in locations.py and
-`{{window}}` for the seconds of rows a run looks at: each is written once and inlined
+`{{recent}}` for the rows a run looks at: each is written once and inlined
 here, never pasted into the queries.
 
 Fixtures: packs/fixtures/<name>/positive.jsonl and negative.jsonl, rows (as `record`
@@ -41,8 +41,8 @@ from .tables import ExecsTable, StatusTable
 PACKS_DIR = Path(__file__).resolve().parent.parent.parent / "packs"
 PACK_NAME = "netutil"
 MIN_OSQUERY = "5.0.0"          # SQLite >= 3.35 (MATERIALIZED), JSON1, regex_match
-WINDOW_S = 3600                # rows a scheduled run looks at; watch uses WATCH_WINDOW_S
-WATCH_WINDOW_S = 60
+WINDOW_S = 3600                # rows a scheduled run looks at (osquery, watch --pack-intervals)
+RECENT_BY_CURSOR = "eid > :after AND eid <= :upto"   # plain watch: the rows after the last judged eid
 DISCOVERY = "SELECT 1 FROM osquery_registry WHERE registry = 'table' AND name = 'network_utility_execs';"
 
 FIELDS = {"description", "interval", "platform", "technique", "logging", "severity"}
@@ -80,6 +80,11 @@ class Query:
     def where(self) -> str:
         return f"{self.path}:{self.body_line}"
 
+    @property
+    def by_cursor(self) -> bool:
+        """Whether the query judges the rows between the eids :after and :upto."""
+        return RECENT_BY_CURSOR in self.sql
+
 
 def writable_values() -> str:
     """`{{writable_dirs}}`: the VALUES rows of locations.WRITABLE_DIRS."""
@@ -92,22 +97,23 @@ def _fragment(directory: Path, name: str) -> str:
     return "\n".join(lines).strip()
 
 
-def expand(source: str, directory: Path = PACKS_DIR, where: str = "", window: int = WINDOW_S) -> str:
-    """source with every {{placeholder}} replaced; comment lines of fragments dropped."""
+def expand(source: str, directory: Path = PACKS_DIR, where: str = "", window: int | None = WINDOW_S) -> str:
+    """source with every {{placeholder}} replaced; comment lines of fragments dropped.
+    window: seconds of rows a run judges; None: the eids between :after and :upto."""
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "writable_dirs":
             return writable_values()
-        if name == "window":
-            return str(int(window))
+        if name == "recent":
+            return RECENT_BY_CURSOR if window is None else f"time > CAST(strftime('%s', 'now') AS INTEGER) - {int(window)}"
         if (directory / "lib" / f"{name}.sql").is_file():
             return expand(_fragment(directory, name), directory, where, window)
         known = sorted(p.stem for p in (directory / "lib").glob("*.sql"))
-        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs, window or one of {', '.join(known)}")
+        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs, recent or one of {', '.join(known)}")
     return _PLACEHOLDER.sub(replace, source)
 
 
-def parse(path: Path, directory: Path = PACKS_DIR, window: int = WINDOW_S) -> Query:
+def parse(path: Path, directory: Path = PACKS_DIR, window: int | None = WINDOW_S) -> Query:
     """One detection file. Raises PackError naming file:line and the fix."""
     try:
         lines = path.read_text().splitlines()
@@ -166,7 +172,7 @@ def load(directory: Path = PACKS_DIR) -> list[Query]:
     return [parse(p, directory) for p in sources(directory)]
 
 
-def load_each(directory: Path = PACKS_DIR, window: int = WINDOW_S) -> tuple[list[Query], list[str]]:
+def load_each(directory: Path = PACKS_DIR, window: int | None = WINDOW_S) -> tuple[list[Query], list[str]]:
     """Every good detection, and an error line (file:line: why) for each bad file: one
     broken file must not stop the others."""
     queries, errors = [], []

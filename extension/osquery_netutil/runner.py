@@ -1,9 +1,13 @@
 """Scheduled pack queries on the embedded host, logged the way osqueryd logs them.
 
-Differential, like osquery's scheduler: each run's rows are compared with the previous
-run's, and only rows that were not there before are logged (`"action": "added"`; queries
-whose logging is `differential` also log `"removed"` rows). The first run logs what is
-already there. Each result is an osquery result-log line (name, hostIdentifier,
+Two ways. With a Cursor (plain `watch`), the detections judge each stored row exactly
+once, in eid order, whatever the rate: every round takes the rows after the last judged
+eid, in batches, for as long as its time budget lasts, and a round that falls behind
+goes on where it stopped; the cursor is kept beside the store, so a restart resumes. The
+other queries (the status one, or all of them with --pack-intervals) are differential,
+like osquery's scheduler: each run's rows are compared with the previous run's, and only
+rows that were not there before are logged (`"action": "added"`; queries whose logging is
+`differential` also log `"removed"` rows). The first run logs what is already there. Each result is an osquery result-log line (name, hostIdentifier,
 calendarTime, unixTime, epoch, counter, numerics, columns, action), so what `watch`
 prints can be fed to the same pipeline as osqueryd's results.
 """
@@ -11,10 +15,12 @@ prints can be fed to the same pipeline as osqueryd's results.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from .host import Host, QueryError
 from .packs import PACK_NAME, Query
@@ -29,14 +35,50 @@ class _State:
     failed: str = ""
 
 
+BATCH_ROWS = 2000      # rows per batch of a cursor round
+ROUND_BUDGET_S = 1.0   # a round stops taking batches after this long; the next goes on
+
+
+class Cursor:
+    """The last eid the detections have judged, kept in a file beside the store: a restart
+    resumes there, so that no row is judged twice or never. Without a file, judging starts
+    with the rows of the last `first_s` seconds."""
+
+    def __init__(self, path: Path, newest: Callable[[], int], eid_before: Callable[[int], int],
+                 time_after: Callable[[int], int | None], first_s: int = 60) -> None:
+        self.path = path
+        self.newest = newest
+        self._time_after = time_after
+        try:
+            saved = int(path.read_text().strip())
+        except (OSError, ValueError):
+            saved = None
+        self.value = saved if saved is not None and 0 <= saved <= newest() else eid_before(int(time.time()) - first_s)
+
+    def progress(self) -> dict[str, int]:
+        """The status row's judge_backlog and judge_delay_s: rows waiting, and how long the
+        oldest of them has."""
+        waiting = max(self.newest() - self.value, 0)
+        oldest = self._time_after(self.value) if waiting else None
+        return {"judge_backlog": waiting, "judge_delay_s": max(int(time.time()) - oldest, 0) if oldest else 0}
+
+    def advance(self, eid: int) -> None:
+        self.value = eid
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(f"{eid}\n")
+        os.replace(tmp, self.path)
+
+
 class PackRunner:
-    """Runs each query when due: every `every_s` seconds, or at its own interval."""
+    """Runs each query when due: every `every_s` seconds, or at its own interval; with a
+    cursor, the queries that judge rows do so by eid, every round."""
 
     def __init__(self, host: Host, queries: list[Query], every_s: float | None = 2.0,
-                 host_identifier: str | None = None) -> None:
+                 host_identifier: str | None = None, cursor: Cursor | None = None) -> None:
         self.host = host
         self.every_s = every_s           # None: honour each query's interval
         self.host_identifier = host_identifier or socket.gethostname()
+        self.cursor = cursor
         self._states = [_State(q) for q in queries]
 
     def _interval(self, query: Query) -> float:
@@ -49,15 +91,13 @@ class PackRunner:
         lines: list[dict[str, Any]] = []
         errors: list[str] = []
         for state in self._states:
-            if state.failed or now - state.last_run < self._interval(state.query):
+            if state.failed or state.query.by_cursor or now - state.last_run < self._interval(state.query):
                 continue
             state.last_run = now
-            try:
-                columns, rows = self.host.query(state.query.sql)
-            except QueryError as exc:
-                state.failed = f"{state.query.where}: {state.query.name}: {exc}"
-                errors.append(f"{state.failed}; this query is stopped, the others go on")
+            rows_of = self._run(state, errors)
+            if rows_of is None:
                 continue
+            columns, rows = rows_of
             current = {json.dumps({c: "" if v is None else str(v) for c, v in zip(columns, row)}, sort_keys=True)
                        for row in rows}
             added = current - state.previous
@@ -67,7 +107,43 @@ class PackRunner:
                     lines.append(self._line(state, now, action, json.loads(item)))
             state.previous = current
             state.counter += 1
+        if self.cursor is not None:
+            lines += self._judge_new_rows(now, errors)
         return lines, errors
+
+    def _run(self, state: _State, errors: list[str], bindings: dict[str, int] | None = None,
+             ) -> tuple[list[str], list[tuple[Any, ...]]] | None:
+        """The query's (columns, rows); None when it failed (reported once, then stopped)."""
+        try:
+            return self.host.query(state.query.sql, bindings or {})
+        except QueryError as exc:
+            state.failed = f"{state.query.where}: {state.query.name}: {exc}"
+            errors.append(f"{state.failed}; this query is stopped, the others go on")
+            return None
+
+    def _judge_new_rows(self, now: float, errors: list[str]) -> list[dict[str, Any]]:
+        """Every row after the cursor, by every query that judges rows, batch by batch: at
+        least one batch, then more while ROUND_BUDGET_S lasts; each row's detections are
+        logged once ("added")."""
+        lines: list[dict[str, Any]] = []
+        deadline = time.monotonic() + ROUND_BUDGET_S
+        while True:
+            after = self.cursor.value
+            upto = min(self.cursor.newest(), after + BATCH_ROWS)
+            if upto <= after:
+                break
+            for state in self._states:
+                if state.query.by_cursor and not state.failed:
+                    found = self._run(state, errors, {"after": after, "upto": upto})
+                    if found is not None:
+                        columns, rows = found
+                        lines += [self._line(state, now, "added", {c: "" if v is None else str(v) for c, v in zip(columns, row)})
+                                  for row in rows]
+                        state.counter += 1
+            self.cursor.advance(upto)
+            if time.monotonic() >= deadline:
+                break
+        return lines
 
     def _line(self, state: _State, now: float, action: str, columns: dict[str, str]) -> dict[str, Any]:
         return {

@@ -88,6 +88,8 @@ STATUS = Table(
         Column("execs_seen", "BIGINT", "Successful execs on the host since the probe was attached"),
         Column("events_matched", "BIGINT", "Execs reported as network utility rows since start"),
         Column("events_lost", "BIGINT", "Execs the kernel could not hand over (ring buffer full) since start"),
+        Column("judge_backlog", "BIGINT", "watch: rows stored that the detections have not judged yet (0 elsewhere: osquery schedules the packs)"),
+        Column("judge_delay_s", "BIGINT", "watch: seconds since the oldest row not judged yet was executed (0 when none waits)"),
         Column("rows_retained", "BIGINT", "Rows held in the store"),
         Column("oldest_time", "BIGINT", "Time of the oldest retained row (0 if none)"),
         Column("store_path", "TEXT", "SQLite file of the store"),

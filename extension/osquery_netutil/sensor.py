@@ -49,6 +49,8 @@ class Sensor:
         self._stopped = False
         self._started = time.time()    # this run: it owns the store from here on
         self._attached = 0.0           # when the probe was attached and its reader polling
+        # What judges the rows, if this process does (watch): its judge_* status columns.
+        self.progress: Callable[[], dict[str, int]] | None = None
         self._lock = threading.Lock()
         self.rows_made = 0
         self.row_errors = 0
@@ -153,6 +155,7 @@ class Sensor:
             "execs_seen": counters.execs_seen if counters else 0,
             "events_matched": self.rows_made,
             "events_lost": counters.lost if counters else 0,
+            **(self.progress() if self.progress is not None else {"judge_backlog": 0, "judge_delay_s": 0}),
             "rows_retained": rows,
             "oldest_time": oldest,
             "store_path": str(self.store.path) if self.store is not None else "",
@@ -192,7 +195,7 @@ def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict
             "state": state, "error": "; ".join(p for p in (why, note) if p),
             "kernel": os.uname().release, "start_time": 0, "attached_time": 0, "startup_ms": 0, "restarted": "", "probe_mode": "",
             "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
-            "events_lost": 0, "catalog_size": len(catalog), "version": __version__,
+            "events_lost": 0, "judge_backlog": 0, "judge_delay_s": 0, "catalog_size": len(catalog), "version": __version__,
         }
     status.update(source="store", rows_retained=rows, oldest_time=oldest,
                   store_path=str(store.path) if store is not None else "")

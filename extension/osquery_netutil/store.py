@@ -463,6 +463,17 @@ class Store:
                 "SELECT coalesce(min(time), 0), coalesce(max(time), 0) FROM events").fetchone()
         return oldest, newest
 
+    def eid_before(self, unix_time: int) -> int:
+        """The highest eid of a row at or before unix_time (0 if none)."""
+        with self._read_lock:
+            return self._reader.execute("SELECT coalesce(max(eid), 0) FROM events WHERE time <= ?", (unix_time,)).fetchone()[0]
+
+    def time_after(self, eid: int) -> int | None:
+        """The time of the first row after eid, or None."""
+        with self._read_lock:
+            row = self._reader.execute("SELECT time FROM events WHERE eid > ? ORDER BY eid LIMIT 1", (eid,)).fetchone()
+        return row[0] if row else None
+
     def stats(self) -> tuple[int, int, int]:
         """(rows retained, oldest time or 0, highest eid or 0)."""
         with self._read_lock:

@@ -1,13 +1,14 @@
 -- Shared by every detection: `WITH {{common}}` at the top of a query expands to these
 -- common table expressions. The packs command inlines them into the generated packs.
 
--- The rows of the last {{window}} seconds: an hour in the packs (they run every few minutes and
--- osquery logs only rows new since the previous run), a minute in `watch` (every 2 s).
--- The time constraint reaches the table's index; MATERIALIZED makes it one read of the
--- table per query (every read is a thrift call in osquery).
+-- The rows a run judges, {{recent}}: in the packs, those of the last hour (they run every
+-- few minutes and osquery logs only rows new since the previous run); in `watch`, the next
+-- eids after the last judged one (each row judged once, whatever the rate). The
+-- constraint reaches the table's index; MATERIALIZED makes it one read of the table per
+-- query (every read is a thrift call in osquery).
 recent AS MATERIALIZED (
   SELECT * FROM network_utility_execs
-  WHERE time > CAST(strftime('%s', 'now') AS INTEGER) - {{window}}
+  WHERE {{recent}}
 ),
 -- Writable directories, generated from extension/osquery_netutil/locations.py.
 writable(prefix) AS (VALUES {{writable_dirs}}),

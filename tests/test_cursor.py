@@ -1,0 +1,69 @@
+"""watch judges every stored row exactly once, in eid order, whatever the rate: a cursor on
+eid, not a time window, kept beside the store so that a restart resumes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from osquery_netutil import packs, runner
+from osquery_netutil.host import Host
+from osquery_netutil.runner import Cursor, PackRunner
+from osquery_netutil.store import Store
+from osquery_netutil.tables import ExecsTable
+
+from .test_store import make_row
+
+
+def _cursor(store: Store, path: Path) -> Cursor:
+    return Cursor(path, lambda: store.stats()[2], store.eid_before, store.time_after)
+
+
+def _judge(store: Store, cursor: Cursor, rounds: int = 100) -> tuple[list[int], list[dict[str, int]]]:
+    """eids reported by every_execution, round after round until nothing waits."""
+    (query,) = [q for q in packs.load_each(window=None)[0] if q.name == "netutil_every_execution"]
+    run = PackRunner(Host([ExecsTable(lambda: store)]), [query], cursor=cursor)
+    eids, progress = [], []
+    for _ in range(rounds):
+        lines, errors = run.run_due()
+        assert errors == []
+        eids += [int(line["columns"]["eid"]) for line in lines]
+        progress.append(cursor.progress())
+        if progress[-1]["judge_backlog"] == 0:
+            break
+    return eids, progress
+
+
+def test_every_row_is_judged_once_in_order_however_far_behind_and_a_restart_resumes(
+        place: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "ROUND_BUDGET_S", 0.0)   # one batch a round: a round that falls behind
+    now = int(time.time())
+    with Store(place / "events.db", max_rows=100_000) as store:
+        store.add_many(make_row(time=now - 3600, utility="netcat", cmdline="nc old", ancestors="[]") for _ in range(50))
+        store.add_many(make_row(time=now, utility="netcat", cmdline=f"nc row{i}", ancestors="[]") for i in range(5000))
+        store.flush()
+        mark = place / "events.db.judged"
+        cursor = _cursor(store, mark)
+        assert cursor.value == 50   # a first start judges the last minute, not the history
+        eids, progress = _judge(store, cursor)
+        assert eids == list(range(51, 5051))   # each row once, in eid order
+        assert progress[0]["judge_backlog"] == 5000 - runner.BATCH_ROWS and progress[0]["judge_delay_s"] <= 5
+        assert len(progress) == -(-5000 // runner.BATCH_ROWS) and progress[-1] == {"judge_backlog": 0, "judge_delay_s": 0}
+        assert mark.read_text().strip() == "5050"
+        # A restart reads the mark: the rows stored meanwhile are judged, and only they.
+        store.add_many(make_row(time=now, utility="netcat", cmdline=f"nc late{i}", ancestors="[]") for i in range(30))
+        store.flush()
+        eids, _ = _judge(store, _cursor(store, mark))
+        assert eids == list(range(5051, 5081))
+
+
+def test_a_mark_beyond_the_store_is_not_trusted(place: Path) -> None:
+    """A store replaced since (moved aside when corrupt) has fewer eids: judge from the
+    last minute again rather than skip what is new."""
+    with Store(place / "events.db") as store:
+        store.add_many(make_row(utility="netcat", cmdline=f"nc {i}") for i in range(3))
+        store.flush()
+        (place / "events.db.judged").write_text("999\n")
+        assert _cursor(store, place / "events.db.judged").value == 0
