@@ -1,0 +1,99 @@
+"""A storm of execs does not hide an attack: while a /tmp script runs 20,000 catalog execs,
+ten unrelated suspicious execs run at random moments, and `watch` prints a detection for
+each of them (it judges every stored row once, by eid, however far behind it falls)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from osquery_netutil.containers import v2_root
+
+from .conftest import need, probe_unavailable
+from .support import tiny_elf, write_executable
+from .test_detections import MEMFD_SHELL, _named_shell
+
+pytestmark = pytest.mark.probe
+
+STORM = 20_000
+
+
+def test_ten_suspicious_execs_in_a_storm_of_twenty_thousand_are_each_detected(tmp_path: Path, workdir: Path) -> None:
+    need(probe_unavailable())
+    root = v2_root()
+    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+    store, out, err = tmp_path / "events.db", tmp_path / "watch.out", tmp_path / "watch.err"
+    watch = subprocess.Popen([sys.executable, "-m", "osquery_netutil.cli", "watch", "--store", str(store),
+                              "--format", "json", "--every", "1"], stdout=out.open("w"), stderr=err.open("w"))
+    tag = uuid.uuid4().hex[:8]
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    cgroup = root / "system.slice" / f"docker-{container}.scope"
+    cgroup.mkdir(parents=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "watching execs" not in err.read_text():
+            assert watch.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.1)
+        nc = write_executable(workdir / "nc", tiny_elf())   # exits at once: execs as fast as the kernel makes them
+        storm = write_executable(workdir / "storm.sh", f"#!/bin/sh\ni=0\nwhile [ $i -lt {STORM} ]; do {nc} -z 127.0.0.1 $i; i=$((i+1)); done\n")
+        shim, nginx = _named_shell(workdir, "containerd-shim-runc-v2"), _named_shell(workdir, "nginx")
+        attacks: dict[str, tuple[str, list[str]]] = {}   # tag -> (detection, argv)
+        for k in range(4):   # scripts in writable directories
+            where = ("/dev/shm", "/var/tmp", "/tmp", "/dev/shm")[k]
+            script = write_executable(Path(where) / f"netutil-storm-{tag}-{k}.sh", f"curl --version http://127.0.0.1/{tag}-w{k} >/dev/null\n")
+            attacks[f"{tag}-w{k}"] = ("netutil_host_suspicious_location", ["sh", str(script)])
+        for k in range(3):   # a public IP literal (no packet: an empty network namespace, and --version)
+            attacks[f"{tag}-p{k}"] = ("netutil_public_ip_argument", ["unshare", "-n", "curl", "--version", f"http://8.8.4.4/{tag}-p{k}"])
+        for k in range(2):   # a memfd shell
+            attacks[f"{tag}-m{k}"] = ("netutil_host_suspicious_location", [sys.executable, "-c", MEMFD_SHELL, f"nc -h {tag}-m{k} 2>/dev/null; true"])
+        body = write_executable(workdir / "body.sh", f"sh -c 'curl --version http://127.0.0.1/{tag}-c0 >/dev/null'\n")
+        entry = write_executable(workdir / "entry.sh", f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
+                                 f"exec unshare --pid --mount --fork --mount-proc {shim} -c '{nginx} {body}'\n")
+        attacks[f"{tag}-c0"] = ("netutil_container_service_shell", [str(entry)])   # a container's web shell
+
+        spawner = subprocess.Popen([str(storm)])
+        started = time.monotonic()
+        order = list(attacks.items())
+        random.shuffle(order)
+        moments = sorted(random.uniform(0.2, 4.0) for _ in order)
+        def attack() -> None:
+            for (name, (_, argv)), at in zip(order, moments):
+                time.sleep(max(0.0, at - (time.monotonic() - started)))
+                subprocess.run(argv, capture_output=True, timeout=30)
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        attacker.join(timeout=120)
+        assert spawner.wait(timeout=300) == 0
+
+        found: dict[str, dict] = {}
+        deadline = time.monotonic() + 180
+        while len(found) < len(attacks) and time.monotonic() < deadline:
+            time.sleep(1)
+            for line in out.read_text().splitlines():
+                result = json.loads(line)
+                for name, (detection, _) in attacks.items():
+                    if result["name"].endswith(detection) and name in result["columns"].get("cmdline", ""):
+                        found.setdefault(name, result)
+        missing = sorted(set(attacks) - set(found))
+        assert not missing, f"not detected: {missing}; watch said: {err.read_text()[-2000:]}"
+        delays = [r["unixTime"] - int(r["columns"]["time"]) for r in found.values()]
+        storm_rows = sum(1 for line in out.read_text().splitlines() if json.loads(line)["name"].endswith("netutil_every_execution"))
+        print(f"\nstorm: {STORM:,} execs from {storm}, {len(attacks)} attacks all detected; worst detection delay {max(delays)} s, "
+              f"median {sorted(delays)[len(delays) // 2]} s; every_execution lines {storm_rows:,}")
+        assert storm_rows >= STORM, "the storm's own execs should all have been judged"
+    finally:
+        watch.send_signal(2)
+        try:
+            watch.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+        subprocess.run(["sh", "-c", f"rm -f /dev/shm/netutil-storm-{tag}-* /var/tmp/netutil-storm-{tag}-* /tmp/netutil-storm-{tag}-*"])
+        cgroup.rmdir()
