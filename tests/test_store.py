@@ -221,3 +221,23 @@ def test_a_full_disk_keeps_rows_in_memory_and_recovers(place: Path) -> None:
             assert [r["eid"] for r in after][:len(eids)] == eids           # the eids shown did not change
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_storm_cannot_evict_rows_not_judged_yet_and_reported_rows_outlive_plain_ones(place: Path) -> None:
+    with Store(place / "events.db", max_rows=100) as store:
+        store.judged_upto = lambda: 150          # the judge is behind: rows 151-300 wait
+        store.mark_detected([3, 5, 7])           # three early rows a detection reported
+        store.add_many(make_row(pid=p) for p in range(1, 301))
+        store.flush()
+        store._prune()
+        eids = [r["eid"] for r in store.select()]
+        assert set(range(151, 301)) <= set(eids)   # nothing unjudged evicted, though over max_rows
+        assert {3, 5, 7} <= set(eids) and not set(range(8, 151)) & set(eids)
+        assert store.evicted == 150 - 3
+        store.judged_upto = lambda: 300          # caught up: back to max_rows, reported rows kept
+        store._prune()
+        eids = [r["eid"] for r in store.select()]
+        assert len(eids) == 100 and {3, 5, 7} <= set(eids) and eids[-1] == 300
+        store.max_detected = 1                   # the reported rows have their own cap
+        store._prune()
+        assert [e for e in (3, 5, 7) if e in {r["eid"] for r in store.select()}] == [7]

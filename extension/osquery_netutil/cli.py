@@ -40,6 +40,9 @@ from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, Sto
 from .tables import ExecsTable, StatusTable
 
 
+HUNTING = ("info", "low")   # severities of the hunting queries: their rows are not evidence
+
+
 def _say(message: str) -> None:
     print(f"osquery-netutil: {message}", file=sys.stderr, flush=True)
 
@@ -117,12 +120,16 @@ def _watch(args: argparse.Namespace) -> int:
                 store.path.with_name(store.path.name + ".judged"), lambda: store.stats()[2], store.eid_before, store.time_after)
             runner = PackRunner(host, queries, every_s=None if args.pack_intervals else args.every, cursor=cursor)
             sensor.progress = cursor.progress if cursor is not None else None
+            store.judged_upto = (lambda: cursor.value) if cursor is not None else None
 
             def tick() -> None:
                 store.flush()   # rows of the last half second, so that detections see them
                 lines, failures = runner.run_due()
                 for failure in failures:
                     _say(failure)
+                # What a detection (not a hunting query) reported outlives plain rows.
+                store.mark_detected(int(line["columns"]["eid"]) for line in lines if line["columns"].get("eid")
+                                    and by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")].severity not in HUNTING)
                 for line in lines:
                     query = by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")]
                     print(json.dumps(line) if fmt == "json" else readable(line, query, colour=sys.stdout.isatty()), flush=True)

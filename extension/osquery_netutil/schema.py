@@ -90,6 +90,7 @@ STATUS = Table(
         Column("events_lost", "BIGINT", "Execs the kernel could not hand over (ring buffer full) since start"),
         Column("judge_backlog", "BIGINT", "watch: rows stored that the detections have not judged yet (0 elsewhere: osquery schedules the packs)"),
         Column("judge_delay_s", "BIGINT", "watch: seconds since the oldest row not judged yet was executed (0 when none waits)"),
+        Column("rows_evicted", "BIGINT", "Rows the store evicted since start (over --max-rows or --max-age; plain rows first, never one not judged yet)"),
         Column("rows_retained", "BIGINT", "Rows held in the store"),
         Column("oldest_time", "BIGINT", "Time of the oldest retained row (0 if none)"),
         Column("store_path", "TEXT", "SQLite file of the store"),

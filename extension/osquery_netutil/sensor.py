@@ -156,6 +156,7 @@ class Sensor:
             "events_matched": self.rows_made,
             "events_lost": counters.lost if counters else 0,
             **(self.progress() if self.progress is not None else {"judge_backlog": 0, "judge_delay_s": 0}),
+            "rows_evicted": self.store.evicted if self.store is not None else 0,
             "rows_retained": rows,
             "oldest_time": oldest,
             "store_path": str(self.store.path) if self.store is not None else "",
@@ -195,7 +196,7 @@ def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict
             "state": state, "error": "; ".join(p for p in (why, note) if p),
             "kernel": os.uname().release, "start_time": 0, "attached_time": 0, "startup_ms": 0, "restarted": "", "probe_mode": "",
             "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
-            "events_lost": 0, "judge_backlog": 0, "judge_delay_s": 0, "catalog_size": len(catalog), "version": __version__,
+            "events_lost": 0, "judge_backlog": 0, "judge_delay_s": 0, "rows_evicted": 0, "catalog_size": len(catalog), "version": __version__,
         }
     status.update(source="store", rows_retained=rows, oldest_time=oldest,
                   store_path=str(store.path) if store is not None else "")

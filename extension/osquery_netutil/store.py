@@ -23,7 +23,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import faults, safety
 from .schema import EXECS
@@ -125,7 +125,9 @@ def _ddl() -> list[str]:
         "eid INTEGER PRIMARY KEY AUTOINCREMENT" if c.name == "eid" else f"{c.name} {c.type} NOT NULL"
         for c in EXECS.columns
     )
-    statements = [f"CREATE TABLE IF NOT EXISTS events ({cols})"]
+    statements = [f"CREATE TABLE IF NOT EXISTS events ({cols})",
+                  # Rows a detection reported: they outlive the plain ones (Store._prune).
+                  "CREATE TABLE IF NOT EXISTS detected (eid INTEGER PRIMARY KEY)"]
     for c in EXECS.columns:
         if c.indexed and c.name != "eid":
             statements.append(f"CREATE INDEX IF NOT EXISTS events_{c.name} ON events ({c.name})")
@@ -152,6 +154,13 @@ class Store:
         if max_rows < 1 or max_age_s < 1:
             raise StoreError(f"retention must be positive (max_rows={max_rows}, max_age_s={max_age_s})")
         self.path = Path(path)
+        # Eviction spares what the detections still need: rows after the last judged eid
+        # (set by watch's judge; None: every row has been judged, as under osquery), and,
+        # up to their own cap, rows a detection reported (mark_detected).
+        self.judged_upto: Callable[[], int] | None = None
+        self.max_detected = max(max_rows // 10, 1)
+        self.evicted = 0
+        self._marks: list[int] = []
         self.readonly = readonly
         self.max_rows, self.max_age_s, self.flush_s = max_rows, max_age_s, flush_s
         self.error = ""            # last write error, '' when writes succeed
@@ -305,10 +314,13 @@ class Store:
                 if not (self._flushes or self._closing):
                     self._wake.wait(self.flush_s)
                 batch, self._incoming = self._incoming, []
+                marks, self._marks = self._marks, []
                 waiters, self._flushes = self._flushes, []
                 stopping = self._closing
             if pending or batch:
                 pending = self._commit(pending + batch)
+            if marks:
+                self._mark(marks)
             if time.monotonic() - last_prune > _PRUNE_EVERY_S or stopping:
                 self._prune()
                 last_prune = time.monotonic()
@@ -333,14 +345,37 @@ class Store:
             self._held = []
         return []
 
-    def _prune(self) -> None:
+    def mark_detected(self, eids: Iterable[int]) -> None:
+        """Rows a detection reported: they outlive plain rows (written with the next batch)."""
+        with self._wake:
+            self._marks.extend(eids)
+
+    def _mark(self, eids: list[int]) -> None:
         try:
             with self._conn_tx():
-                self._conn.execute(
-                    "DELETE FROM events WHERE eid <= (SELECT eid FROM events ORDER BY eid DESC LIMIT 1 OFFSET ?)",
-                    (self.max_rows,),
-                )
-                self._conn.execute("DELETE FROM events WHERE time < ?", (int(time.time()) - self.max_age_s,))
+                self._conn.executemany("INSERT OR IGNORE INTO detected (eid) VALUES (?)", [(e,) for e in eids])
+        except sqlite3.Error as exc:
+            self.error = f"cannot write {self.path} ({exc})"
+
+    def _prune(self) -> None:
+        """Evict beyond max_rows and max_age_s, oldest first: plain rows before reported ones
+        (which have their own cap, max_detected), and never a row not judged yet, so that a
+        storm of cheap execs cannot flush what came before it unseen."""
+        judged = self.judged_upto() if self.judged_upto is not None else 2**62
+        try:
+            with self._conn_tx():
+                (count,) = self._conn.execute("SELECT count(*) FROM events").fetchone()
+                gone = self._conn.execute(
+                    "DELETE FROM events WHERE eid IN (SELECT eid FROM events WHERE eid <= ? AND eid NOT IN "
+                    "(SELECT eid FROM detected) ORDER BY eid LIMIT ?)", (judged, max(count - self.max_rows, 0))).rowcount
+                (kept,) = self._conn.execute("SELECT count(*) FROM detected").fetchone()
+                gone += self._conn.execute(
+                    "DELETE FROM events WHERE eid IN (SELECT eid FROM detected ORDER BY eid LIMIT ?)",
+                    (max(kept - self.max_detected, 0),)).rowcount
+                gone += self._conn.execute("DELETE FROM events WHERE time < ? AND eid <= ?",
+                                           (int(time.time()) - self.max_age_s, judged)).rowcount
+                self._conn.execute("DELETE FROM detected WHERE eid NOT IN (SELECT eid FROM events)")
+            self.evicted += gone
         except sqlite3.Error as exc:
             self.error = f"cannot prune {self.path} ({exc})"
 
