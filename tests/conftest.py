@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from osquery_netutil.catalog import Catalog
+from osquery_netutil.containers import v2_root
 from osquery_netutil.probe import Probe, ProbeError, preflight
 from osquery_netutil.sensor import Sensor
 from osquery_netutil.store import Store
@@ -109,3 +112,26 @@ def ext_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh directory under /tmp (a writable prefix the probe forwards)."""
     return tmp_path_factory.mktemp("netutil", numbered=True)
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str          # 64 hex, as docker names it
+    cgroup: Path     # its v2 cgroup directory: write a pid to cgroup.procs to put it inside
+
+    def entry(self, command: str) -> str:
+        """A shell script body that moves itself into the container (cgroup, and pid and
+        mount namespaces under `unshare`, as design.md describes) and runs command."""
+        return f"#!/bin/sh\necho $$ > {self.cgroup}/cgroup.procs\nexec unshare --pid --mount --fork --mount-proc {command}\n"
+
+
+@pytest.fixture
+def container() -> Iterator[Container]:
+    """A docker-like container's cgroup (system.slice/docker-<id>.scope), removed after."""
+    root = v2_root()
+    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    cgroup = root / "system.slice" / f"docker-{cid}.scope"
+    cgroup.mkdir(parents=True)
+    yield Container(cid, cgroup)
+    cgroup.rmdir()

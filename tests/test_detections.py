@@ -18,12 +18,11 @@ from typing import Any, Iterator
 import pytest
 
 from osquery_netutil import packs
-from osquery_netutil.containers import v2_root
 from osquery_netutil.host import Host
 from osquery_netutil.sensor import Sensor
 from osquery_netutil.tables import ExecsTable
 
-from .conftest import need
+from .conftest import Container, need
 from .support import write_executable
 
 pytestmark = pytest.mark.probe
@@ -103,24 +102,15 @@ def test_downloads_run_by_a_shell_or_saved_to_a_writable_directory_are_detected(
     assert hit["utility"] == "curl" and hit["how"] == how
 
 
-def test_a_container_is_detected_as_a_container(sensor: Sensor, workdir: Path) -> None:
-    root = v2_root()
-    need(None if root is not None else "no cgroup v2 hierarchy mounted")
-    container = uuid.uuid4().hex + uuid.uuid4().hex
-    cgroup = root / "system.slice" / f"docker-{container}.scope"
-    cgroup.mkdir(parents=True)
+def test_a_container_is_detected_as_a_container(sensor: Sensor, workdir: Path, container: Container) -> None:
     tag = uuid.uuid4().hex[:10]
-    try:
-        stage = write_executable(workdir / "stage.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null\n")
-        entry = write_executable(workdir / "entry.sh", f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
-                                 f"exec unshare --pid --mount --fork --mount-proc {stage}\n")
-        subprocess.run([str(entry)], check=True, timeout=30)
-        (hit,) = detections(sensor, "netutil_container_suspicious_location", tag)
-        assert hit["container_id"] == container and hit["suspicious_path"] == str(stage)
-        assert container[:12] in hit["message"]
-        assert detections(sensor, "netutil_host_suspicious_location", tag, timeout=0) == []
-    finally:
-        cgroup.rmdir()
+    stage = write_executable(workdir / "stage.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null\n")
+    entry = write_executable(workdir / "entry.sh", container.entry(str(stage)))
+    subprocess.run([str(entry)], check=True, timeout=30)
+    (hit,) = detections(sensor, "netutil_container_suspicious_location", tag)
+    assert hit["container_id"] == container.id and hit["suspicious_path"] == str(stage)
+    assert container.id[:12] in hit["message"]
+    assert detections(sensor, "netutil_host_suspicious_location", tag, timeout=0) == []
 
 
 MEMFD_SHELL = (
@@ -193,29 +183,20 @@ def _named_shell(directory: Path, name: str) -> str:
     return str(copy)
 
 
-def test_a_containers_own_service_running_a_utility_is_detected_and_a_runtime_probe_is_not(sensor: Sensor, workdir: Path) -> None:
+def test_a_containers_own_service_running_a_utility_is_detected_and_a_runtime_probe_is_not(
+        sensor: Sensor, workdir: Path, container: Container) -> None:
     """In a docker-like container (cgroup and namespaces as design.md describes), a web
     server's shell runs curl: detected, whatever the directory. The same curl in a shell the
     runtime started (docker exec, HEALTHCHECK, an exec probe): quiet."""
-    root = v2_root()
-    need(None if root is not None else "no cgroup v2 hierarchy mounted")
-    container = uuid.uuid4().hex + uuid.uuid4().hex
-    cgroup = root / "system.slice" / f"docker-{container}.scope"
-    cgroup.mkdir(parents=True)
     tag = uuid.uuid4().hex[:10]
     shim, nginx = _named_shell(workdir, "containerd-shim-runc-v2"), _named_shell(workdir, "nginx")
     curl = "unshare -n curl --version http://203.0.113.9/{}-" + tag + " >/dev/null"
     body = write_executable(workdir / "body.sh", f"sh -c '{curl.format('service')}'\n")
     inside = write_executable(workdir / "inside.sh", f"{nginx} {body}\nsh -c '{curl.format('probe')}'\n")
-    entry = write_executable(workdir / "entry.sh", f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
-                             f"exec unshare --pid --mount --fork --mount-proc {shim} {inside}\n")
-    try:
-        subprocess.run([str(entry)], check=True, timeout=30)
-        hits = detections(sensor, "netutil_container_service_shell", tag)
-    finally:
-        cgroup.rmdir()
-    (hit,) = hits
-    assert f"service-{tag}" in hit["cmdline"] and hit["service"] == nginx and hit["container_id"] == container
+    entry = write_executable(workdir / "entry.sh", container.entry(f"{shim} {inside}"))
+    subprocess.run([str(entry)], check=True, timeout=30)
+    (hit,) = detections(sensor, "netutil_container_service_shell", tag)
+    assert f"service-{tag}" in hit["cmdline"] and hit["service"] == nginx and hit["container_id"] == container.id
     assert f" > {shim} > {nginx} > " in hit["chain"]
 
 

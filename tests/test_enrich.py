@@ -21,7 +21,7 @@ from osquery_netutil.content import ContentMatcher
 from osquery_netutil.probe import SIZES
 from osquery_netutil.sensor import Sensor
 
-from .conftest import need
+from .conftest import Container, need
 from .support import Collector, write_executable
 
 pytestmark = pytest.mark.probe
@@ -151,29 +151,18 @@ def test_planted_symlinks_and_fifos_are_not_read(catalog, workdir: Path) -> None
     assert matcher.match_path(str(copy)).name == "netcat"
 
 
-def test_a_docker_like_container_is_named(sensor: Sensor, rows: Collector, workdir: Path) -> None:
-    root = v2_root()
-    need(None if root is not None else "no cgroup v2 hierarchy mounted")
+def test_a_docker_like_container_is_named(sensor: Sensor, rows: Collector, workdir: Path, container: Container) -> None:
     need(None if shutil.which("unshare") else "unshare (util-linux) is not installed")
-    container = uuid.uuid4().hex + uuid.uuid4().hex
-    cgroup = root / "system.slice" / f"docker-{container}.scope"
-    cgroup.mkdir(parents=True)
-    try:
-        script = write_executable(
-            workdir / "entry.sh",
-            f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
-            "exec unshare --pid --mount --fork --mount-proc sh -c 'nc -h 2>/dev/null; curl --version 10.9.8.7 >/dev/null'\n",
-        )
-        mark = rows.mark()
-        subprocess.run([str(script)], check=True, timeout=30)
-        for utility in ("netcat", "curl"):
-            row = row_for(rows, mark, utility)
-            assert row["container_id"] == container, row
-            assert row["cgroup_path"] == f"/system.slice/docker-{container}.scope"
-        # Once every process is gone, the kernel's cgroup id alone still names it.
-        assert CgroupResolver().path_of_id(cgroup.stat().st_ino) == f"/system.slice/docker-{container}.scope"
-    finally:
-        cgroup.rmdir()
+    script = write_executable(workdir / "entry.sh", container.entry(
+        "sh -c 'nc -h 2>/dev/null; curl --version 10.9.8.7 >/dev/null'"))
+    mark = rows.mark()
+    subprocess.run([str(script)], check=True, timeout=30)
+    for utility in ("netcat", "curl"):
+        row = row_for(rows, mark, utility)
+        assert row["container_id"] == container.id, row
+        assert row["cgroup_path"] == f"/system.slice/docker-{container.id}.scope"
+    # Once every process is gone, the kernel's cgroup id alone still names it.
+    assert CgroupResolver().path_of_id(container.cgroup.stat().st_ino) == f"/system.slice/docker-{container.id}.scope"
 
 
 def _spawn_with_pid(wanted: int, tries: int = 50) -> bool:

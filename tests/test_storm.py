@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from osquery_netutil.containers import v2_root
-
-from .conftest import need, probe_unavailable
+from .conftest import Container, need, probe_unavailable
 from .support import tiny_elf, write_executable
 from .test_detections import MEMFD_SHELL, _named_shell
 
@@ -26,17 +24,13 @@ pytestmark = pytest.mark.probe
 STORM = 20_000
 
 
-def test_ten_suspicious_execs_in_a_storm_of_twenty_thousand_are_each_detected(tmp_path: Path, workdir: Path) -> None:
+def test_ten_suspicious_execs_in_a_storm_of_twenty_thousand_are_each_detected(tmp_path: Path, workdir: Path,
+                                                                              container: Container) -> None:
     need(probe_unavailable())
-    root = v2_root()
-    need(None if root is not None else "no cgroup v2 hierarchy mounted")
     store, out, err = tmp_path / "events.db", tmp_path / "watch.out", tmp_path / "watch.err"
     watch = subprocess.Popen([sys.executable, "-m", "osquery_netutil.cli", "watch", "--store", str(store),
                               "--format", "json", "--every", "1"], stdout=out.open("w"), stderr=err.open("w"))
     tag = uuid.uuid4().hex[:8]
-    container = uuid.uuid4().hex + uuid.uuid4().hex
-    cgroup = root / "system.slice" / f"docker-{container}.scope"
-    cgroup.mkdir(parents=True)
     try:
         deadline = time.monotonic() + 60
         while "watching execs" not in err.read_text():
@@ -55,8 +49,7 @@ def test_ten_suspicious_execs_in_a_storm_of_twenty_thousand_are_each_detected(tm
         for k in range(2):   # a memfd shell
             attacks[f"{tag}-m{k}"] = ("netutil_host_suspicious_location", [sys.executable, "-c", MEMFD_SHELL, f"nc -h {tag}-m{k} 2>/dev/null; true"])
         body = write_executable(workdir / "body.sh", f"sh -c 'curl --version http://127.0.0.1/{tag}-c0 >/dev/null'\n")
-        entry = write_executable(workdir / "entry.sh", f"#!/bin/sh\necho $$ > {cgroup}/cgroup.procs\n"
-                                 f"exec unshare --pid --mount --fork --mount-proc {shim} -c '{nginx} {body}'\n")
+        entry = write_executable(workdir / "entry.sh", container.entry(f"{shim} -c '{nginx} {body}'"))
         attacks[f"{tag}-c0"] = ("netutil_container_service_shell", [str(entry)])   # a container's web shell
 
         spawner = subprocess.Popen([str(storm)])
@@ -96,4 +89,3 @@ def test_ten_suspicious_execs_in_a_storm_of_twenty_thousand_are_each_detected(tm
         except subprocess.TimeoutExpired:
             watch.kill()
         subprocess.run(["sh", "-c", f"rm -f /dev/shm/netutil-storm-{tag}-* /var/tmp/netutil-storm-{tag}-* /tmp/netutil-storm-{tag}-*"])
-        cgroup.rmdir()
