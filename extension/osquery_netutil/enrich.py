@@ -73,13 +73,13 @@ def absolute(path: str, cwd: str) -> str:
     return os.path.normpath(os.path.join(cwd, path))
 
 
-def own_ancestry(pid: int | None = None) -> dict[int, int]:
-    """The ancestors of a process (this one by default), up to init: pid -> start time
+def own_ancestry() -> dict[int, int]:
+    """The ancestors of this process, up to init: pid -> start time
     (clock ticks since boot, /proc/PID/stat). They are the host's base: whatever started
     the sensor (init, osqueryd, a supervisor, a CI runner or sandbox launcher) is no
     evidence against the processes it also started."""
     base: dict[int, int] = {}
-    pid = _ProcView(os.getpid() if pid is None else pid).ppid()
+    pid = _ProcView(os.getpid()).ppid()
     while pid > 0 and pid not in base and len(base) < MAX_ANCESTORS:
         view = _ProcView(pid)
         started = view.start_time()

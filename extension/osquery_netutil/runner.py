@@ -7,9 +7,11 @@ goes on where it stopped; the cursor is kept beside the store, so a restart resu
 other queries (the status one, or all of them with --pack-intervals) are differential,
 like osquery's scheduler: each run's rows are compared with the previous run's, and only
 rows that were not there before are logged (`"action": "added"`; queries whose logging is
-`differential` also log `"removed"` rows). The first run logs what is already there. Each result is an osquery result-log line (name, hostIdentifier,
-calendarTime, unixTime, epoch, counter, numerics, columns, action), so what `watch`
-prints can be fed to the same pipeline as osqueryd's results.
+`differential` also log `"removed"` rows). The first run logs what is already there.
+
+Each result is an osquery result-log line (name, hostIdentifier, calendarTime, unixTime,
+epoch, counter, numerics, columns, action), so what `watch` prints can be fed to the same
+pipeline as osqueryd's results.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class _State:
     counter: int = 0
     previous: set[str] = field(default_factory=set)
     failed: str = ""
+
+
+def _columns(names: list[str], row: tuple[Any, ...]) -> dict[str, str]:
+    """A result row as osquery logs it: every value a string, NULL as ''."""
+    return {c: "" if v is None else str(v) for c, v in zip(names, row)}
 
 
 BATCH_ROWS = 2000      # rows per batch of a cursor round
@@ -98,8 +105,7 @@ class PackRunner:
             if rows_of is None:
                 continue
             columns, rows = rows_of
-            current = {json.dumps({c: "" if v is None else str(v) for c, v in zip(columns, row)}, sort_keys=True)
-                       for row in rows}
+            current = {json.dumps(_columns(columns, row), sort_keys=True) for row in rows}
             added = current - state.previous
             removed = state.previous - current if state.query.logging == "differential" else set()
             for action, found in (("removed", removed), ("added", added)):
@@ -137,8 +143,7 @@ class PackRunner:
                     found = self._run(state, errors, {"after": after, "upto": upto})
                     if found is not None:
                         columns, rows = found
-                        lines += [self._line(state, now, "added", {c: "" if v is None else str(v) for c, v in zip(columns, row)})
-                                  for row in rows]
+                        lines += [self._line(state, now, "added", _columns(columns, row)) for row in rows]
                         state.counter += 1
             self.cursor.advance(upto)
             if time.monotonic() >= deadline:
