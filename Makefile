@@ -22,6 +22,7 @@ bench:
 	$(PY) bench/storm.py
 	$(PY) bench/extension_bench.py
 	$(PY) bench/syscall_tax.py
+	$(PY) bench/judge_rate.py
 	$(PY) bench/report.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext
