@@ -285,7 +285,7 @@ def _status_rows(path: Path) -> list[dict[str, Any]]:
                 given = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PackError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            row = {c.name: "" if c.python_type is str else 0 for c in STATUS.columns}
+            row = STATUS.empty_row()
             row.update({k: int(time.time()) - int(v[4:]) if isinstance(v, str) and v.startswith("now-") else v
                         for k, v in given.items()})
             rows.append(row)

@@ -33,6 +33,10 @@ class Table:
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    def empty_row(self) -> dict[str, str | int]:
+        """Every column at its empty value: '' for TEXT, 0 for the integers."""
+        return {c.name: c.python_type() for c in self.columns}
+
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 

@@ -17,6 +17,7 @@ from .catalog import Catalog
 from .enrich import Enricher, Row
 from .locations import WRITABLE_DIRS
 from .probe import ExecRecord, Probe, ProbeError
+from .schema import STATUS
 from .store import Store
 
 
@@ -192,12 +193,8 @@ def stored_status(store: Store | None, catalog: Catalog, note: str = "") -> dict
             where = f"in {store.path} " if store is not None else ""
             state, why = "failed", (f"no osquery-netutil is collecting: the rows {where}are those stored before it "
                                     "stopped; start the extension or 'osquery-netutil watch'")
-        status = {
-            "state": state, "error": "; ".join(p for p in (why, note) if p),
-            "kernel": os.uname().release, "start_time": 0, "attached_time": 0, "startup_ms": 0, "restarted": "", "probe_mode": "",
-            "probe_mode_note": "", "execs_seen": 0, "events_matched": 0,
-            "events_lost": 0, "judge_backlog": 0, "judge_delay_s": 0, "rows_evicted": 0, "catalog_size": len(catalog), "version": __version__,
-        }
+        status = {**STATUS.empty_row(), "state": state, "error": "; ".join(p for p in (why, note) if p),
+                  "kernel": os.uname().release, "catalog_size": len(catalog), "version": __version__}
     status.update(source="store", rows_retained=rows, oldest_time=oldest,
                   store_path=str(store.path) if store is not None else "")
     return status

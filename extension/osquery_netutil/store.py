@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import operator
 import os
@@ -100,8 +101,9 @@ class StoredRows:
     __del__ = close
 
 
+@functools.cache
 def boot_id() -> str:
-    """This boot's id (a random UUID the kernel draws at boot)."""
+    """This boot's id (a random UUID the kernel draws at boot): read once, it cannot change."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -390,14 +392,19 @@ class Store:
             raise
         self._conn.execute("COMMIT")
 
-    def _previous_run(self) -> dict[str, Any] | None:
-        """The last status the previous writer of this store published, if it ran since
-        this boot (a status from before a reboot is no restart)."""
+    def _signed_status(self) -> dict[str, Any] | None:
+        """The status file as published ({writer_pid, boot_id, status}), or None."""
         try:
             signed = json.loads(self._status_path.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(signed, dict) or signed.get("boot_id") != boot_id() or not isinstance(signed.get("status"), dict):
+        return signed if isinstance(signed, dict) and isinstance(signed.get("status"), dict) else None
+
+    def _previous_run(self) -> dict[str, Any] | None:
+        """The last status the previous writer of this store published, if it ran since
+        this boot (a status from before a reboot is no restart)."""
+        signed = self._signed_status()
+        if signed is None or signed.get("boot_id") != boot_id():
             return None
         return {**signed["status"], "pid": signed.get("writer_pid")}
 
@@ -439,15 +446,8 @@ class Store:
         writer runs, it has published nothing yet, or the file is an earlier run's (a run
         that died is never shown as live)."""
         writer = self.writer_pid()
-        if writer is None:
-            return None
-        try:
-            signed = json.loads(self._status_path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(signed, dict) or signed.get("writer_pid") != writer or not isinstance(signed.get("status"), dict):
-            return None
-        return signed["status"]
+        signed = self._signed_status() if writer is not None else None
+        return signed["status"] if signed is not None and signed.get("writer_pid") == writer else None
 
     def select(self, conditions: Sequence[Condition] = (), text: bool = False) -> list[Row]:
         """Rows matching all conditions (each on a schema column, op in OPS), eid order,
