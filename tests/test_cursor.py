@@ -23,7 +23,7 @@ def _cursor(store: Store, path: Path) -> Cursor:
 
 def _judge(store: Store, cursor: Cursor, rounds: int = 100) -> tuple[list[int], list[dict[str, int]]]:
     """eids reported by every_execution, round after round until nothing waits."""
-    (query,) = [q for q in packs.load_each(window=None)[0] if q.name == "netutil_every_execution"]
+    (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_every_execution"]
     run = PackRunner(Host([ExecsTable(lambda: store)]), [query], cursor=cursor)
     eids, progress = [], []
     for _ in range(rounds):
@@ -67,3 +67,32 @@ def test_a_mark_beyond_the_store_is_not_trusted(place: Path) -> None:
         store.flush()
         (place / "events.db.judged").write_text("999\n")
         assert _cursor(store, place / "events.db.judged").value == 0
+
+
+class _Flaky(ExecsTable):
+    """The real table, failing while `broken` is set (a store that cannot be read)."""
+
+    broken = True
+
+    def generate(self, context):
+        if self.broken:
+            raise OSError("disk I/O error")
+        return super().generate(context)
+
+
+def test_a_batch_that_cannot_be_read_is_reported_once_and_judged_when_it_can(place: Path) -> None:
+    with Store(place / "events.db") as store:
+        store.add_many(make_row(utility="netcat", cmdline=f"nc {i}", ancestors="[]") for i in range(3))
+        store.flush()
+        cursor = _cursor(store, place / "events.db.judged")
+        table = _Flaky(lambda: store)
+        (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_every_execution"]
+        run = PackRunner(Host([table]), [query], cursor=cursor)
+        first, second = run.run_due(), run.run_due(time.time() + 5)
+        assert first[0] == [] and len(first[1]) == 1 and "disk I/O error" in first[1][0] and "after eid 0" in first[1][0]
+        assert second == ([], [])   # still failing: not reported again, nothing skipped
+        assert cursor.value == 0
+        table.broken = False
+        lines, errors = run.run_due(time.time() + 10)
+        assert errors == [] and [line["columns"]["cmdline"] for line in lines] == ["nc 0", "nc 1", "nc 2"]
+        assert cursor.value == 3

@@ -76,6 +76,24 @@ def test_values_keep_osquery_types_and_bad_constraints_return_nothing(store: Sto
         host.query("SELEC 1")
 
 
+def test_a_snapshot_reads_the_rows_once_for_every_query_in_it(store: Store) -> None:
+    spy = SpyTable(store)
+    host = Host([spy])
+    count = "SELECT count(*), sum(pid), typeof(pid), typeof(cmdline) FROM network_utility_execs WHERE pid > ? AND pid <= ?"
+    expected = host.query(count, (4, 9))[1]
+    spy.contexts.clear()
+    with host.snapshot("network_utility_execs", "pid > :after AND pid <= :upto", {"after": 4, "upto": 9}):
+        assert host.query(count, (4, 9))[1] == expected == [(5, 35, "integer", "text")]
+        assert host.query("SELECT min(pid), max(pid) FROM network_utility_execs")[1] == [(5, 9)]   # only those rows
+        assert host.query("SELECT count(*) FROM network_utility_execs WHERE cmdline LIKE 'nc%'")[1] == [(3,)]
+    assert len(spy.contexts) == 1   # one generate, through the plugin, for the three queries
+    assert host.query("SELECT count(*) FROM network_utility_execs")[1] == [(20,)]   # the table again
+    with pytest.raises(QueryError, match="no such column: nope"):
+        with host.snapshot("network_utility_execs", "nope > 1", {}):
+            pass
+    assert host.query("SELECT count(*) FROM network_utility_execs")[1] == [(20,)]   # nothing left behind
+
+
 FUNCTION_CASES = [
     # osquery's documented examples and tests (osquery/sql/sqlite_string.cpp, tests/sqlite_network_tests.cpp)
     ("split('192.168.0.1', '.', 1)", "168"),

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import re
 import socket
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 import apsw
@@ -60,6 +61,7 @@ class _VirtualTable:
     def __init__(self, plugin: TablePlugin) -> None:
         self.plugin = plugin
         self.table: Table = plugin.table
+        self.integer = tuple(c.type in ("BIGINT", "INTEGER") for c in plugin.table.columns)
 
     def BestIndex(self, constraints: Sequence[tuple[int, int]], orderbys: Sequence[tuple[int, bool]]):  # noqa: N802
         used: list[int | None] = []
@@ -91,11 +93,20 @@ class _Cursor:
 
     def __init__(self, vtable: _VirtualTable) -> None:
         self._vtable = vtable
-        self._rows: Iterator[dict[str, str]] = iter(())
+        self._rows: Iterator[tuple[Any, ...]] = iter(())
+        self._answer: Any = None
         self._row: tuple[Any, ...] | None = None
         self._index = 0
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: Sequence[Any]) -> None:  # noqa: N802
+        self.Close()
+        self._answer = self._generate(indexname, constraintargs)
+        self._rows = (self._convert(row) for row in self._answer)
+        self._index = -1
+        self.Next()
+
+    def _generate(self, indexname: str, constraintargs: Sequence[Any]) -> Iterable[dict[str, str]]:
+        """The plugin's answer to osquery's context JSON for these constraints."""
         table = self._vtable.table
         lists: dict[str, list[dict[str, Any]]] = {c.name: [] for c in table.columns}
         for (name, op), value in zip(json.loads(indexname or "[]"), constraintargs):
@@ -109,10 +120,12 @@ class _Cursor:
         response = self._vtable.plugin.call({"action": "generate", "context": json.dumps(context)})
         if response.status.code != 0:
             raise QueryError(response.status.message)
-        self.Close()
-        self._rows = iter(response.response)
-        self._index = -1
-        self.Next()
+        return response.response
+
+    def _convert(self, row: dict[str, str]) -> tuple[Any, ...]:
+        """osquery's xColumn: integers for integer columns when the text is one, else text."""
+        return tuple(_integer(row.get(name)) if integer else row.get(name)
+                     for name, integer in zip(self._vtable.table.names, self._vtable.integer))
 
     def Eof(self) -> bool:  # noqa: N802
         return self._row is None
@@ -124,15 +137,14 @@ class _Cursor:
         return self._index if number == -1 else self._row[number]
 
     def Next(self) -> None:  # noqa: N802
-        row = next(self._rows, None)
-        self._row = None if row is None else tuple(_typed(c.type, row.get(c.name)) for c in self._vtable.table.columns)
+        self._row = next(self._rows, None)
         self._index += 1
 
     def Close(self) -> None:  # noqa: N802
-        close = getattr(self._rows, "close", None)   # a generator over a store snapshot
+        close = getattr(self._answer, "close", None)   # a generator over a store snapshot
         if close is not None:
             close()
-        self._rows, self._row = iter(()), None
+        self._answer, self._rows, self._row = None, iter(()), None
 
 
 def _as_text(value: Any) -> str:
@@ -144,16 +156,14 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _typed(column_type: str, value: str | None) -> Any:
-    """osquery's xColumn: integers for integer columns when the text is one, else text."""
+def _integer(value: str | None) -> Any:
+    """An integer column's value: the integer when the text is one, else the text."""
     if value is None:
         return None
-    if column_type in ("BIGINT", "INTEGER"):
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    return value
+    try:
+        return int(value)
+    except ValueError:
+        return value
 
 
 # -- osquery's SQL functions -----------------------------------------------------------
@@ -309,7 +319,7 @@ class Host:
         for plugin in plugins:
             name = plugin.table.name
             self.db.create_module(name, _Module(plugin))
-            self.db.execute(f'CREATE VIRTUAL TABLE temp."{name}" USING "{name}"')
+            self.db.execute(f'CREATE VIRTUAL TABLE main."{name}" USING "{name}"')
             self.tables[name] = plugin.table
 
     def query(self, sql: str, bindings: Sequence[Any] | dict[str, Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -325,6 +335,27 @@ class Host:
         except (apsw.Error, ValueError, QueryError) as exc:
             raise QueryError(str(exc).removeprefix("SQLError: ")) from None
         return columns, rows
+
+    @contextmanager
+    def snapshot(self, table: str, where: str, bindings: dict[str, Any]) -> Iterator[None]:
+        """Queries run in this block read the table's rows matching `where` from a copy in
+        SQLite, made once through the plugin, as if the table held only those rows.
+        For rows that cannot change meanwhile (the eids of one batch of `watch`, which
+        every detection reads): the plugin generates them and SQLite reads them from
+        Python once, not once per query. The copy has the table's columns and types, and
+        shadows the table by name (SQLite looks in temp before main); it is dropped when
+        the block ends."""
+        columns = ", ".join(f'"{c.name}" {c.type}' for c in self.tables[table].columns)
+        try:
+            self.db.execute(f'CREATE TEMP TABLE "{table}" ({columns})')
+            self.db.execute(f'INSERT INTO temp."{table}" SELECT * FROM main."{table}" WHERE {where}', bindings)
+        except (apsw.Error, ValueError, QueryError) as exc:
+            self.db.execute(f'DROP TABLE IF EXISTS temp."{table}"')
+            raise QueryError(str(exc).removeprefix("SQLError: ")) from None
+        try:
+            yield
+        finally:
+            self.db.execute(f'DROP TABLE temp."{table}"')
 
     def close(self) -> None:
         self.db.close()

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .host import Host, QueryError
-from .packs import PACK_NAME, Query
+from .packs import PACK_NAME, RECENT_BY_CURSOR, Query
+from .schema import EXECS
 
 
 @dataclass
@@ -87,6 +88,7 @@ class PackRunner:
         self.host_identifier = host_identifier or socket.gethostname()
         self.cursor = cursor
         self._states = [_State(q) for q in queries]
+        self._unreadable = ""   # the last batch that could not be read, reported once
 
     def _interval(self, query: Query) -> float:
         return self.every_s if self.every_s is not None else float(query.interval)
@@ -138,13 +140,25 @@ class PackRunner:
             upto = min(self.cursor.newest(), after + BATCH_ROWS)
             if upto <= after:
                 break
-            for state in self._states:
-                if state.query.by_cursor and not state.failed:
-                    found = self._run(state, errors, {"after": after, "upto": upto})
-                    if found is not None:
-                        columns, rows = found
-                        lines += [self._line(state, now, "added", _columns(columns, row)) for row in rows]
-                        state.counter += 1
+            bounds = {"after": after, "upto": upto}
+            # Each detection reads the batch: stored rows up to upto do not change, so the
+            # host reads them once for all.
+            try:
+                with self.host.snapshot(EXECS.name, RECENT_BY_CURSOR, bounds):
+                    for state in self._states:
+                        if state.query.by_cursor and not state.failed:
+                            found = self._run(state, errors, bounds)
+                            if found is not None:
+                                columns, rows = found
+                                lines += [self._line(state, now, "added", _columns(columns, row)) for row in rows]
+                                state.counter += 1
+            except QueryError as exc:   # the batch could not be read: nothing judged, retried next round
+                message = f"cannot read the rows after eid {after} to judge them ({exc}); retrying every round"
+                if message != self._unreadable:
+                    errors.append(message)
+                self._unreadable = message
+                break
+            self._unreadable = ""
             self.cursor.advance(upto)
             if time.monotonic() >= deadline:
                 break
