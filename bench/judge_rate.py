@@ -25,21 +25,22 @@ from osquery_netutil.host import Host
 from osquery_netutil.runner import Cursor, PackRunner
 from osquery_netutil.store import Store
 from osquery_netutil.tables import ExecsTable
+from osquery_netutil.enrich import with_script
 from tests.test_store import make_row
 
-ANCESTORS = json.dumps([
+ANCESTORS = json.dumps([with_script(a) for a in (
     {"pid": 2200, "path": "/tmp/.x/stage.sh", "cmdline": "/tmp/.x/stage.sh", "uid": 33},
     {"pid": 2100, "path": "/usr/bin/dash", "cmdline": "sh -c cd /tmp/.x && ./stage.sh", "uid": 33},
     {"pid": 150, "path": "/usr/sbin/apache2", "cmdline": "/usr/sbin/apache2 -k start", "uid": 33},
     {"pid": 1, "path": "/sbin/init", "cmdline": "/sbin/init", "uid": 0, "base": True},
-])
+)])   # as enrichment writes them
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     args = parser.parse_args()
-    queries = packs.load_each(window=None)[0]
+    queries = packs.load_each(by_cursor=True)[0]
     with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, Store(Path(tmp) / "events.db", max_rows=10 * args.rows) as store:
         store.add_many(make_row(utility="ping", category="recon", path="/usr/bin/ping", parent_path="/tmp/.x/stage.sh",
                                 cmdline=f"ping -c1 -W1 10.0.{i // 256 % 256}.{i % 256}", ip_args=f"10.0.{i // 256 % 256}.{i % 256}",

@@ -5,7 +5,7 @@
 -- logging: differential_ignore_removals
 -- severity: critical
 WITH {{common}},
-shapes AS (
+shapes AS MATERIALIZED (   -- the CASE once per row, not again for each use of its result
   SELECT r.eid, CASE
       WHEN r.utility IN ('netcat', 'ncat', 'cryptcat', 'pwncat', 'sbd')
            AND regex_match(r.cmdline, '(^| )-[A-Za-z]*[ec]( |$|/)', 0) IS NOT NULL THEN 'executes a program for the connection (-e/-c)'

@@ -14,8 +14,10 @@ metadata AS (
 ),
 -- The cloud's own agents read the metadata all day: on the host, they are not evidence.
 agents AS (
-  SELECT eid FROM nodes
-  WHERE regex_match(path, '/(google_guest_agent|google_metadata_script_runner|google_oslogin_nss|amazon-ssm-agent|ssm-agent-worker|ecs-agent|amazon-ecs-init|cloud-init|waagent|aliyun-service|AliYunDun|nova-agent|oci-wlp)$', 0) IS NOT NULL
+  SELECT eid FROM ancestors_named
+  WHERE name IN ('google_guest_agent', 'google_metadata_script_runner', 'google_oslogin_nss', 'amazon-ssm-agent',
+                 'ssm-agent-worker', 'ecs-agent', 'amazon-ecs-init', 'cloud-init', 'waagent', 'aliyun-service',
+                 'AliYunDun', 'nova-agent', 'oci-wlp')
      OR cmdline LIKE '%/usr/bin/cloud-init %' OR cmdline LIKE 'cloud-init %'
 )
 SELECT r.*,

@@ -7,11 +7,13 @@
 WITH {{common}},
 -- Per container exec, the nearest ancestor that is the runtime (a shim, runc, crun,
 -- conmon): the processes below it are the container's own; those above are the host's.
+-- Names are compared as strings, not regexes: osquery compiles a regex at every call, and
+-- these run on every ancestor of every container exec.
 runtime AS (
   SELECT n.eid, MIN(n.depth) AS depth
-  FROM nodes n JOIN recent r ON r.eid = n.eid
+  FROM ancestors_named n JOIN recent r ON r.eid = n.eid
   WHERE r.container_id <> '' AND n.depth > 0
-    AND regex_match(n.path, '/(containerd-shim[^/]*|runc|crun|conmon|youki)$', 0) IS NOT NULL
+    AND (n.name LIKE 'containerd-shim%' OR n.name IN ('runc', 'crun', 'conmon', 'youki'))
   GROUP BY n.eid
 ),
 -- The container's service in the chain: a server or app runtime between the utility and
@@ -19,9 +21,12 @@ runtime AS (
 -- the runtime started.
 services AS (
   SELECT n.eid, MIN(n.depth) AS depth, n.path AS service   -- SQLite: the path of the nearest one
-  FROM nodes n JOIN recent r ON r.eid = n.eid LEFT JOIN runtime t ON t.eid = n.eid
+  FROM ancestors_named n JOIN recent r ON r.eid = n.eid LEFT JOIN runtime t ON t.eid = n.eid
   WHERE r.container_id <> '' AND n.depth > 0 AND n.depth < coalesce(t.depth, 1000)
-    AND regex_match(n.path, '/(nginx|apache2|httpd|lighttpd|caddy|php-fpm[0-9.]*|php[0-9.]*|node|nodejs|deno|bun|java|python[0-9.]*|ruby[0-9.]*|perl|gunicorn|uwsgi|puma|dotnet|beam\.smp|postgres|mysqld|mariadbd|redis-server|mongod)$', 0) IS NOT NULL
+    AND (n.name IN ('nginx', 'apache2', 'httpd', 'lighttpd', 'caddy', 'node', 'nodejs', 'deno', 'bun', 'java', 'perl',
+                    'gunicorn', 'uwsgi', 'puma', 'dotnet', 'beam.smp', 'postgres', 'mysqld', 'mariadbd', 'redis-server', 'mongod')
+         -- and versioned names: php8.2, php-fpm8.2, python3.12, ruby3.1
+         OR rtrim(n.name, '0123456789.') IN ('php', 'php-fpm', 'python', 'ruby'))
   GROUP BY n.eid
 )
 SELECT r.container_id, r.*, v.service,

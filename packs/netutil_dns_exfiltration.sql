@@ -5,8 +5,13 @@
 -- logging: differential_ignore_removals
 -- severity: high
 WITH {{common}},
-shapes AS (
+shapes AS MATERIALIZED (   -- the CASE once per row, not again for each use of its result
   SELECT r.eid, CASE
+      -- Cheap first (osquery compiles a regex at every call): each shape below needs a run of
+      -- 16 label characters, seven dots, or "txt" in the command line.
+      WHEN r.cmdline NOT GLOB '*' || replace(printf('%16s', ''), ' ', '[A-Za-z0-9_+-]') || '*'
+           AND length(r.cmdline) - length(replace(r.cmdline, '.', '')) < 7
+           AND r.cmdline NOT LIKE '%txt%' THEN NULL
       WHEN regex_match(r.cmdline, '(^|[ @.])[A-Za-z0-9_-]{40,}\.', 0) IS NOT NULL THEN 'a label of 40 characters or more'
       WHEN regex_match(r.cmdline, '(^| )([A-Za-z0-9_-]+\.){7,}[A-Za-z0-9_-]+\.?( |$)', 0) IS NOT NULL THEN 'eight labels or more'
       WHEN regex_match(r.cmdline, '(^|[ .])[0-9a-fA-F]{16,}\.', 0) IS NOT NULL THEN 'a hex-encoded label'

@@ -5,7 +5,7 @@
 -- logging: differential_ignore_removals
 -- severity: high
 WITH {{common}},
-tunnels AS (
+tunnels AS MATERIALIZED (   -- the CASE once per row, not again for each use of its result
   SELECT r.eid, CASE
       WHEN r.category = 'tunnel' THEN 'a tunnelling tool'
       WHEN r.utility = 'ssh' AND regex_match(r.cmdline, '(^| )-[A-Za-z]*[RLDw]( |$|[0-9])', 0) IS NOT NULL THEN 'ssh port forwarding (-R/-L/-D/-w)'

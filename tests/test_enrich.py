@@ -56,6 +56,8 @@ def test_the_script_stays_visible_in_the_chain(sensor: Sensor, rows: Collector, 
     row = row_for(rows, mark, "curl", lambda r: tag in r["cmdline"])
     chain = json.loads(row["ancestors"])
     assert any(a["path"] == str(script) or str(script) in a["cmdline"] for a in chain), chain
+    if how == "sh {script}":   # the interpreter's script, found at exec time for the packs
+        assert any(a.get("script") == str(script) and a["path"].endswith("sh") for a in chain), chain
     assert str(script) in (row["parent_path"], row["parent_cmdline"].split()[-1])
     assert chain[0]["pid"] == row["parent"] and chain[0]["path"] == row["parent_path"]
     assert row["path"] == shutil.which("curl") and row["matched_by"] == "name"

@@ -60,3 +60,16 @@ def test_replay_loads_good_lines_and_exits_1_when_some_were_skipped(tmp_path: Pa
         assert [(r["utility"], r["pid"]) for r in store.select()] == [("netcat", 5), ("curl", 6)]
     assert main(["replay", str(tmp_path / "missing.jsonl"), "--store", str(store_path)]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_ancestors_get_the_script_an_interpreter_runs_as_enrichment_finds_it() -> None:
+    line = json.dumps({"utility": "curl", "ancestors": [
+        {"pid": 3, "path": "/usr/bin/dash", "cmdline": "sh -e /dev/shm/.x/run.sh --quiet"},
+        {"pid": 2, "path": "/usr/bin/python3.12", "cmdline": "/usr/bin/python3.12 -u -B /var/tmp/p.py"},
+        {"pid": 1, "path": "/usr/bin/bash", "cmdline": "-bash"},            # a login shell runs no script
+        {"pid": 0, "path": "/usr/bin/sh", "cmdline": "sh /opt/x.sh", "script": "as recorded"},
+    ]})
+    (row,) = jsonl.read([line]).rows
+    chain = json.loads(row["ancestors"])
+    assert [a.get("script") for a in chain] == ["/dev/shm/.x/run.sh", "/var/tmp/p.py", None, "as recorded"]
+    assert row["parent_cmdline"] == "sh -e /dev/shm/.x/run.sh --quiet"

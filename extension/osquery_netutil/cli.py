@@ -99,7 +99,7 @@ def _watch_store(args: argparse.Namespace, keep: contextlib.ExitStack) -> Store:
 
 def _watch(args: argparse.Namespace) -> int:
     # Plain watch judges each row once, by eid; --pack-intervals runs the packs as osquery would.
-    queries, errors = packs.load_each(args.packs, window=packs.WINDOW_S if args.pack_intervals else None)
+    queries, errors = packs.load_each(args.packs, by_cursor=not args.pack_intervals)
     if not queries:
         _say(errors[0] if errors else f"{args.packs}: no detections (.sql files) here: give --packs the packs directory")
         return 2

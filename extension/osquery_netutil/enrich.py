@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import time
 from collections import OrderedDict
 from functools import lru_cache
@@ -41,6 +42,19 @@ def text(raw: bytes) -> str:
 
 def cmdline(args: Iterable[bytes]) -> str:
     return " ".join(text(a) for a in args)
+
+
+# An interpreter's command line and the script it runs: sh /tmp/x.sh, bash -x /dev/shm/s,
+# python3 -u /var/tmp/p.py, sh -c '/tmp/x.sh arg' (the first word after the options).
+_INTERPRETED = re.compile(r"^[^ ]*\b(?:sh|bash|dash|zsh|ksh|busybox|python[0-9.]*|perl|ruby|php[0-9.]*|node) +(?:-[^ ]+ +)*([^ -][^ ]*)")
+
+
+def with_script(node: dict[str, Any]) -> dict[str, Any]:
+    """An ancestor with "script" added when it is an interpreter started on one: a fact
+    found once, at exec time, so that the packs compare it with LIKE instead of running
+    a regex over every ancestor of every row in every query."""
+    found = _INTERPRETED.match(str(node.get("cmdline") or ""))
+    return {**node, "script": found.group(1)} if found else node
 
 
 @lru_cache(maxsize=1024)
@@ -203,7 +217,7 @@ class Enricher:
             full = proc.argv()
             if full and full[: len(args) - 1] == args[:-1] and full[len(args) - 1].startswith(args[-1]):
                 args = full   # the same exec's argv, longer than the kernel kept
-        node = {"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid}
+        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid})
         return node, entry.ppid or proc.ppid()
 
     def _ancestor_from_proc(self, pid: int, ppid: int) -> tuple[dict[str, Any], int]:
@@ -215,7 +229,7 @@ class Enricher:
         if cached is not None and now - cached[0] < _PROC_CACHE_S:
             return cached[1], ppid or cached[2]
         proc = _ProcView(pid)
-        node = {"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()}
+        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()})
         parent = ppid or proc.ppid()
         if len(self._from_proc) >= _PATHS_REMEMBERED:
             self._from_proc.clear()

@@ -8,7 +8,7 @@ true to what enrichment would produce, a line may leave columns out and write
 * `time`: the replay time; `category`, `technique`: the catalog's for `utility`;
 * `json_cmdline`: the cmdline split on spaces; `argc`: its length;
 * `ip_args`, `public_ip_args`: computed from the arguments, as enrichment does;
-* `ancestors`: []; `parent_path`, `parent_cmdline`, `parent`: from the first ancestor;
+* `ancestors`: []; each ancestor's `script`: as enrichment finds it; `parent_path`, `parent_cmdline`, `parent`: from the first ancestor;
 * any other text '', any other number 0 (`matched_by`: 'name').
 
 A broken line is skipped and reported with its line number; the rest is loaded.
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, TextIO
 
 from .catalog import Catalog
+from .enrich import with_script
 from .ipargs import ip_columns
 from .schema import EXECS
 
@@ -88,6 +89,11 @@ def _fill_defaults(row: Row, now: int | None) -> None:
         chain = json.loads(row["ancestors"])
     except ValueError:
         raise ValueError("column 'ancestors' must hold a JSON array") from None
+    if not isinstance(chain, list):
+        raise ValueError("column 'ancestors' must hold a JSON array")
+    derived = [with_script(a) if isinstance(a, dict) and "script" not in a else a for a in chain]
+    if derived != chain:
+        row["ancestors"] = json.dumps(derived)
     parent = chain[0] if chain and isinstance(chain[0], dict) else {}
     default("parent_path", str(parent.get("path", "")))
     default("parent_cmdline", str(parent.get("cmdline", "")))

@@ -33,7 +33,7 @@ import yaml
 from . import faults, jsonl
 from .host import Host, QueryError
 from .locations import WRITABLE_DIRS
-from .schema import STATUS
+from .schema import EXECS, STATUS
 from .stdregex import RegexError, compile_ecmascript
 from .store import Store
 from .tables import ExecsTable, StatusTable
@@ -41,7 +41,7 @@ from .tables import ExecsTable, StatusTable
 PACKS_DIR = Path(__file__).resolve().parent.parent.parent / "packs"
 PACK_NAME = "netutil"
 MIN_OSQUERY = "5.0.0"          # SQLite >= 3.35 (MATERIALIZED), JSON1, regex_match
-WINDOW_S = 3600                # rows a scheduled run looks at (osquery, watch --pack-intervals)
+WINDOW_RUNS = 5                # a scheduled run looks at the rows of its last five intervals (packs.window_s)
 RECENT_BY_CURSOR = "eid > :after AND eid <= :upto"   # plain watch: the rows after the last judged eid
 DISCOVERY = "SELECT 1 FROM osquery_registry WHERE registry = 'table' AND name = 'network_utility_execs';"
 
@@ -81,9 +81,23 @@ class Query:
         return f"{self.path}:{self.body_line}"
 
     @property
+    def judges_rows(self) -> bool:
+        """Whether the query judges rows of network_utility_execs (not only the status)."""
+        return re.search(rf"\bFROM\s+{EXECS.name}\b", self.sql) is not None
+
+    @property
     def by_cursor(self) -> bool:
         """Whether the query judges the rows between the eids :after and :upto."""
         return RECENT_BY_CURSOR in self.sql
+
+
+def window_s(interval: int) -> int:
+    """Seconds of rows a scheduled run looks at: five intervals. osquery logs only the rows
+    that are new since the previous run (differential), so one interval would be enough
+    when every run happens; five survive up to four missed or late runs (a restart of
+    osqueryd, the schedule's splay, a run the watchdog stopped) and keep each run's cost
+    to five intervals of rows, not the whole store (bench/pack_cost.py)."""
+    return WINDOW_RUNS * interval
 
 
 def writable_values() -> str:
@@ -97,24 +111,26 @@ def _fragment(directory: Path, name: str) -> str:
     return "\n".join(lines).strip()
 
 
-def expand(source: str, directory: Path = PACKS_DIR, where: str = "", window: int | None = WINDOW_S) -> str:
+def expand(source: str, directory: Path = PACKS_DIR, where: str = "", recent: str = RECENT_BY_CURSOR) -> str:
     """source with every {{placeholder}} replaced; comment lines of fragments dropped.
-    window: seconds of rows a run judges; None: the eids between :after and :upto."""
+    recent: the condition on the rows a run judges."""
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "writable_dirs":
             return writable_values()
         if name == "recent":
-            return RECENT_BY_CURSOR if window is None else f"time > CAST(strftime('%s', 'now') AS INTEGER) - {int(window)}"
+            return recent
         if (directory / "lib" / f"{name}.sql").is_file():
-            return expand(_fragment(directory, name), directory, where, window)
+            return expand(_fragment(directory, name), directory, where, recent)
         known = sorted(p.stem for p in (directory / "lib").glob("*.sql"))
         raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs, recent or one of {', '.join(known)}")
     return _PLACEHOLDER.sub(replace, source)
 
 
-def parse(path: Path, directory: Path = PACKS_DIR, window: int | None = WINDOW_S) -> Query:
-    """One detection file. Raises PackError naming file:line and the fix."""
+def parse(path: Path, directory: Path = PACKS_DIR, by_cursor: bool = False) -> Query:
+    """One detection file, its SQL judging the rows of its window (as osquery schedules
+    it), or by_cursor those between the eids :after and :upto (plain `watch`). Raises
+    PackError naming file:line and the fix."""
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -155,7 +171,8 @@ def parse(path: Path, directory: Path = PACKS_DIR, window: int | None = WINDOW_S
         raise PackError(f"{path}:{body_start}: no SQL after the header")
     if _NOT_SYNTAX.sub(" ", source).strip().rstrip(";").count(";"):
         raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
-    sql = expand(source, directory, f"{path}:{body_start}", window)
+    recent = RECENT_BY_CURSOR if by_cursor else f"time > CAST(strftime('%s', 'now') AS INTEGER) - {window_s(int(interval))}"
+    sql = expand(source, directory, f"{path}:{body_start}", recent)
     return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
 
 
@@ -172,7 +189,7 @@ def load(directory: Path = PACKS_DIR) -> list[Query]:
     return [parse(p, directory) for p in sources(directory)]
 
 
-def load_each(directory: Path = PACKS_DIR, window: int | None = WINDOW_S) -> tuple[list[Query], list[str]]:
+def load_each(directory: Path = PACKS_DIR, by_cursor: bool = False) -> tuple[list[Query], list[str]]:
     """Every good detection, and an error line (file:line: why) for each bad file: one
     broken file must not stop the others."""
     queries, errors = [], []
@@ -182,7 +199,7 @@ def load_each(directory: Path = PACKS_DIR, window: int | None = WINDOW_S) -> tup
         return [], [str(exc)]
     for path in paths:
         try:
-            queries.append(parse(path, directory, window))
+            queries.append(parse(path, directory, by_cursor))
         except (PackError, OSError) as exc:
             errors.append(str(exc))
     return queries, errors
@@ -299,7 +316,7 @@ def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
     positive, negative = folder / "positive.jsonl", folder / "negative.jsonl"
     if not positive.is_file():
         return [f"{query.path}:1: no fixtures: add {positive} (rows it must report) and {negative} (rows it must not)"]
-    if not re.search(r"\bFROM\s+network_utility_execs\b", query.sql):   # a status query
+    if not query.judges_rows:   # a status query
         problems = []
         for expected, path in ((1, positive), (0, negative)):
             for row in _status_rows(path):

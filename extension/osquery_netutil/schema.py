@@ -69,7 +69,7 @@ EXECS = Table(
         Column("public_ip_args", "TEXT", "The subset of ip_args that is globally routable"),
         Column("parent_path", "TEXT", "The parent's executed file (a script's own path), captured at exec time"),
         Column("parent_cmdline", "TEXT", "The parent's arguments, captured at exec time"),
-        Column("ancestors", "TEXT", "JSON array, parent first, of {pid, path, cmdline, uid} up to init or 32 levels; \"base\": true on the host's own ancestors (those the sensor also descends from: init, osqueryd, a supervisor), which the packs do not count as evidence"),
+        Column("ancestors", "TEXT", "JSON array, parent first, of {pid, path, cmdline, uid, script} up to init or 32 levels (script: the script an interpreter was started on, as in sh /tmp/x.sh, when there is one); \"base\": true on the host's own ancestors (those the sensor also descends from: init, osqueryd, a supervisor), which the packs do not count as evidence"),
         Column("container_id", "TEXT", "Container id (docker, containerd/CRI, cri-o, podman) from the cgroup; '' on the host", indexed=True),
         Column("cgroup_path", "TEXT", "cgroup path of the process (the container's one on hybrid hosts)"),
     ),

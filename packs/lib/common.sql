@@ -1,8 +1,8 @@
 -- Shared by every detection: `WITH {{common}}` at the top of a query expands to these
 -- common table expressions. The packs command inlines them into the generated packs.
 
--- The rows a run judges, {{recent}}: in the packs, those of the last hour (they run every
--- few minutes and osquery logs only rows new since the previous run); in `watch`, the next
+-- The rows a run judges, {{recent}}: in the packs, those of the last five intervals (osquery
+-- logs only rows new since the previous run; five survive four missed runs); in `watch`, the next
 -- eids after the last judged one (each row judged once, whatever the rate). The
 -- constraint reaches the table's index; MATERIALIZED makes it one read of the table per
 -- query (every read is a thrift call in osquery).
@@ -13,19 +13,21 @@ recent AS MATERIALIZED (
 -- Writable directories, generated from extension/osquery_netutil/locations.py.
 writable(prefix) AS (VALUES {{writable_dirs}}),
 -- Each exec (depth 0) and each of its ancestors (depth 1 = parent), as recorded at exec time;
--- base = 1 for the host's own ancestors (those the sensor itself descends from).
-nodes AS (
-  SELECT eid, 0 AS depth, path, cmdline, 0 AS base FROM recent
+-- base = 1 for the host's own ancestors (those the sensor itself descends from), script =
+-- the script an interpreter was started on (sh /tmp/x.sh, python3 /dev/shm/p.py), if any.
+-- MATERIALIZED: expanded once per query, whichever CTEs read it.
+nodes AS MATERIALIZED (
+  SELECT eid, 0 AS depth, path, cmdline, 0 AS base, NULL AS script FROM recent
   UNION ALL
   SELECT r.eid, a.key + 1, json_extract(a.value, '$.path'), json_extract(a.value, '$.cmdline'),
-         coalesce(json_extract(a.value, '$.base'), 0)
+         coalesce(json_extract(a.value, '$.base'), 0), json_extract(a.value, '$.script')
   FROM recent r, json_each(r.ancestors) a
 ),
--- Per process: the script an interpreter was started on (sh /tmp/x.sh, python3 /dev/shm/p.py), if any.
-scripts AS (
-  SELECT n.*, regex_match(n.cmdline,
-      '^[^ ]*\b(sh|bash|dash|zsh|ksh|busybox|python[0-9.]*|perl|ruby|php[0-9.]*|node) +(-[^ ]+ +)*([^ -][^ ]*)', 3) AS script
-  FROM nodes n
+-- The same with each process's file name (/usr/sbin/nginx: nginx), so that packs compare
+-- names as strings: osquery compiles a regex at every call, and every ancestor of every
+-- row would add one.
+ancestors_named AS (
+  SELECT n.*, replace(n.path, rtrim(n.path, replace(n.path, '/', '')), '') AS name FROM nodes n
 ),
 -- Why a process is suspicious (NULL when it is not), and the file that makes it so. The
 -- host's base is not evidence: agents, supervisors and sandboxes are exec'd from memfds
@@ -43,7 +45,7 @@ located AS (
     CASE WHEN s.depth > 0 AND EXISTS (SELECT 1 FROM writable w WHERE s.script LIKE w.prefix || '%')
               AND NOT EXISTS (SELECT 1 FROM writable w WHERE s.path LIKE w.prefix || '%')
          THEN s.script ELSE s.path END AS place
-  FROM scripts s
+  FROM nodes s
 ),
 -- Per exec, the suspicious process closest to it (the utility itself, else the nearest ancestor).
 suspicious AS (
@@ -74,9 +76,14 @@ excepted AS (
 local_only AS (
   SELECT eid FROM recent
   WHERE category <> 'dns' AND (ip_args <> '' OR cmdline LIKE '%localhost%')
-    AND regex_match(',' || ip_args || ',', ',(?!127\.|::1,)[^,]+', 0) IS NULL
-    AND regex_match(cmdline, '://(?!localhost[:/]|localhost$|127\.|\[::1\])', 0) IS NULL
-    AND regex_match(cmdline, '@(?!localhost|127\.|\[?::1)[A-Za-z0-9]', 0) IS NULL
+    -- No IP argument but loopback: no item of ip_args starts other than 127. or is other
+    -- than ::1. GLOBs and LIKEs before any regex: osquery compiles a regex at every call.
+    AND NOT (',' || ip_args || ',' GLOB '*,[^1:,]*' OR ',' || ip_args || ',' GLOB '*,1[^2]*'
+             OR ',' || ip_args || ',' GLOB '*,12[^7]*' OR ',' || ip_args || ',' GLOB '*,127[^.]*'
+             OR ',' || ip_args || ',' GLOB '*,:[^:]*' OR ',' || ip_args || ',' GLOB '*,::[^1]*'
+             OR ',' || ip_args || ',' GLOB '*,::1[^,]*')
+    AND (cmdline NOT LIKE '%://%' OR regex_match(cmdline, '://(?!localhost[:/]|localhost$|127\.|\[::1\])', 0) IS NULL)
+    AND (cmdline NOT LIKE '%@%' OR regex_match(cmdline, '@(?!localhost|127\.|\[?::1)[A-Za-z0-9]', 0) IS NULL)
 ),
 -- What a triager needs, for every exec that is not excepted.
 report AS (
