@@ -1,10 +1,12 @@
 """Build dist/osquery-netutil.ext: one executable file that osquery can autoload.
 
-A zipapp holding the osquery_netutil package, the eBPF C source and the pure-Python
-parts of its dependencies, copied from the installed environment (so building needs no
-network). It runs on the host's Debian/Ubuntu Python, where python3-bpfcc provides bcc:
-`#!/usr/bin/python3` unless --python says otherwise. Compiled speed-ups of thrift and
-PyYAML cannot load from a zip; both fall back to their pure-Python code.
+A zipapp holding the osquery_netutil package, the eBPF C source and the pure-Python parts
+of its dependencies, copied from the installed environment (so building needs no
+network). It runs on the host's Debian/Ubuntu Python, where python3-bpfcc provides bcc
+(and python3-apsw the command's SQLite): `#!/usr/bin/python3` unless --python says
+otherwise. Compiled speed-ups of thrift and PyYAML cannot load from a zip; both fall back
+to their pure-Python code. The same file is the `osquery-netutil` command when run under
+that name or with a command first (launcher.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("osquery_netutil", "osquery", "thrift", "yaml", "future")
-MAIN = "import sys\nfrom osquery_netutil.extension import main\nsys.exit(main())\n"
+MAIN = "import sys\nfrom osquery_netutil.launcher import main\nsys.exit(main())\n"
 
 
 def _ignore(_dir: str, names: list[str]) -> set[str]:

@@ -128,3 +128,31 @@ def test_watch_without_root_exits_with_the_cause(capsys: pytest.CaptureFixture[s
         os.seteuid(0)
     assert code == 2
     assert "needs root: run as root" in capsys.readouterr().err
+
+
+def test_watch_takes_the_shared_flag_file_and_the_command_line_wins(place: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    need(None if os.geteuid() == 0 else "watch needs root")
+    flags = place / "netutil.flags"
+    flags.write_text(f"# the extension's too\n--packs={place}/from-the-file\n--verbose\n--timeout 3\n--max-rows=5000\n")
+    flags.chmod(0o600)
+    assert main(["watch", "--flagfile", str(flags)]) == 2   # no detections there: stops before the probe
+    err = capsys.readouterr().err
+    assert f"{place}/from-the-file: cannot read the pack directory" in err
+    assert "ignoring what watch does not take in the flag file: --verbose --timeout 3" in err
+    assert main(["watch", "--flagfile", str(flags), "--packs", str(place / "from-the-command-line")]) == 2
+    assert f"{place}/from-the-command-line: cannot read" in capsys.readouterr().err
+    flags.chmod(0o666)   # anyone could choose where root writes: ignored, said
+    assert main(["watch", "--flagfile", str(flags), "--packs", str(place / "x")]) == 2
+    assert "ignoring the flag file" in capsys.readouterr().err
+
+
+def test_the_one_file_build_is_the_command_under_its_name(ext_file: str, place: Path) -> None:
+    command = place / "osquery-netutil"
+    command.symlink_to(ext_file)
+    version = subprocess.run([str(command), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("osquery-netutil 0.")
+    query = subprocess.run([ext_file, "query", "SELECT 6 * 7 AS answer", "--store", str(place / "none.db")],
+                           capture_output=True, text=True, timeout=60)
+    assert query.returncode == 0 and "42" in query.stdout, query.stderr
+    extension = subprocess.run([ext_file, "--help"], capture_output=True, text=True, timeout=60)
+    assert extension.returncode == 0 and "--socket" in extension.stdout

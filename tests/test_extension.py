@@ -237,3 +237,14 @@ def test_the_extension_leaves_within_its_interval_when_osquery_goes(ext_file: st
     manager.stop()
     assert proc.wait(timeout=15) == 0
     assert time.monotonic() - gone < 1 + 3, "more than --interval (1 s) and a flush"
+
+
+def test_a_flag_file_at_the_former_place_is_named_not_silently_dropped(monkeypatch: pytest.MonkeyPatch, place: Path) -> None:
+    from osquery_netutil import flagfile
+    monkeypatch.setattr(flagfile, "FORMER", place / "netutil.flags")
+    (place / "netutil.flags").write_text("--max-rows=5\n")
+    warnings: list[str] = []
+    assert flagfile.read(place / "new" / "netutil.flags", warnings.append) == [] and warnings == []   # not the default
+    monkeypatch.setattr(flagfile, "DEFAULT", place / "new" / "netutil.flags")
+    assert flagfile.read(flagfile.DEFAULT, warnings.append) == []
+    assert warnings == [f"{place}/netutil.flags is not read any more: move it to {place}/new/netutil.flags"]

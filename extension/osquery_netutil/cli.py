@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, faults, jsonl, packs, safety
+from . import __version__, faults, flagfile, jsonl, packs, safety
 from .catalog import Catalog, load_in_force
 from .enrich import Row
 from .host import Host, QueryError
 from .output import render
+from .resultlog import ResultLog
 from .runner import Cursor, PackRunner, readable
 from .locations import WRITABLE_DIRS
 from .probe import NEEDS_ROOT, ProbeError, probe_mode_option
@@ -113,6 +114,7 @@ def _watch(args: argparse.Namespace) -> int:
         except StoreError as exc:
             _say(f"{exc} (or run with --no-store)")
             return 2
+        emit = _emitter(args, keep, by_name, fmt)
 
         def ticker(sensor: Sensor) -> Callable[[], None]:
             host = Host([ExecsTable(lambda: store), StatusTable(sensor.status)])
@@ -131,13 +133,55 @@ def _watch(args: argparse.Namespace) -> int:
                 store.mark_detected(int(line["columns"]["eid"]) for line in lines if line["columns"].get("eid")
                                     and by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")].severity not in HUNTING)
                 for line in lines:
-                    query = by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")]
-                    print(json.dumps(line) if fmt == "json" else readable(line, query, colour=sys.stdout.isatty()), flush=True)
+                    emit(line)
             return tick
 
         _say(f"running {len(queries)} detections from {args.packs} "
              + ("at their own intervals" if args.pack_intervals else f"every {args.every:g} s"))
         return _run_sensor(args, store, None, ticker)
+
+
+def _emitter(args: argparse.Namespace, keep: contextlib.ExitStack, by_name: dict[str, packs.Query],
+             fmt: str) -> Callable[[dict], None]:
+    """Where watch puts each result line: the --log file (reopened on SIGHUP), else stdout.
+    A line the file refuses (a full disk) goes to stdout instead, with one warning: a
+    detection is never dropped."""
+    def show(line: dict) -> None:
+        query = by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")]
+        print(json.dumps(line) if fmt == "json" else readable(line, query, colour=sys.stdout.isatty()), flush=True)
+
+    if args.pidfile is not None:
+        args.pidfile.write_text(f"{os.getpid()}\n")
+        keep.callback(args.pidfile.unlink, missing_ok=True)
+    if args.log is None:
+        return show
+    log = ResultLog(args.log)
+    keep.callback(log.close)
+    log.reopen_on_sighup()
+    failing = []
+
+    def write(line: dict) -> None:
+        try:
+            log.write(line)
+            failing.clear()
+        except OSError as exc:
+            if not failing:
+                _say(f"cannot write to {args.log} ({faults.cause(exc)}): detections go to stdout until it can")
+            failing.append(exc)
+            show(line)
+    return write
+
+
+def _file_flags(watch: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """watch's flags from --flagfile (the extension's file): those watch does not take
+    (osquery's --verbose, say) are ignored with a warning."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT)
+    flags = flagfile.read(pre.parse_known_args(argv)[0].flagfile, _say)
+    unknown = watch.parse_known_args(flags)[1]
+    if unknown:
+        _say(f"ignoring what watch does not take in the flag file: {' '.join(unknown)}")
+    return [f for f in flags if f not in unknown]
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -274,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--pack-intervals", action="store_true", help="run each detection at its pack interval instead")
     watch.add_argument("--format", choices=("auto", "json", "text"), default="auto",
                        help="json: osquery result-log lines; text: one readable line each (auto: text on a terminal)")
+    watch.add_argument("--log", type=Path, metavar="FILE",
+                       help="append result-log lines (JSON) to FILE instead of stdout; SIGHUP reopens it (logrotate)")
+    watch.add_argument("--pidfile", type=Path, metavar="FILE", help="write watch's pid to FILE (for logrotate's postrotate)")
+    watch.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT,
+                       help=f"file of flags, shared with the extension (default {flagfile.DEFAULT}); the command line wins")
     record = sub.add_parser("record", help="run the probe and append each row as a JSON line to a file")
     record.add_argument("output", type=Path, help="JSON Lines file to append to")
     _sensor_options(record)
@@ -294,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         modes.add_argument("--csv", dest="mode", action="store_const", const="csv", help="CSV with a header line")
         modes.add_argument("--line", dest="mode", action="store_const", const="line", help="one column per line")
         p.set_defaults(mode="pretty")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["watch"]:
+        try:
+            argv = ["watch", *_file_flags(watch, argv[1:]), *argv[1:]]
+        except OSError as exc:
+            _say(f"flag file: {faults.explain(exc)}")
+            return 2
     args = parser.parse_args(argv)
     commands = {"watch": _watch, "record": _record, "replay": _replay, "query": _query, "shell": _shell, "packs": _packs}
     # Faults in the order a user fixes them: privileges first, then what each command

@@ -31,7 +31,7 @@ from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
 from thrift.transport import TSocket, TTransport
 
-from . import __version__, faults, safety
+from . import __version__, faults, flagfile
 from .catalog import load_in_force
 from .probe import ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
@@ -39,7 +39,6 @@ from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, Sto
 from .tables import ExecsTable, StatusTable, TablePlugin
 
 NAME = "netutil"                 # what --extensions_require names
-FLAGFILE = Path("/etc/osquery/netutil.flags")
 _CHUNK = 1 << 18   # bytes of a reply sent at a time
 SDK_VERSION = "5.0.0"
 MIN_SDK_VERSION = "1.8.0"
@@ -50,34 +49,15 @@ def log(message: str) -> None:
     print(f"osquery-netutil extension: {message}", file=sys.stderr, flush=True)
 
 
-def read_flagfile(path: Path) -> list[str]:
-    """Our flags from a file, one per line ('#' comments), the way osquery's --flagfile
-    works: osquery starts autoloaded extensions with its own flags only. The file must
-    be root's and not writable by others, or it is ignored with a warning."""
-    if not path.exists():
-        return []
-    try:
-        safety.check(path, "flag file")
-    except safety.UnsafeFile as exc:
-        log(f"ignoring the flag file: {exc}")
-        return []
-    flags: list[str] = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            flags.extend(line.split(None, 1) if " " in line and "=" not in line else [line])
-    return flags
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """osquery's flags and ours (flagfile first, then the command line, which wins).
     Flags a newer osquery may add are ignored with a warning."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--flagfile", type=Path, default=FLAGFILE)
+    pre.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT)
     known, _ = pre.parse_known_args(list(argv))
-    argv = [*read_flagfile(known.flagfile), *argv]
+    argv = [*flagfile.read(known.flagfile, log), *argv]
     parser = argparse.ArgumentParser(prog="osquery-netutil.ext", description="osquery extension: network_utility_execs")
-    parser.add_argument("--flagfile", type=Path, default=FLAGFILE, help=f"file of extra flags (default {FLAGFILE})")
+    parser.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT, help=f"file of extra flags (default {flagfile.DEFAULT})")
     parser.add_argument("--socket", default=DEFAULT_SOCKET_PATH, help="osquery's extension manager socket")
     parser.add_argument("--timeout", type=float, default=3, help="seconds to wait for the socket")
     parser.add_argument("--interval", type=float, default=3, help="seconds between pings of osquery")
