@@ -77,12 +77,37 @@ def test_generated_formats_load_as_osquery_and_fleet_expect() -> None:
         entry = pack["queries"][q.name]
         assert entry["query"] == q.sql and entry["interval"] == q.interval and entry["snapshot"] == (q.logging == "snapshot")
         assert not q.name.startswith(("query", "cache")) and "\n#" not in entry["query"] and "\n//" not in entry["query"]
-    reports = yaml.safe_load(files["fleet-reports.yml"])["reports"]
-    assert [r["name"] for r in reports] == [q.name for q in QUERIES]
-    assert all(r["logging"] in packs.LOGGING and r["query"] == q.sql for r, q in zip(reports, QUERIES))
-    docs = list(yaml.safe_load_all(files["fleetctl-apply.yml"]))
-    assert {d["kind"] for d in docs} == {"report"} and {d["apiVersion"] for d in docs} == {"v1"}
-    assert [d["spec"]["name"] for d in docs] == [q.name for q in QUERIES]
+
+# The fields of fleetctl's query/report spec (fleet's QuerySpec: the same before and after
+# the rename of queries to reports), and their types; name and query are required.
+FLEET_FIELDS = {"name": str, "query": str, "description": str, "interval": int, "platform": str, "logging": str,
+                "observer_can_run": bool, "automations_enabled": bool, "min_osquery_version": str, "discard_data": bool}
+
+
+def _check_fleet_items(items: list[dict], file: str) -> None:
+    assert [i["name"] for i in items] == [q.name for q in QUERIES], file
+    for item, q in zip(items, QUERIES):
+        assert set(item) <= set(FLEET_FIELDS) and {"name", "query"} <= set(item), (file, sorted(set(item) - set(FLEET_FIELDS)))
+        assert all(isinstance(item[k], FLEET_FIELDS[k]) for k in item), (file, item["name"])
+        assert item["query"] == q.sql and item["interval"] == q.interval and item["logging"] in packs.LOGGING
+        assert item["platform"] == "linux" and item["automations_enabled"] == (q.severity in ("high", "critical"))
+
+
+@pytest.mark.parametrize(("file", "key", "since_rename"), [
+    ("fleet-reports.yml", "reports", True), ("fleet-queries.yml", "queries", False),
+    ("fleetctl-apply.yml", "report", True), ("fleetctl-apply-queries.yml", "query", False)])
+def test_fleet_files_hold_what_each_fleet_generation_reads(file: str, key: str, since_rename: bool) -> None:
+    text = packs.generated(QUERIES)[file]
+    assert ("since queries were renamed to reports" if since_rename else "from before queries were renamed") in text
+    if file.startswith("fleetctl"):
+        docs = list(yaml.safe_load_all(text))
+        assert {d["kind"] for d in docs} == {key} and {d["apiVersion"] for d in docs} == {"v1"}
+        assert all(set(d) == {"apiVersion", "kind", "spec"} for d in docs)
+        _check_fleet_items([d["spec"] for d in docs], file)
+    else:
+        loaded = yaml.safe_load(text)
+        assert list(loaded) == [key]   # GitOps: `reports:` on a renamed Fleet, `queries:` before
+        _check_fleet_items(loaded[key], file)
 
 
 GOOD_HEADER = "-- description: x\n-- interval: 60\n-- platform: linux\n-- technique: T1105\n-- logging: snapshot\n-- severity: high\n"
