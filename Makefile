@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup watch test bench ext
+.PHONY: setup watch test bench ext deb
 
 setup:
 	bash scripts/setup.sh
@@ -23,8 +23,13 @@ bench:
 	$(PY) bench/extension_bench.py
 	$(PY) bench/syscall_tax.py
 	$(PY) bench/judge_rate.py
+	$(PY) bench/pack_cost.py
 	$(PY) bench/report.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext
 ext: setup
 	$(PY) scripts/build_ext.py
+
+# The Debian package: dist/osquery-netutil_<version>_all.deb (install: apt install ./dist/osquery-netutil_*.deb)
+deb: setup
+	$(PY) scripts/build_deb.py

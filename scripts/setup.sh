@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 # --bench: also what `make bench` compares against (bpftrace, auditd, a static libc for
-# the C test binary) and plots with (matplotlib).
+# the C test binary, g++ and SQLite's headers for osquery's regex_match in C++) and plots with
+# (matplotlib).
 BENCH=0
 [ "${1:-}" = "--bench" ] && BENCH=1
 PYTHON=${PYTHON:-python3}
@@ -24,15 +25,18 @@ command -v apt-get >/dev/null || die "apt-get not found: this set-up supports De
 
 # --- Debian packages ------------------------------------------------------------------
 # bcc from Debian (PyPI's 'bcc' is an unrelated package), the network utilities the probe
-# tests really run, and bpftool (the tests check our BTF offsets against it).
+# tests really run, bpftool (the tests check our BTF offsets against it), and what the
+# Debian package depends on (python3-apsw) and is checked with (lintian, logrotate, man-db
+# for the unit's Documentation=; tests/test_package.py).
 PACKAGES=(
-  python3-bpfcc
+  python3-bpfcc python3-apsw
   netcat-openbsd ncat socat curl wget dnsutils iputils-ping telnet whois
   openssh-client rsync nmap openssl
   procps util-linux iproute2
   bpftool
+  lintian logrotate man-db
 )
-[ "$BENCH" -eq 0 ] || PACKAGES+=(bpftrace auditd gcc libc6-dev)
+[ "$BENCH" -eq 0 ] || PACKAGES+=(bpftrace auditd gcc libc6-dev g++ libsqlite3-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -312,13 +312,15 @@ class Host:
     """An in-memory SQLite with the given tables and osquery's functions."""
 
     def __init__(self, plugins: Iterable[TablePlugin]) -> None:
+        # APSW's original method names: Debian bookworm's python3-apsw (3.40, what the
+        # package runs on) has only those; later APSW keeps them beside the new ones.
         self.db = apsw.Connection(":memory:")
         for name, (function, nargs) in FUNCTIONS.items():
-            self.db.create_scalar_function(name, function, nargs, deterministic=True)
+            self.db.createscalarfunction(name, function, nargs, deterministic=True)
         self.tables: dict[str, Table] = {}
         for plugin in plugins:
             name = plugin.table.name
-            self.db.create_module(name, _Module(plugin))
+            self.db.createmodule(name, _Module(plugin))
             self.db.execute(f'CREATE VIRTUAL TABLE main."{name}" USING "{name}"')
             self.tables[name] = plugin.table
 
@@ -328,7 +330,7 @@ class Host:
         try:
             cursor = self.db.cursor().execute(sql, bindings)
             try:
-                columns = [d[0] for d in cursor.get_description()]
+                columns = [d[0] for d in cursor.getdescription()]
             except apsw.ExecutionCompleteError:   # a statement that returns nothing
                 columns = []
             rows = list(cursor)
