@@ -7,13 +7,17 @@
 WITH {{common}},
 shapes AS MATERIALIZED (   -- the CASE once per row, not again for each use of its result
   SELECT r.eid, CASE
-      WHEN r.utility IN ('netcat', 'ncat', 'cryptcat', 'pwncat', 'sbd')
+      -- (each regex behind a LIKE or GLOB that most rows fail: osquery compiles a regex at every call)
+      WHEN r.utility IN ('netcat', 'ncat', 'cryptcat', 'pwncat', 'sbd') AND r.cmdline GLOB '*-*[ec]*'
            AND regex_match(r.cmdline, '(^| )-[A-Za-z]*[ec]( |$|/)', 0) IS NOT NULL THEN 'executes a program for the connection (-e/-c)'
-      WHEN r.utility = 'ncat' AND regex_match(r.cmdline, ' --(sh-exec|exec|lua-exec)', 0) IS NOT NULL THEN 'executes a program for the connection (--exec)'
-      WHEN r.utility = 'socat' AND regex_match(upper(r.cmdline), '(^| |,|!!)(EXEC|SYSTEM):', 0) IS NOT NULL THEN 'connects a program to the socket (EXEC:/SYSTEM:)'
-      WHEN r.utility IN ('netcat', 'ncat') AND regex_match(r.cmdline, '(^| )-[A-Za-z]*l', 0) IS NOT NULL
+      WHEN r.utility = 'ncat' AND r.cmdline LIKE '% --%exec%' AND regex_match(r.cmdline, ' --(sh-exec|exec|lua-exec)', 0) IS NOT NULL THEN 'executes a program for the connection (--exec)'
+      WHEN r.utility = 'socat' AND (r.cmdline LIKE '%exec:%' OR r.cmdline LIKE '%system:%')
+           AND regex_match(upper(r.cmdline), '(^| |,|!!)(EXEC|SYSTEM):', 0) IS NOT NULL THEN 'connects a program to the socket (EXEC:/SYSTEM:)'
+      WHEN r.utility IN ('netcat', 'ncat') AND r.cmdline GLOB '*-*l*' AND regex_match(r.cmdline, '(^| )-[A-Za-z]*l', 0) IS NOT NULL
            AND r.eid IN (SELECT eid FROM suspicious) THEN 'listens, launched from a suspicious location'
-      WHEN r.utility IN ('netcat', 'ncat', 'telnet', 'socat', 'openssl') AND regex_match(r.parent_cmdline, '\|\s*(/bin/|/usr/bin/)?(ba|da|z|k)?sh( |$|\|)|mkfifo|mknod .* p', 0) IS NOT NULL
+      WHEN r.utility IN ('netcat', 'ncat', 'telnet', 'socat', 'openssl')
+           AND (r.parent_cmdline LIKE '%|%' OR r.parent_cmdline LIKE '%mkfifo%' OR r.parent_cmdline LIKE '%mknod%')
+           AND regex_match(r.parent_cmdline, '\|\s*(/bin/|/usr/bin/)?(ba|da|z|k)?sh( |$|\|)|mkfifo|mknod .* p', 0) IS NOT NULL
            THEN 'part of a shell pipeline (reverse shell)'
     END AS shape
   FROM report r

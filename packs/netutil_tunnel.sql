@@ -8,8 +8,10 @@ WITH {{common}},
 tunnels AS MATERIALIZED (   -- the CASE once per row, not again for each use of its result
   SELECT r.eid, CASE
       WHEN r.category = 'tunnel' THEN 'a tunnelling tool'
-      WHEN r.utility = 'ssh' AND regex_match(r.cmdline, '(^| )-[A-Za-z]*[RLDw]( |$|[0-9])', 0) IS NOT NULL THEN 'ssh port forwarding (-R/-L/-D/-w)'
-      WHEN r.utility = 'socat' AND regex_match(upper(r.cmdline), '[A-Z0-9]*-LISTEN:', 0) IS NOT NULL
+      -- (each regex behind a GLOB or LIKE that most rows fail: osquery compiles a regex at every call)
+      WHEN r.utility = 'ssh' AND r.cmdline GLOB '*-*[RLDw]*'
+           AND regex_match(r.cmdline, '(^| )-[A-Za-z]*[RLDw]( |$|[0-9])', 0) IS NOT NULL THEN 'ssh port forwarding (-R/-L/-D/-w)'
+      WHEN r.utility = 'socat' AND r.cmdline LIKE '%-listen:%' AND regex_match(upper(r.cmdline), '[A-Z0-9]*-LISTEN:', 0) IS NOT NULL
            AND regex_match(upper(r.cmdline), ' (TCP|TCP4|TCP6|UDP|OPENSSL|SOCKS4A?|PROXY)[46]?:', 0) IS NOT NULL THEN 'socat relaying a listener to a remote address'
     END AS how
   FROM report r

@@ -29,23 +29,30 @@ nodes AS MATERIALIZED (
 ancestors_named AS (
   SELECT n.*, replace(n.path, rtrim(n.path, replace(n.path, '/', '')), '') AS name FROM nodes n
 ),
--- Why a process is suspicious (NULL when it is not), and the file that makes it so. The
+-- Per process that can be evidence, whether its file, and the script it was started on,
+-- sit in a writable directory: each found once (MATERIALIZED), then read twice below. The
 -- host's base is not evidence: agents, supervisors and sandboxes are exec'd from memfds
 -- and odd places, and everything on the host descends from them; nor is a container
 -- runtime's re-exec of itself from a sealed memfd.
+placed AS MATERIALIZED (
+  SELECT n.eid, n.depth, n.path, n.script,
+         EXISTS (SELECT 1 FROM writable w WHERE n.path LIKE w.prefix || '%') AS in_writable,
+         n.depth > 0 AND n.script IS NOT NULL
+           AND EXISTS (SELECT 1 FROM writable w WHERE n.script LIKE w.prefix || '%') AS script_in_writable
+  FROM nodes n
+  WHERE n.base = 0 AND n.path NOT LIKE '/memfd:runc_cloned%'
+),
+-- Why a process is suspicious (NULL when it is not), and the file that makes it so.
 located AS (
   SELECT s.eid, s.depth, CASE
-      WHEN s.base = 1 OR s.path LIKE '/memfd:runc_cloned%' THEN NULL
-      WHEN EXISTS (SELECT 1 FROM writable w WHERE s.path LIKE w.prefix || '%') THEN 'writable directory'
-      WHEN s.depth > 0 AND EXISTS (SELECT 1 FROM writable w WHERE s.script LIKE w.prefix || '%') THEN 'script in a writable directory'
+      WHEN s.in_writable THEN 'writable directory'
+      WHEN s.script_in_writable THEN 'script in a writable directory'
       WHEN s.path LIKE '/dev/fd/%' OR s.path LIKE '/proc/%/fd/%' OR s.path LIKE '/memfd:%' THEN 'fd or memfd'
       WHEN s.path LIKE '% (deleted)' THEN 'deleted file'
       WHEN s.path <> '' AND s.path NOT LIKE '/%' THEN 'relative path'
     END AS reason,
-    CASE WHEN s.depth > 0 AND EXISTS (SELECT 1 FROM writable w WHERE s.script LIKE w.prefix || '%')
-              AND NOT EXISTS (SELECT 1 FROM writable w WHERE s.path LIKE w.prefix || '%')
-         THEN s.script ELSE s.path END AS place
-  FROM nodes s
+    CASE WHEN s.script_in_writable AND NOT s.in_writable THEN s.script ELSE s.path END AS place
+  FROM placed s
 ),
 -- Per exec, the suspicious process closest to it (the utility itself, else the nearest ancestor).
 suspicious AS (
@@ -63,9 +70,11 @@ lineage AS (
 ),
 -- Exceptions the peers found necessary for every detection. Add yours here: one SELECT of
 -- eids per reason.
+-- (Over the row's own text and its ancestors' JSON: expanding every ancestor costs each
+-- query that needs no ancestor more than the rest of its work.)
 excepted AS (
   -- Ubuntu's motd-news job fetches https://motd.ubuntu.com with curl (Datadog's exception).
-  SELECT eid FROM nodes WHERE path LIKE '%/50-motd-news' OR cmdline LIKE '%50-motd-news%'
+  SELECT eid FROM recent WHERE cmdline LIKE '%50-motd-news%' OR ancestors LIKE '%50-motd-news%'
 ),
 -- Execs whose arguments name only this host: loopback IPs or localhost, nothing else. This
 -- exception is for health checks (load balancers' and orchestrators' nc -z, curl of a local
