@@ -14,7 +14,8 @@ detection is timed three ways:
   regex_match in C++ as osquery has it (bench/osquery_functions.cpp, built here): the
   osqueryd worker's share, the one its watchdog measures;
 * extension: the plugin answering osquery's generate for the window (store read, rows
-  serialized with thrift's binary protocol): the extension's share per query.
+  encoded in thrift's binary protocol as the extension sends them): the extension's share
+  per query.
 
 Then the CPU per hour of the whole schedule at 1,000 / 10,000 / 100,000 rows an hour:
 each query's runs per hour times its cost at the rows its window then holds (linear
@@ -37,10 +38,9 @@ from typing import Any, Callable
 
 import apsw
 from common import ROOT, WORK, save
-from thrift.protocol import TBinaryProtocol
-from thrift.transport import TTransport
 
 from osquery_netutil import jsonl, packs
+from osquery_netutil.extension import write_call_result
 from osquery_netutil.host import Host
 from osquery_netutil.schema import EXECS
 from osquery_netutil.store import Store
@@ -80,11 +80,12 @@ def best(run: Callable[[], Any], repeat: int) -> float:
 
 
 def serialized(table: ExecsTable, context: dict[str, Any]) -> int:
-    """The extension's answer to one generate, written as thrift sends it; its size."""
+    """The extension's answer to one generate, encoded as the extension sends it over
+    thrift (write_call_result, streamed from the store); its size."""
     response = table.call({"action": "generate", "context": json.dumps(context)})
-    buffer = TTransport.TMemoryBuffer()
-    response.write(TBinaryProtocol.TBinaryProtocol(buffer))
-    return len(buffer.getvalue())
+    sent = []
+    write_call_result(response, lambda piece: sent.append(len(piece)))
+    return sum(sent)
 
 
 def measure(count: int, queries: list[packs.Query], library: Path) -> dict[str, dict[str, float]]:

@@ -202,8 +202,8 @@ def pack_cost_section(data: dict[str, Any]) -> list[str]:
              "Seconds per run of each detection with N rows in its window (the packs' fixture rows, repeated): "
              "*embedded* is the embedded host (table read through the plugin, functions in Python); *osqueryd* the same "
              "SQL in plain SQLite with regex_match in C++ compiled at every call, as osquery does (the worker's share); "
-             "*extension* the plugin answering osquery's generate for the window, serialized with thrift (the "
-             "extension's share).", "",
+             "*extension* the plugin answering osquery's generate for the window, encoded for thrift as the "
+             "extension sends it (the extension's share).", "",
              "| detection | " + " | ".join(f"embedded {int(n):,} | osqueryd {int(n):,}" for n in sizes)
              + f" | extension {int(sizes[-1]):,} |",
              "|---|" + "---:|" * (2 * len(sizes) + 1)]

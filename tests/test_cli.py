@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from osquery_netutil import packs
-from osquery_netutil.cli import main
+from osquery_netutil.cli import _file_flags, main
 from osquery_netutil.store import Store
 
 from .conftest import need, probe_unavailable
@@ -133,12 +134,13 @@ def test_watch_without_root_exits_with_the_cause(capsys: pytest.CaptureFixture[s
 def test_watch_takes_the_shared_flag_file_and_the_command_line_wins(place: Path, capsys: pytest.CaptureFixture[str]) -> None:
     need(None if os.geteuid() == 0 else "watch needs root")
     flags = place / "netutil.flags"
-    flags.write_text(f"# the extension's too\n--packs={place}/from-the-file\n--verbose\n--timeout 3\n--max-rows=5000\n")
+    flags.write_text(f"# the extension's too\n--packs={place}/from-the-file\n--verbose\n--timeout 3\n--every 3\n")
     flags.chmod(0o600)
     assert main(["watch", "--flagfile", str(flags)]) == 2   # no detections there: stops before the probe
     err = capsys.readouterr().err
     assert f"{place}/from-the-file: cannot read the pack directory" in err
     assert "ignoring what watch does not take in the flag file: --verbose --timeout 3" in err
+    assert _file_flags_kept(flags) == [f"--packs={place}/from-the-file", "--every", "3"]   # the other 3 stays
     assert main(["watch", "--flagfile", str(flags), "--packs", str(place / "from-the-command-line")]) == 2
     assert f"{place}/from-the-command-line: cannot read" in capsys.readouterr().err
     flags.chmod(0o666)   # anyone could choose where root writes: ignored, said
@@ -156,3 +158,11 @@ def test_the_one_file_build_is_the_command_under_its_name(ext_file: str, place: 
     assert query.returncode == 0 and "42" in query.stdout, query.stderr
     extension = subprocess.run([ext_file, "--help"], capture_output=True, text=True, timeout=60)
     assert extension.returncode == 0 and "--socket" in extension.stdout
+
+
+def _file_flags_kept(flags: Path) -> list[str]:
+    """The flags a parser that takes --packs and --every keeps from the file."""
+    watch = argparse.ArgumentParser()
+    watch.add_argument("--packs")
+    watch.add_argument("--every")
+    return _file_flags(watch, ["--flagfile", str(flags)])

@@ -181,7 +181,13 @@ def _file_flags(watch: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     unknown = watch.parse_known_args(flags)[1]
     if unknown:
         _say(f"ignoring what watch does not take in the flag file: {' '.join(unknown)}")
-    return [f for f in flags if f not in unknown]
+    kept, at = [], 0   # unknown is in the file's order: drop those tokens, not others that look the same
+    for token in flags:
+        if at < len(unknown) and token == unknown[at]:
+            at += 1
+        else:
+            kept.append(token)
+    return kept
 
 
 def _record(args: argparse.Namespace) -> int:
