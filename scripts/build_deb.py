@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -109,6 +108,7 @@ def stage(tree: Path) -> None:
 def control(tree: Path, version: str) -> None:
     debian = tree / "DEBIAN"
     debian.mkdir()
+    debian.chmod(0o755)   # dpkg-deb refuses other modes
     size = sum(p.lstat().st_size for p in tree.rglob("*") if not p.is_dir()) // 1024 + 1
     (debian / "control").write_text(CONTROL.format(version=version, size=size))
     (debian / "conffiles").write_text("".join(f"{c}\n" for c in CONFFILES))
@@ -134,7 +134,7 @@ def build(output_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="netutil-deb-") as tmp:
         tree = Path(tmp) / "root"
         tree.mkdir()
-        os.umask(0o022)
+        tree.chmod(0o755)   # the package's "./", whatever the umask
         stage(tree)
         control(tree, __version__)
         subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(tree), str(output)],

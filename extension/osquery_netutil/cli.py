@@ -115,6 +115,9 @@ def _watch(args: argparse.Namespace) -> int:
             _say(f"{exc} (or run with --no-store)")
             return 2
         emit = _emitter(args, keep, by_name, fmt)
+        if args.pidfile is not None:
+            args.pidfile.write_text(f"{os.getpid()}\n")
+            keep.callback(args.pidfile.unlink, missing_ok=True)
 
         def ticker(sensor: Sensor) -> Callable[[], None]:
             host = Host([ExecsTable(lambda: store), StatusTable(sensor.status)])
@@ -150,9 +153,6 @@ def _emitter(args: argparse.Namespace, keep: contextlib.ExitStack, by_name: dict
         query = by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")]
         print(json.dumps(line) if fmt == "json" else readable(line, query, colour=sys.stdout.isatty()), flush=True)
 
-    if args.pidfile is not None:
-        args.pidfile.write_text(f"{os.getpid()}\n")
-        keep.callback(args.pidfile.unlink, missing_ok=True)
     if args.log is None:
         return show
     log = ResultLog(args.log)
@@ -175,9 +175,7 @@ def _emitter(args: argparse.Namespace, keep: contextlib.ExitStack, by_name: dict
 def _file_flags(watch: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """watch's flags from --flagfile (the extension's file): those watch does not take
     (osquery's --verbose, say) are ignored with a warning."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT)
-    flags = flagfile.read(pre.parse_known_args(argv)[0].flagfile, _say)
+    flags = flagfile.named_in(argv, _say)
     unknown = watch.parse_known_args(flags)[1]
     if unknown:
         _say(f"ignoring what watch does not take in the flag file: {' '.join(unknown)}")

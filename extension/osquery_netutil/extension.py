@@ -52,10 +52,7 @@ def log(message: str) -> None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """osquery's flags and ours (flagfile first, then the command line, which wins).
     Flags a newer osquery may add are ignored with a warning."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT)
-    known, _ = pre.parse_known_args(list(argv))
-    argv = [*flagfile.read(known.flagfile, log), *argv]
+    argv = [*flagfile.named_in(argv, log), *argv]
     parser = argparse.ArgumentParser(prog="osquery-netutil.ext", description="osquery extension: network_utility_execs")
     parser.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT, help=f"file of extra flags (default {flagfile.DEFAULT})")
     parser.add_argument("--socket", default=DEFAULT_SOCKET_PATH, help="osquery's extension manager socket")

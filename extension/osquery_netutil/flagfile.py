@@ -8,8 +8,9 @@ it as a conffile.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import safety
 
@@ -36,3 +37,10 @@ def read(path: Path, warn: Callable[[str], None]) -> list[str]:
         if line and not line.startswith("#"):
             flags.extend(line.split(None, 1) if " " in line and "=" not in line else [line])
     return flags
+
+
+def named_in(argv: Sequence[str], warn: Callable[[str], None]) -> list[str]:
+    """The flags in the file that argv's --flagfile names (DEFAULT when it names none)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--flagfile", type=Path, default=DEFAULT)
+    return read(pre.parse_known_args(list(argv))[0].flagfile, warn)
