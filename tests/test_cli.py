@@ -55,6 +55,15 @@ class LineReader:
                 self.pending += chunk
         raise AssertionError(f"no matching line within {timeout}s: {lines}")
 
+    def collect(self, seconds: float) -> list[str]:
+        """Every line that arrives within `seconds`."""
+        lines: list[str] = []
+        try:
+            self.until(lambda line: lines.append(line) and False, seconds)   # never matches: reads till the end
+        except AssertionError:
+            pass
+        return lines
+
 
 def test_watch_prints_detections_as_osquery_result_lines(workdir: Path) -> None:
     need(probe_unavailable())
@@ -78,14 +87,17 @@ def test_watch_prints_detections_as_osquery_result_lines(workdir: Path) -> None:
         script = write_executable(workdir / "stage2.sh", "#!/bin/sh\nnc -h 2>/dev/null\ncurl --version 8.8.8.8 >/dev/null\n")
         subprocess.run([str(script)], timeout=30)
         lines = [json.loads(line) for line in out.until(lambda line: "netutil_public_ip_argument" in line)]
-        by_name = {(line["name"], line["columns"].get("utility")): line for line in lines}
+        by_name = {(line["name"], line["columns"].get("utility")): line for line in lines if "columns" in line}
         hit = by_name[("pack_netutil_netutil_host_suspicious_location", "netcat")]
         assert hit["action"] == "added" and hit["columns"]["suspicious_path"] == str(script)
         assert hit["columns"]["chain"].endswith(f"{script} > /usr/bin/nc") and "was executed by root" in hit["columns"]["message"]
         assert by_name[("pack_netutil_netutil_public_ip_argument", "curl")]["columns"]["public_ip_args"] == "8.8.8.8"
-        assert {"hostIdentifier", "calendarTime", "unixTime", "epoch", "counter", "numerics"} <= set(hit)
-        # The bad --catalog makes the probe degraded, and the health detection says so.
-        assert "bad.yaml" in by_name[("pack_netutil_netutil_probe_health", None)]["columns"]["error"]
+        assert list(hit) == ["name", "hostIdentifier", "calendarTime", "unixTime", "epoch", "counter", "numerics",
+                             "columns", "action"]   # osquery's order
+        # The bad --catalog makes the probe degraded, and the health detection says so, in
+        # osqueryd's snapshot form (once per interval: 300 s, so once here).
+        (health,) = [line for line in lines if line["name"] == "pack_netutil_netutil_probe_health"]
+        assert health["action"] == "snapshot" and health["counter"] == 0 and "bad.yaml" in health["snapshot"][0]["error"]
     finally:
         watch.send_signal(signal.SIGINT)
     assert "lost 0" in err.until(lambda line: "execs seen" in line)[-1]
@@ -94,6 +106,33 @@ def test_watch_prints_detections_as_osquery_result_lines(workdir: Path) -> None:
     with Store(store, readonly=True) as kept:
         assert {"netcat", "curl"} <= {r["utility"] for r in kept.select()}
     assert store.stat().st_mode & 0o777 == 0o600
+
+
+def test_on_a_terminal_watch_shows_alerts_and_a_restart_once(workdir: Path) -> None:
+    """Text output (a person reading): medium and above only, and a health condition once
+    when it starts, not every round (before: 30 lines a minute after one restart)."""
+    need(probe_unavailable())
+    store = workdir / "store" / "events.db"
+    command = [sys.executable, "-m", "osquery_netutil.cli", "watch", "--store", str(store), "--every", "0.2"]
+    first = subprocess.Popen([*command, "--format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    LineReader(first.stderr).until(lambda line: "watching execs" in line, 60)
+    first.kill()   # the restart the health detection must report
+    first.wait(timeout=20)
+    watch = subprocess.Popen([*command, "--format", "text"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = LineReader(watch.stdout), LineReader(watch.stderr)
+    try:
+        said = err.until(lambda line: "watching execs" in line, 60)
+        assert any("not running 2 queries below medium" in e and "netutil_every_execution" in e for e in said), said
+        script = write_executable(workdir / "probe.sh", "#!/bin/sh\nnc -h 2>/dev/null\n")
+        subprocess.run([str(script)], timeout=30)
+        lines = out.until(lambda line: "netutil_host_suspicious_location" in line) + out.collect(4.0)   # 20 rounds
+    finally:
+        watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=20) == 0
+    health = [line for line in lines if "netutil_probe_health" in line]
+    assert len(health) == 1 and "restarted" in health[0] and "killed" in health[0], lines
+    assert not [line for line in lines if "netutil_every_execution" in line or "netutil_ip_argument_hunt" in line]
+    assert all(not line.startswith("{") for line in lines)
 
 
 def test_record_appends_rows_that_replay_loads(workdir: Path) -> None:

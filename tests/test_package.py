@@ -62,7 +62,10 @@ def _missing() -> str | None:
 
 
 def _files() -> set[str]:
-    found = subprocess.run(["find", *[t for t in TREES if os.path.exists(t)], "-xdev"], capture_output=True, text=True)
+    """Every path in TREES but the checkout's own (CI servers keep workspaces under /opt or
+    /var/lib, and `make deb` writes dist/ there)."""
+    found = subprocess.run(["find", *[t for t in TREES if os.path.exists(t)], "-xdev", "-path", str(ROOT), "-prune",
+                            "-o", "-print"], capture_output=True, text=True)
     return set(found.stdout.splitlines())
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from osquery_netutil import packs
+from osquery_netutil import packs, resultlog
 from osquery_netutil.cli import main
 from osquery_netutil.host import Host
 from osquery_netutil.locations import WRITABLE_DIRS
-from osquery_netutil.runner import PackRunner
+from osquery_netutil.runner import PackRunner, Result
+from osquery_netutil.schema import STATUS
 from osquery_netutil.store import Store
 from osquery_netutil.tables import ExecsTable, StatusTable
 
@@ -67,47 +68,6 @@ def test_the_writable_directories_are_written_once() -> None:
         text = path.read_text()
         assert not [d for d in WRITABLE_DIRS if f"'{d}" in text], f"{path} pastes the list: use {{{{writable_dirs}}}}"
     assert all(f"('{d}')" in q.sql for q in QUERIES if "{{common}}" in q.source for d in WRITABLE_DIRS)
-
-
-def test_generated_formats_load_as_osquery_and_fleet_expect() -> None:
-    files = packs.generated(QUERIES)
-    pack = json.loads(files["netutil-pack.json"])
-    assert pack["platform"] == "linux" and "network_utility_execs" in pack["discovery"][0]
-    for q in QUERIES:
-        entry = pack["queries"][q.name]
-        assert entry["query"] == q.sql and entry["interval"] == q.interval and entry["snapshot"] == (q.logging == "snapshot")
-        assert not q.name.startswith(("query", "cache")) and "\n#" not in entry["query"] and "\n//" not in entry["query"]
-
-# The fields of fleetctl's query/report spec (fleet's QuerySpec: the same before and after
-# the rename of queries to reports), and their types; name and query are required.
-FLEET_FIELDS = {"name": str, "query": str, "description": str, "interval": int, "platform": str, "logging": str,
-                "observer_can_run": bool, "automations_enabled": bool, "min_osquery_version": str, "discard_data": bool}
-
-
-def _check_fleet_items(items: list[dict], file: str) -> None:
-    assert [i["name"] for i in items] == [q.name for q in QUERIES], file
-    for item, q in zip(items, QUERIES):
-        assert set(item) <= set(FLEET_FIELDS) and {"name", "query"} <= set(item), (file, sorted(set(item) - set(FLEET_FIELDS)))
-        assert all(isinstance(item[k], FLEET_FIELDS[k]) for k in item), (file, item["name"])
-        assert item["query"] == q.sql and item["interval"] == q.interval and item["logging"] in packs.LOGGING
-        assert item["platform"] == "linux" and item["automations_enabled"] == (q.severity in ("high", "critical"))
-
-
-@pytest.mark.parametrize(("file", "key", "since_rename"), [
-    ("fleet-reports.yml", "reports", True), ("fleet-queries.yml", "queries", False),
-    ("fleetctl-apply.yml", "report", True), ("fleetctl-apply-queries.yml", "query", False)])
-def test_fleet_files_hold_what_each_fleet_generation_reads(file: str, key: str, since_rename: bool) -> None:
-    text = packs.generated(QUERIES)[file]
-    assert ("since queries were renamed to reports" if since_rename else "from before queries were renamed") in text
-    if file.startswith("fleetctl"):
-        docs = list(yaml.safe_load_all(text))
-        assert {d["kind"] for d in docs} == {key} and {d["apiVersion"] for d in docs} == {"v1"}
-        assert all(set(d) == {"apiVersion", "kind", "spec"} for d in docs)
-        _check_fleet_items([d["spec"] for d in docs], file)
-    else:
-        loaded = yaml.safe_load(text)
-        assert list(loaded) == [key]   # GitOps: `reports:` on a renamed Fleet, `queries:` before
-        _check_fleet_items(loaded[key], file)
 
 
 GOOD_HEADER = "-- description: x\n-- interval: 60\n-- platform: linux\n-- technique: T1105\n-- logging: snapshot\n-- severity: high\n"
@@ -193,21 +153,75 @@ def test_the_runner_is_differential_and_keeps_going_after_a_broken_query(tmp_pat
     queries = [q for q in QUERIES if q.name in ("netutil_every_execution", "netutil_public_ip_argument")]
     broken = packs.Query(**{**queries[0].__dict__, "name": "netutil_broken", "sql": "SELECT nope FROM network_utility_execs"})
     with Store(tmp_path / "events.db") as store:
-        runner = PackRunner(Host([ExecsTable(lambda: store)]), [broken, *queries], every_s=0, host_identifier="h1")
+        runner = PackRunner(Host([ExecsTable(lambda: store)]), [broken, *queries], every_s=0)
         store.add(packs.jsonl.parse_line('{"utility": "netcat", "cmdline": "nc 8.8.8.8 4444", "path": "/usr/bin/nc"}'))
         store.flush()
-        lines, errors = runner.run_due()
+        results, errors = runner.run_due()
         assert len(errors) == 1 and "netutil_broken" in errors[0] and "no such column: nope" in errors[0]
-        assert sorted(line["name"] for line in lines) == ["pack_netutil_netutil_every_execution", "pack_netutil_netutil_public_ip_argument"]
-        line = lines[0]
-        assert set(line) == {"name", "hostIdentifier", "calendarTime", "unixTime", "epoch", "counter", "numerics", "columns", "action"}
-        assert line["hostIdentifier"] == "h1" and line["action"] == "added" and line["counter"] == 0 and line["numerics"] is False
+        assert sorted(r.name for r in results) == ["pack_netutil_netutil_every_execution", "pack_netutil_netutil_public_ip_argument"]
+        assert all(r.action == "added" and r.counter == 0 and len(r.rows) == 1 for r in results)
+        assert isinstance(results[0].rows[0]["eid"], int)   # typed until a logger writes it
+        (line,) = resultlog.log_lines(results[0], "h1")
+        assert list(line) == ["name", "hostIdentifier", "calendarTime", "unixTime", "epoch", "counter", "numerics",
+                              "columns", "action"]
+        assert line["hostIdentifier"] == "h1" and line["numerics"] is False and list(line["columns"]) == sorted(line["columns"])
         assert all(isinstance(v, str) for v in line["columns"].values())
-        assert runner.run_due()[0] == []                         # nothing new: nothing logged
+        assert runner.run_due()[0] == []                         # nothing new: nothing logged, the counter stays
         store.add(packs.jsonl.parse_line('{"utility": "curl", "cmdline": "curl https://example.test/", "path": "/usr/bin/curl"}'))
         store.flush()
         (added,) = runner.run_due()[0]
-        assert added["name"] == "pack_netutil_netutil_every_execution" and added["columns"]["utility"] == "curl" and added["counter"] == 2
+        # osquery's counter: 0 for the first run, then one more for each run whose results changed
+        assert added.name == "pack_netutil_netutil_every_execution" and added.rows[0]["utility"] == "curl" and added.counter == 1
+
+
+def test_result_lines_are_osquerys() -> None:
+    """calendarTime as osquery's getAsciiTime (asctime: the day padded with a space), REAL as
+    its CastVisitor (15 significant digits, '.0' when there is no point), NULL as ''."""
+    assert resultlog.calendar_time(1796321980) == "Thu Dec  3 18:19:40 2026 UTC"
+    assert [resultlog.cast(v) for v in (0.1, 1.0, 2.5, 1e20, 1 / 3, 1e-5, None, 7, "x")] == [
+        "0.1", "1.0", "2.5", "1e+20.0", "0.333333333333333", "1e-05.0", "", "7", "x"]
+    health = next(q for q in QUERIES if q.name == "netutil_probe_health")
+    (line,) = resultlog.log_lines(Result(health, "snapshot", (), 1796321980, 0), "h1")
+    assert list(line) == ["snapshot", "action", "name", "hostIdentifier", "calendarTime", "unixTime", "epoch", "counter",
+                          "numerics"] and line["snapshot"] == []
+    assert resultlog.dumps(line).startswith('{"snapshot":[],"action":"snapshot","name":"pack_netutil_netutil_probe_health"')
+    assert resultlog.snapshots_path(Path("/var/log/x/results.log")) == Path("/var/log/x/snapshots.log")
+    assert resultlog.snapshots_path(Path("/srv/netutil.log")) == Path("/srv/netutil.snapshots.log")
+
+
+def _health_runner(status: dict, snapshots: str) -> PackRunner:
+    health = next(q for q in QUERIES if q.name == "netutil_probe_health")
+    return PackRunner(Host([StatusTable(lambda: status)]), [health], every_s=2.0, snapshots=snapshots)
+
+
+def test_a_snapshot_query_logs_every_run_at_its_interval_as_osqueryd_does() -> None:
+    status = {**STATUS.empty_row(), "state": "running"}
+    runner = _health_runner(status, "log")
+    (first,) = runner.run_due(1000.0)[0]
+    assert first.action == "snapshot" and first.rows == () and first.counter == 0   # logged with no row too
+    assert runner.run_due(1002.0)[0] == []                                        # not due: 300 s
+    status.update(state="failed", error="probe gone")
+    (later,) = runner.run_due(1300.0)[0]
+    assert later.rows[0]["error"] == "probe gone" and later.counter == 0
+
+
+def test_a_health_condition_is_shown_when_it_starts_changes_and_ends_not_every_round() -> None:
+    """A restart shown once, not 30 times a minute (issue 20): the lost count moving is the same
+    condition; a new error is a new one."""
+    status = {**STATUS.empty_row(), "state": "running", "restarted": "killed", "start_time": int(time.time()),
+              "events_lost": 0}
+    runner = _health_runner(status, "changes")
+    shown = []
+    for second in range(0, 60, 2):
+        status["events_lost"] = 5 + second * 10    # figures move every round
+        shown += runner.run_due(1000.0 + second)[0]
+    assert [r.action for r in shown] == ["added"] and "restarted" in shown[0].rows[0]["message"]
+    status.update(state="degraded", error="bad catalog")
+    (removed, added) = runner.run_due(1100.0)[0]
+    assert (removed.action, added.action) == ("removed", "added") and added.rows[0]["error"] == "bad catalog"
+    status.update(state="running", error="", restarted="", events_lost=0)
+    (ended,) = runner.run_due(1102.0)[0]
+    assert ended.action == "removed" and runner.run_due(1104.0)[0] == []
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -26,13 +27,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, faults, flagfile, jsonl, packs, safety
+from . import __version__, faults, flagfile, jsonl, packs, resultlog, safety
 from .catalog import Catalog, load_in_force
 from .enrich import Row
 from .host import Host, QueryError
 from .output import render
-from .resultlog import ResultLog
-from .runner import Cursor, PackRunner, readable
+from .runner import Cursor, PackRunner, Result, readable
 from .locations import WRITABLE_DIRS
 from .probe import NEEDS_ROOT, ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
@@ -106,15 +106,22 @@ def _watch(args: argparse.Namespace) -> int:
         return 2
     for error in errors:
         _say(f"{error}; the other packs keep running")
-    by_name = {q.name: q for q in queries}
     fmt = args.format if args.format != "auto" else ("text" if sys.stdout.isatty() else "json")
+    # A person at a terminal sees alerts; a log or a pipe gets every scheduled query's
+    # results, as osqueryd logs them.
+    for_person = fmt == "text" and args.log is None
+    floor = args.min_severity or ("medium" if for_person else "info")
+    shown = [q for q in queries if packs.SEVERITIES.index(q.severity) >= packs.SEVERITIES.index(floor)]
+    if len(shown) < len(queries):
+        _say(f"not running {len(queries) - len(shown)} queries below {floor} "
+             f"({', '.join(q.name for q in queries if q not in shown)}): --min-severity info runs them")
     with contextlib.ExitStack() as keep:
         try:
             store = _watch_store(args, keep)
         except StoreError as exc:
             _say(f"{exc} (or run with --no-store)")
             return 2
-        emit = _emitter(args, keep, by_name, fmt)
+        emit = _emitter(args, keep, fmt)
         if args.pidfile is not None:
             args.pidfile.write_text(f"{os.getpid()}\n")
             keep.callback(args.pidfile.unlink, missing_ok=True)
@@ -123,52 +130,61 @@ def _watch(args: argparse.Namespace) -> int:
             host = Host([ExecsTable(lambda: store), StatusTable(sensor.status)])
             cursor = None if args.pack_intervals else Cursor(
                 store.path.with_name(store.path.name + ".judged"), lambda: store.stats()[2], store.eid_before, store.time_after)
-            runner = PackRunner(host, queries, every_s=None if args.pack_intervals else args.every, cursor=cursor)
+            runner = PackRunner(host, shown, every_s=None if args.pack_intervals else args.every, cursor=cursor,
+                                snapshots="changes" if for_person else "log")
             sensor.progress = cursor.progress if cursor is not None else None
             store.judged_upto = (lambda: cursor.value) if cursor is not None else None
 
             def tick() -> None:
                 store.flush()   # rows of the last half second, so that detections see them
-                lines, failures = runner.run_due()
+                results, failures = runner.run_due()
                 for failure in failures:
                     _say(failure)
                 # What a detection (not a hunting query) reported outlives plain rows.
-                store.mark_detected(int(line["columns"]["eid"]) for line in lines if line["columns"].get("eid")
-                                    and by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")].severity not in HUNTING)
-                for line in lines:
-                    emit(line)
+                store.mark_detected(row["eid"] for r in results if r.query.severity not in HUNTING
+                                    for row in r.rows if isinstance(row.get("eid"), int))
+                for result in results:
+                    emit(result)
             return tick
 
-        _say(f"running {len(queries)} detections from {args.packs} "
+        _say(f"running {len(shown)} detections from {args.packs} "
              + ("at their own intervals" if args.pack_intervals else f"every {args.every:g} s"))
         return _run_sensor(args, store, None, ticker)
 
 
-def _emitter(args: argparse.Namespace, keep: contextlib.ExitStack, by_name: dict[str, packs.Query],
-             fmt: str) -> Callable[[dict], None]:
-    """Where watch puts each result line: the --log file (reopened on SIGHUP), else stdout.
-    A line the file refuses (a full disk) goes to stdout instead, with one warning: a
+def _emitter(args: argparse.Namespace, keep: contextlib.ExitStack, fmt: str) -> Callable[[Result], None]:
+    """Where watch puts each result: the --log files (reopened on SIGHUP), else stdout. A
+    line the file refuses (a full disk) goes to stdout instead, with one warning: a
     detection is never dropped."""
+    host_identifier = socket.gethostname()
+
     def show(line: dict) -> None:
-        query = by_name[line["name"].removeprefix(f"pack_{packs.PACK_NAME}_")]
-        print(json.dumps(line) if fmt == "json" else readable(line, query, colour=sys.stdout.isatty()), flush=True)
+        print(resultlog.dumps(line), flush=True)
+
+    def print_lines(result: Result) -> None:
+        for line in resultlog.log_lines(result, host_identifier):
+            show(line)
+
+    def print_readable(result: Result) -> None:
+        print("\n".join(readable(result, colour=sys.stdout.isatty())), flush=True)
 
     if args.log is None:
-        return show
-    log = ResultLog(args.log)
+        return print_lines if fmt == "json" else print_readable
+    log = resultlog.ResultLog(args.log)
     keep.callback(log.close)
     log.reopen_on_sighup()
     failing = []
 
-    def write(line: dict) -> None:
-        try:
-            log.write(line)
-            failing.clear()
-        except OSError as exc:
-            if not failing:
-                _say(f"cannot write to {args.log} ({faults.cause(exc)}): detections go to stdout until it can")
-            failing.append(exc)
-            show(line)
+    def write(result: Result) -> None:
+        for line in resultlog.log_lines(result, host_identifier):
+            try:
+                log.write(line)
+                failing.clear()
+            except OSError as exc:
+                if not failing:
+                    _say(f"cannot write to {args.log} ({faults.cause(exc)}): detections go to stdout until it can")
+                failing.append(exc)
+                show(line)
     return write
 
 
@@ -322,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--pack-intervals", action="store_true", help="run each detection at its pack interval instead")
     watch.add_argument("--format", choices=("auto", "json", "text"), default="auto",
                        help="json: osquery result-log lines; text: one readable line each (auto: text on a terminal)")
+    watch.add_argument("--min-severity", choices=packs.SEVERITIES,
+                       help="run and show only the detections of this severity and above (default: medium on a "
+                            "terminal, so alerts are not buried under the hunting queries; info, i.e. all, with --log or piped)")
     watch.add_argument("--log", type=Path, metavar="FILE",
-                       help="append result-log lines (JSON) to FILE instead of stdout; SIGHUP reopens it (logrotate)")
+                       help="append result-log lines (JSON) to FILE instead of stdout, snapshot lines to its sibling "
+                            "(results.log: snapshots.log), as osqueryd does; SIGHUP reopens them (logrotate)")
     watch.add_argument("--pidfile", type=Path, metavar="FILE", help="write watch's pid to FILE (for logrotate's postrotate)")
     watch.add_argument("--flagfile", type=Path, default=flagfile.DEFAULT,
                        help=f"file of flags, shared with the extension (default {flagfile.DEFAULT}); the command line wins")

@@ -200,17 +200,21 @@ def regex_match(value: Any, pattern: Any, index: Any) -> str | None:
 
 
 def regex_split(value: Any, pattern: Any, index: Any) -> str | None:
-    """Token `index` of value split by the regex (std::sregex_token_iterator, -1): a
-    trailing empty token is not produced."""
+    """Token `index` of value split by the regex (std::sregex_token_iterator, -1, as
+    libc++ has it): with no match at all the whole value is the one token, even when it
+    is empty (regex_split('', ',', 0) is ''); after the last match, a trailing empty
+    token is not produced."""
     if value is None or pattern is None or index is None:
         return None
     if _as_text(pattern) == "":
         raise ValueError("Invalid input to split function")
     text, tokens, last = _as_text(value), [], 0
+    matched = False
     for match in _regex(_as_text(pattern), "regex_split").finditer(text):
+        matched = True
         tokens.append(text[last:match.start()])
         last = match.end()
-    if last < len(text):
+    if not matched or last < len(text):
         tokens.append(text[last:])
     i = _index(index)
     return tokens[i] if i is not None and i < len(tokens) else None
