@@ -109,21 +109,25 @@ class Manager(ExtensionManager.Iface):
         finally:
             transport.close()
 
-    def generate(self, uuid: int, table: Table, constraints: dict[str, list[tuple[int, str]]] | None = None) -> list[dict[str, str]]:
-        response = self.call_table(uuid, table.name, {"action": "generate", "context": context(table, constraints or {})})
+    def generate(self, uuid: int, table: Table, constraints: dict[str, list[tuple[int, str]]] | None = None,
+                 used: list[str] | None = None) -> list[dict[str, str]]:
+        response = self.call_table(uuid, table.name, {"action": "generate",
+                                                      "context": context(table, constraints or {}, used)})
         assert response.status.code == 0, response.status.message
         return response.response
 
 
-def context(table: Table, constraints: dict[str, list[tuple[int, str]]]) -> str:
+def context(table: Table, constraints: dict[str, list[tuple[int, str]]], used: list[str] | None = None) -> str:
     """osquery's context JSON (osquery/core/tables.cpp): every column listed, with its
-    constraints' op codes and string expressions, plus the columns used."""
+    constraints' op codes and string expressions, plus the columns the query uses (all
+    of them unless `used` says)."""
+    names = list(table.names) if used is None else used
     return json.dumps({
         "constraints": [
             {"name": c.name, "list": [{"op": op, "expr": expr} for op, expr in constraints.get(c.name, [])],
              "affinity": c.type}
             for c in table.columns
         ],
-        "colsUsed": list(table.names),
-        "colsUsedBitset": (1 << len(table.columns)) - 1,
+        "colsUsed": names,
+        "colsUsedBitset": sum(1 << i for i, c in enumerate(table.columns) if c.name in names),
     })

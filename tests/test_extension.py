@@ -26,8 +26,9 @@ from osquery_netutil.store import Store
 from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT
 
 from .conftest import need, probe_unavailable
-from .manager import Manager
+from .manager import Manager, context
 from .support import write_executable
+from .test_store import make_row
 
 @pytest.fixture
 def manager(place: Path) -> Iterator[Manager]:
@@ -155,6 +156,33 @@ def test_when_the_probe_cannot_attach_the_tables_stay_and_say_why(ext_file: str,
     finally:
         err = stop(proc, manager)
     assert proc.returncode == 0 and "probe failed" in err
+
+
+def test_an_answer_osqueryd_could_not_hold_is_refused_and_says_how_to_constrain_it(
+        ext_file: str, manager: Manager, place: Path) -> None:
+    """osqueryd keeps a whole answer in its worker (twice at the peak): over --max-answer-mb
+    the call fails with a message, as osqueryd surfaces it (an SQL error), never a worker
+    killed by the watchdog. Only the columns a query uses are sent."""
+    now = int(time.time())
+    chain = json.dumps([{"pid": 100 + i, "path": f"/usr/bin/tool{i}", "cmdline": "x" * 300, "uid": 0} for i in range(8)])
+    with Store(place / "events.db", max_rows=10_000) as store:
+        store.add_many(make_row(pid=i, time=now - 3600 + i // 2, utility="netcat", cmdline=f"nc -l {i}", ancestors=chain)
+                       for i in range(2000))
+        store.flush()
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"), "--prefix", "relative/", "--max-answer-mb", "10")
+    try:
+        uuid = manager.wait_registered("netutil")
+        response = manager.call_table(uuid, EXECS.name, {"action": "generate", "context": context(EXECS, {})})
+        assert response.status.code == 1 and response.response == []
+        message = response.status.message
+        assert message.startswith("network_utility_execs: this answer is 2,000 rows, about ") and "--max-answer-mb=10" in message
+        assert "WHERE time > strftime('%s', 'now') - 3600" in message, message
+        recent = manager.generate(uuid, EXECS, {"time": [(OP_GT, str(now - 3600 + 900))]})
+        assert len(recent) == 2000 - 1802 and set(recent[0]) == set(EXECS.names)
+        narrow = manager.generate(uuid, EXECS, used=["pid", "utility"])   # what SELECT pid, utility sends
+        assert len(narrow) == 2000 and set(narrow[0]) == {"pid", "utility"} and narrow[5] == {"pid": "5", "utility": "netcat"}
+    finally:
+        stop(proc, manager)
 
 
 def test_shutdown_request_stops_the_extension(ext_file: str, manager: Manager, place: Path) -> None:

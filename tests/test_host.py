@@ -142,7 +142,11 @@ def test_osquery_functions(expression: str, expected: object) -> None:
     ("expression", "message"),
     [("regex_match('a', '(', 0)", "Invalid regex"), ("regex_match('a', '" + "a" * 300 + "', 0)", "too big"),
      ("split('a', '', 0)", "Invalid input to split function"), ("in_cidr_block('10.0.0.0/8', 'x')", "IP address cannot be parsed"),
-     ("in_cidr_block('::/0', '10.0.0.1')", "CIDR for IP address v4 cannot be parsed"), ("in_cidr_block(1, '10.0.0.1')", "CIDR must be a string")],
+     ("in_cidr_block('::/0', '10.0.0.1')", "CIDR for IP address v4 cannot be parsed"), ("in_cidr_block(1, '10.0.0.1')", "CIDR must be a string"),
+     ("in_cidr_block('10.0.0.0/255.0.0.0', '10.0.0.1')", "CIDR for IP address v4 cannot be parsed"),   # boost: no netmask
+     ("in_cidr_block('10.0.0.0/', '10.0.0.1')", "CIDR for IP address v4 cannot be parsed"),
+     ("in_cidr_block('10.0.0.0', '10.0.0.1')", "CIDR for IP address v4 cannot be parsed"),
+     ("in_cidr_block('10.0.0.0/8', 1)", "^IP address must be a string$")],
 )
 def test_osquery_function_errors(expression: str, message: str) -> None:
     with pytest.raises(QueryError, match=message):
@@ -197,6 +201,12 @@ def test_shell_reads_statements_and_dot_commands(store: Store) -> None:
     assert "=> network_utility_execs" in run.stdout and "| 20 |" in run.stdout and "one\n1\n" in run.stdout
     assert "CREATE TABLE network_utility_probe_status(`state` TEXT" in run.stdout
     assert 'Error: near "SELEC": syntax error' in run.stderr
+
+
+def test_query_prints_reals_as_osqueryi_does(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """osqueryi prints sqlite3_column_text: SQLite's digits, not Python's."""
+    assert main(["query", "--store", str(store.path), "--csv", "SELECT 1e20 AS a, 1.0 / 3 AS b, 0.1 AS c, 2.0 AS d"]) == 0
+    assert capsys.readouterr().out == "a,b,c,d\n1.0e+20,0.333333333333333,0.1,2.0\n"
 
 
 def test_status_table_is_one_row(store: Store) -> None:

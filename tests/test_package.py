@@ -27,7 +27,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from osquery_netutil import __version__
+from osquery_netutil import __version__, formats
+from osquery_netutil.packs import load
 from osquery_netutil.schema import EXECS
 from osquery_netutil.store import DEFAULT_PATH
 from osquery_netutil.tables import OP_EQUALS
@@ -115,8 +116,8 @@ def test_the_package_puts_the_ext_in_osquerys_autoload_list(installed: dict[str,
     assert Path("/usr/sbin/osquery-netutil").resolve() == EXT
     assert oct(Path("/etc/osquery-netutil/netutil.flags").stat().st_mode & 0o777) == "0o644"
     packs = Path("/usr/share/osquery-netutil/packs/generated")
-    assert {p.name for p in packs.iterdir()} == {"netutil-pack.json", "fleet-reports.yml", "fleet-queries.yml",
-                                                 "fleetctl-apply.yml", "fleetctl-apply-queries.yml"}
+    assert {p.name for p in packs.iterdir()} == set(formats.generated(load()))
+    assert (packs / "netutil-pack.json").read_text() == (ROOT / "packs" / "generated" / "netutil-pack.json").read_text()
     conffiles = subprocess.run(["dpkg-query", "-W", "-f=${Conffiles}", PACKAGE], capture_output=True, text=True).stdout
     assert "/etc/osquery-netutil/netutil.flags" in conffiles and "/etc/logrotate.d/osquery-netutil" in conffiles
 

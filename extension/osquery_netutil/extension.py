@@ -36,7 +36,7 @@ from .catalog import load_in_force
 from .probe import ProbeError, probe_mode_option
 from .sensor import Sensor, stored_status
 from .store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store, StoreBusy, StoreError
-from .tables import ExecsTable, StatusTable, TablePlugin
+from .tables import DEFAULT_MAX_ANSWER_MB, ExecsTable, StatusTable, TablePlugin
 
 NAME = "netutil"                 # what --extensions_require names
 _CHUNK = 1 << 18   # bytes of a reply sent at a time
@@ -65,6 +65,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
     parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     parser.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S)
+    parser.add_argument("--max-answer-mb", type=float, default=DEFAULT_MAX_ANSWER_MB,
+                        help="refuse, with an error saying how to constrain it, an answer that would take more than this "
+                             f"in osqueryd's memory (default {DEFAULT_MAX_ANSWER_MB}; its watchdog allows 200 MB)")
     args, unknown = parser.parse_known_args(list(argv))
     if unknown:
         log(f"ignoring flags this version does not know: {' '.join(unknown)}")
@@ -287,7 +290,7 @@ def _run(argv: Sequence[str]) -> int:
     def status() -> dict[str, Any]:
         return sensor.status() if writer else stored_status(store, catalog, note)
 
-    tables: dict[str, TablePlugin] = {t.table.name: t for t in (ExecsTable(lambda: store), StatusTable(status))}
+    tables: dict[str, TablePlugin] = {t.table.name: t for t in (ExecsTable(lambda: store, args.max_answer_mb), StatusTable(status))}
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -280,14 +280,15 @@ def in_cidr_block(cidr: Any, address: Any) -> int:
     if not isinstance(cidr, str):
         raise ValueError("CIDR must be a string")
     if not isinstance(address, str):
-        raise ValueError("IP addresss must be a string")
+        raise ValueError("IP address must be a string")
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         raise ValueError("IP address cannot be parsed") from None
     family = "v4" if ip.version == 4 else "v6"
     try:
-        if "/" not in cidr:
+        prefix = cidr.partition("/")[2]
+        if not (prefix.isascii() and prefix.isdigit()):   # boost's make_network_v4/v6: a prefix length, not a netmask
             raise ValueError
         network = ipaddress.ip_network(cidr, strict=False)
         if network.version != ip.version:

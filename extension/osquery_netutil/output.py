@@ -1,18 +1,28 @@
 """Query results printed the way osqueryi prints them: pretty (boxed table, the default),
-json (a list of objects whose values are strings), csv and line modes."""
+json (a list of objects whose values are strings), csv and line modes. osqueryi prints
+SQLite's own text of each value (sqlite3_column_text, osquery/devtools/shell.cpp), so a
+REAL is converted by SQLite itself (1.0e+20, not Python's 1e+20)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import sqlite3
 from typing import Any, Sequence
 
 MODES = ("pretty", "json", "csv", "line")
 
 
+_SQLITE = sqlite3.connect(":memory:", check_same_thread=False)
+
+
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return _SQLITE.execute("SELECT CAST(? AS TEXT)", (value,)).fetchone()[0]
+    return str(value)
 
 
 def render(mode: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -43,7 +43,7 @@ Condition = tuple[str, str, Any]   # (column, one of OPS, value)
 _COLUMNS = EXECS.names
 _DATA_COLUMNS = tuple(c for c in _COLUMNS if c != "eid")
 _DATA_SET = frozenset(_DATA_COLUMNS)
-_TEXT_SELECT = ", ".join(c.name if c.type == "TEXT" else f"CAST({c.name} AS TEXT) AS {c.name}" for c in EXECS.columns)
+_AS_TEXT = {c.name: c.name if c.type == "TEXT" else f"CAST({c.name} AS TEXT) AS {c.name}" for c in EXECS.columns}
 _INSERT = f"INSERT INTO events ({', '.join(_DATA_COLUMNS)}) VALUES ({', '.join('?' * len(_DATA_COLUMNS))})"
 
 
@@ -53,19 +53,30 @@ def _dicts(cursor: sqlite3.Cursor) -> Iterator[Row]:
     return (dict(zip(names, values)) for values in cursor)
 
 
-def _select_sql(conditions: Sequence[Condition], text: bool) -> tuple[str, list[Any]]:
-    """SELECT of the rows matching all conditions, in eid order, and its parameters."""
+def _where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
+    """The WHERE clause ('' for none) of the rows matching all conditions, and its parameters."""
     where, params = [], []
     for column, op, value in conditions:
         if column not in _COLUMNS or op not in OPS:
             raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(_COLUMNS)}; ops {OPS}")
         where.append(f"{column} {op} ?")
         params.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def _select_sql(conditions: Sequence[Condition], text: bool,
+                columns: Sequence[str] | None = None) -> tuple[str, list[Any]]:
+    """SELECT of the rows matching all conditions, in eid order, and its parameters: of
+    the given columns (all by default), with text=True each as text."""
+    named = list(columns) if columns is not None else list(_COLUMNS)
+    unknown = [c for c in named if c not in _AS_TEXT]
+    if unknown:
+        raise ValueError(f"no column {unknown[0]!r}: columns are {', '.join(_COLUMNS)}")
+    selected = ", ".join(_AS_TEXT[c] if text else c for c in named) if columns is not None or text else "*"
+    where, params = _where_sql(conditions)
     # "+eid": order the matches, but let SQLite pick the index for the WHERE clause
     # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
-    sql = (f"SELECT {_TEXT_SELECT if text else '*'} FROM events"
-           + (" WHERE " + " AND ".join(where) + " ORDER BY +eid" if where else " ORDER BY eid"))
-    return sql, params
+    return f"SELECT {selected} FROM events{where} ORDER BY {'+eid' if where else 'eid'}", params
 
 
 class StoredRows:
@@ -73,14 +84,23 @@ class StoredRows:
     one by one from an open read snapshot, which is released when they are all read,
     on close(), or when the object is dropped."""
 
-    def __init__(self, conn: sqlite3.Connection, sql: str, params: list[Any], count: int, held: list[Row]) -> None:
+    def __init__(self, conn: sqlite3.Connection, sql: str, params: list[Any], count: int, held: list[Row],
+                 where: str = "") -> None:
         self._conn: sqlite3.Connection | None = conn
-        self._sql, self._params = sql, params
+        self._sql, self._params, self._where = sql, params, where
         self._count = count
-        self._held = held
+        self.held = held   # rows not yet written to the file (they follow the stored ones)
 
     def __len__(self) -> int:
-        return self._count + len(self._held)
+        return self._count + len(self.held)
+
+    def measure(self, expression: str) -> int:
+        """The sum of an SQL expression over the stored rows of the answer, in its snapshot
+        (before they are read)."""
+        if self._conn is None:
+            raise RuntimeError("these stored rows were read already")
+        return self._conn.execute(f"SELECT coalesce(sum({expression}), 0) FROM events{self._where}",
+                                  self._params).fetchone()[0]
 
     def __iter__(self) -> Iterator[Row]:
         conn = self._conn
@@ -91,7 +111,7 @@ class StoredRows:
             yield from _dicts(conn.execute(self._sql, self._params))
         finally:
             conn.close()
-        yield from self._held
+        yield from self.held
 
     def close(self) -> None:
         if self._conn is not None:
@@ -458,20 +478,24 @@ class Store:
             rows = list(_dicts(self._reader.execute(sql, params)))
         return rows + self._held_matching(conditions, text) if self._held else rows
 
-    def stream(self, conditions: Sequence[Condition] = (), text: bool = False) -> "StoredRows":
-        """The rows select() returns, read one at a time while they are sent: how many
-        there are is known first (counted in the same snapshot), so an answer of 100,000
-        rows never sits in memory whole. Iterate once (or close())."""
-        sql, params = _select_sql(conditions, text)
+    def stream(self, conditions: Sequence[Condition] = (), text: bool = False,
+               columns: Sequence[str] | None = None) -> "StoredRows":
+        """The rows select() returns (of the given columns), read one at a time while they
+        are sent: how many there are is known first (counted in the same snapshot), so an
+        answer of 100,000 rows never sits in memory whole. Iterate once (or close())."""
+        sql, params = _select_sql(conditions, text, columns)
+        where = _where_sql(conditions)[0]
         conn = _connect(self.path, readonly=True)
         try:
-            conn.execute("BEGIN")   # one snapshot for the count and the rows
-            (count,) = conn.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
+            conn.execute("BEGIN")   # one snapshot for the count, a measure and the rows
+            (count,) = conn.execute(f"SELECT count(*) FROM events{where}", params).fetchone()
         except BaseException:
             conn.close()
             raise
         held = self._held_matching(conditions, text) if self._held else []
-        return StoredRows(conn, sql, params, count, held)
+        if columns is not None:
+            held = [{c: row[c] for c in columns} for row in held]
+        return StoredRows(conn, sql, params, count, held, where)
 
     def _held_matching(self, conditions: Sequence[Condition], text: bool) -> list[Row]:
         """Held rows with the eids they will get (AUTOINCREMENT continues from the highest

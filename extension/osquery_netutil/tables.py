@@ -10,7 +10,17 @@ action. TablePlugin below speaks the same protocol (osquery's `call` with action
 {op, expr} constraints) and turns the usable ones into indexed store queries: ranges and
 equality on the BIGINT columns that have an index, equality on the indexed TEXT ones.
 Everything else is left to SQLite, which re-checks the whole WHERE clause anyway, so
-pushing a constraint down only ever saves work, it never changes an answer.
+pushing a constraint down only ever saves work, it never changes an answer. Only the
+columns the query uses (osquery's `colsUsed`) are sent: osqueryd reads an absent column
+as '' or NULL (DynamicTableRow::get_column), and never reads the ones a query does not use.
+
+osqueryd holds an extension's whole answer in memory, twice at its peak: the thrift reply
+decoded into std::map<string, string> rows, then copied into the PluginResponse
+(osquery/extensions/impl_thrift.cpp, ExtensionClient::call), in the worker its watchdog
+stops at 200 MB of growth (then the query is denylisted for a day). So the osquery
+extension refuses an answer whose peak there would pass --max-answer-mb, with an error
+that says how to constrain the query: osqueryi prints it, a scheduled query logs it, and
+the worker lives (bench/answer_size.py gives the figures).
 """
 
 from __future__ import annotations
@@ -30,6 +40,51 @@ _SQL_OPS = {OP_EQUALS: "=", OP_GT: ">", OP_LE: "<=", OP_LT: "<", OP_GE: ">="}
 _RANGE_OPS = set(_SQL_OPS)
 # A table's answer: a list, or stored rows read while they are sent (len() known first).
 Rows = list[dict[str, str]] | StoredRows
+
+# The bytes osqueryd's worker holds for one answer row, in libc++'s std::map<string,
+# string> in a std::vector (osquery's QueryData) with glibc's malloc: the map object, a
+# tree node per column (three pointers and a colour, then two 24-byte strings: 80, a
+# 96-byte chunk), and for a string longer than libc++'s 22 inline characters, its heap
+# copy (its size rounded up, plus the chunk's header: length + 32). Twice that at the
+# peak (decoded reply and PluginResponse).
+ROW_BYTES, ENTRY_BYTES, INLINE_CHARS, HEAP_BYTES, COPIES = 24, 96, 22, 32, 2
+DEFAULT_MAX_ANSWER_MB = 64
+
+
+def osqueryd_bytes(rows: list[dict[str, str]]) -> int:
+    """osqueryd's peak for these rows (osquery's text rows), by the model above."""
+    return COPIES * sum(ROW_BYTES + sum(ENTRY_BYTES + _heap(len(k.encode())) + _heap(len(v.encode()))
+                                        for k, v in row.items()) for row in rows)
+
+
+def _heap(length: int) -> int:
+    return length + HEAP_BYTES if length > INLINE_CHARS else 0
+
+
+def _osqueryd_bytes_sql(columns: list[str]) -> str:
+    """The same model in SQL, over the stored rows of a query: one pass before sending."""
+    terms = [f"{COPIES * (ROW_BYTES + len(columns) * ENTRY_BYTES)}"]
+    for name in columns:
+        if len(name) > INLINE_CHARS:
+            terms.append(str(COPIES * (len(name) + HEAP_BYTES)))
+        if EXECS.column(name).type == "TEXT":   # integers print in 20 characters at most: inline
+            size = f"length(CAST({name} AS BLOB))"
+            terms.append(f"CASE WHEN {size} > {INLINE_CHARS} THEN {COPIES} * ({size} + {HEAP_BYTES}) ELSE 0 END")
+    return " + ".join(terms)
+
+
+def stored_peak(rows: StoredRows, columns: list[str]) -> int:
+    """osqueryd's peak for an answer of stored rows of these columns, before it is sent."""
+    return rows.measure(_osqueryd_bytes_sql(columns)) + osqueryd_bytes(rows.held)
+
+
+class TableError(Exception):
+    """A query a table refuses: the message goes to osquery as it is (osqueryi prints it,
+    a scheduled query logs it)."""
+
+
+class AnswerTooLarge(TableError):
+    pass
 
 
 def as_text(row: dict[str, Any]) -> dict[str, str]:
@@ -96,6 +151,8 @@ class TablePlugin:
                 rows = self.generate(context if isinstance(context, dict) else {})
             else:
                 return _failure(f"table {self.table.name}: unknown action {action!r} (expected columns or generate)")
+        except TableError as exc:
+            return _failure(str(exc))
         except Exception as exc:   # a failing query must not take the extension down
             return _failure(f"table {self.table.name}: {type(exc).__name__}: {exc}")
         return ExtensionResponse(status=ExtensionStatus(code=0, message="OK"), response=rows)
@@ -105,19 +162,52 @@ def _failure(message: str) -> ExtensionResponse:
     return ExtensionResponse(status=ExtensionStatus(code=1, message=message), response=[])
 
 
+def columns_used(context: dict[str, Any]) -> list[str]:
+    """The columns osquery says the query uses (colsUsed), in schema order; all of them
+    when it does not say (the embedded host, an older osquery, SELECT count(*))."""
+    used = context.get("colsUsed")
+    if not isinstance(used, list) or not used:
+        return list(EXECS.names)
+    wanted = set(used)
+    return [name for name in EXECS.names if name in wanted] or list(EXECS.names)
+
+
 class ExecsTable(TablePlugin):
-    """network_utility_execs: rows from the event store."""
+    """network_utility_execs: rows from the event store. With max_answer_mb (the osquery
+    extension), an answer whose peak in osqueryd would pass it is refused."""
 
     table = EXECS
 
-    def __init__(self, store: Callable[[], Store | None]) -> None:
+    def __init__(self, store: Callable[[], Store | None], max_answer_mb: float | None = None) -> None:
         self._store = store
+        self.max_answer_mb = max_answer_mb
 
     def generate(self, context: dict[str, Any]) -> Rows:
         store = self._store()
         if store is None:
             return []
-        return store.stream(conditions_from(context), text=True)
+        columns = columns_used(context)
+        rows = store.stream(conditions_from(context), text=True, columns=columns)
+        if self.max_answer_mb is not None:
+            self._refuse_if_too_large(rows, columns)
+        return rows
+
+    def _refuse_if_too_large(self, rows: StoredRows, columns: list[str]) -> None:
+        """Raise AnswerTooLarge (the rows closed) when osqueryd's peak would pass the cap.
+        An answer too many rows long for the cap however short they are is refused at
+        once; otherwise its size is summed in SQL (bench/answer_size.py gives what that costs)."""
+        assert self.max_answer_mb is not None
+        cap = self.max_answer_mb * 1e6
+        floor = len(rows) * COPIES * (ROW_BYTES + len(columns) * ENTRY_BYTES)
+        size = floor if floor > cap else stored_peak(rows, columns)
+        if size > cap:
+            rows.close()
+            raise AnswerTooLarge(
+                f"{EXECS.name}: this answer is {len(rows):,} rows, {'at least ' if size == floor else ''}about "
+                f"{size / 1e6:,.0f} MB in osqueryd's memory, over the extension's --max-answer-mb="
+                f"{self.max_answer_mb:g} (osqueryd's watchdog stops a worker that grows by 200 MB and denylists the "
+                "query for a day): constrain it, e.g. WHERE time > strftime('%s', 'now') - 3600, or eid > N, or "
+                "select fewer columns")
 
 
 class StatusTable(TablePlugin):
