@@ -7,6 +7,12 @@ network). It runs on the host's Debian/Ubuntu Python, where python3-bpfcc provid
 otherwise. Compiled speed-ups of thrift and PyYAML cannot load from a zip; both fall back
 to their pure-Python code. The same file is the `osquery-netutil` command when run under
 that name or with a command first (launcher.py).
+
+Every module is also compiled by that interpreter, its .pyc beside its source: zipimport
+cannot write a cache, so without them each start compiles them all again, which under
+osqueryd's CPUQuota=20% took the extension 1.9-2.6 s to register, against the 3 s osqueryd
+waits by default (bench/cpu_quota.py). A .pyc of another Python version is ignored by
+zipimport, which then reads the source.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import zipapp
@@ -38,6 +45,9 @@ def build(output: Path, python: str = "/usr/bin/python3") -> Path:
             shutil.copytree(source, staging / name, ignore=_ignore)
         shutil.copy(ROOT / "bpf" / "netutil_exec.bpf.c", staging / "osquery_netutil" / "data")
         (staging / "__main__.py").write_text(MAIN)
+        # unchecked-hash: zipimport checks no timestamp (a zip keeps them to 2 s).
+        subprocess.run([python, "-m", "compileall", "-q", "-b", "--invalidation-mode", "unchecked-hash", str(staging)],
+                       check=True, stdout=subprocess.DEVNULL)
         output.parent.mkdir(parents=True, exist_ok=True)
         zipapp.create_archive(staging, output, interpreter=python, compressed=True)
     output.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)   # 0755: osquery refuses writable ones
