@@ -7,10 +7,14 @@ What it installs:
                                                  osquery pack and Fleet files
   /etc/osquery-netutil/netutil.flags             settings (conffile)
   /lib/systemd/system/osquery-netutil.service    watch, for hosts without osquery
+  /lib/systemd/system/osquery-netutil-fleetd.service
+                                                 the extension on Fleet's osqueryd (fleetd),
+                                                 made here from the unit above (fleetd_unit)
   /etc/logrotate.d/osquery-netutil               its results.log (conffile)
 The maintainer scripts (packaging/) add the .ext to osquery's extensions.load and take it
-out again, enable the service only where osqueryd is not installed, and keep the event
-store on purge unless asked (packaging/postrm).
+out again, enable the fleetd unit where fleetd (orbit) is installed, else the watch
+service where osqueryd is not, and keep the event store on purge unless asked
+(packaging/postrm).
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ Description: network utilities run by intruders, as osquery tables and packs
  directories, memfds or a container's own service, backdoor and tunnel
  arguments, DNS exfiltration, public IP literals and cloud metadata access.
  .
- Where osqueryd is installed the extension is autoloaded; elsewhere
- osquery-netutil.service runs the same detections and writes osquery
- result-log lines to /var/log/osquery-netutil/results.log.
+ Where osqueryd is installed the extension is autoloaded; where Fleet's
+ agent (fleetd) runs, osquery-netutil-fleetd.service registers it with
+ fleetd's osqueryd; elsewhere osquery-netutil.service runs the same
+ detections and writes osquery result-log lines to
+ /var/log/osquery-netutil/results.log.
 """
 CONFFILES = ("/etc/osquery-netutil/netutil.flags", "/etc/logrotate.d/osquery-netutil")
 
@@ -73,6 +79,46 @@ def _install(source: Path, target: Path, mode: int = 0o644) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     target.chmod(mode)
+
+
+# What differs on a fleetd host: orbit runs its own osqueryd, gives it
+# --extensions_autoload=/opt/orbit/extensions.load after its flag file whenever Fleet
+# delivers an extension, and rewrites that file from Fleet's agent options at every config
+# fetch (fleetdm/fleet orbit/cmd/orbit/orbit.go, orbit/pkg/update/flag_runner.go); Fleet
+# refuses extensions_autoload in command_line_flags (server/fleet/agent_options.go). So
+# the extension is started beside orbit and registers on orbit's extension socket, and
+# starts again (Restart=always) whenever orbit restarts osqueryd and the core goes away.
+FLEETD_SOCKET = "/opt/orbit/orbit-osquery.em"
+FLEETD_HEADER = """\
+# osquery-netutil on hosts where Fleet's agent (fleetd, orbit) runs osqueryd: the extension,
+# started beside orbit, registers its tables on orbit's extension socket; orbit's osqueryd
+# reads no autoload list of ours (scripts/build_deb.py says why). The extension leaves when
+# osqueryd goes and is started again, to register with the next one. Made at build time
+# from osquery-netutil.service: the same sandbox and capabilities, another command.
+"""
+FLEETD = {
+    "Description=osquery-netutil: network utilities run by intruders, seen by an eBPF exec probe":
+        "Description=osquery-netutil: network utility tables for Fleet's osqueryd (fleetd)",
+    "After=local-fs.target": "After=local-fs.target orbit.service\nConditionPathExists=/opt/orbit",
+    "ExecStart=/usr/sbin/osquery-netutil watch --format json --log /var/log/osquery-netutil/results.log --pidfile /run/osquery-netutil/watch.pid":
+        f"ExecStart=/usr/lib/osquery-netutil/osquery-netutil.ext --socket {FLEETD_SOCKET} --timeout 10 --interval 3",
+    "# logrotate's postrotate sends SIGHUP through the pid file; `systemctl reload` does too.\nExecReload=/bin/kill -HUP $MAINPID\n": "",
+    "Restart=on-failure": "Restart=always",
+    "RuntimeDirectory=osquery-netutil\n": "",
+    "ReadWritePaths=/var/osquery /var/log/osquery-netutil": "ReadWritePaths=/var/osquery /opt/orbit",
+}
+
+
+def fleetd_unit(watch_unit: str) -> str:
+    """osquery-netutil-fleetd.service from osquery-netutil.service: its own header comment,
+    the same sandbox and capabilities, another command. Each replaced line must be there."""
+    unit = FLEETD_HEADER + "[Unit]" + watch_unit.split("[Unit]", 1)[1]
+    for old, new in FLEETD.items():
+        if unit.count(old) != 1:
+            raise SystemExit(f"build_deb: packaging/osquery-netutil.service no longer has {old.strip()!r} once: "
+                             "update FLEETD in scripts/build_deb.py")
+        unit = unit.replace(old, new)
+    return unit
 
 
 def _script(name: str) -> str:
@@ -93,6 +139,8 @@ def stage(tree: Path) -> None:
     _install(PACKAGING / "netutil.flags", tree / "etc/osquery-netutil/netutil.flags")
     _install(PACKAGING / "osquery-netutil.logrotate", tree / "etc/logrotate.d/osquery-netutil")
     _install(PACKAGING / "osquery-netutil.service", tree / "lib/systemd/system/osquery-netutil.service")
+    fleetd = tree / "lib/systemd/system/osquery-netutil-fleetd.service"
+    fleetd.write_text(fleetd_unit((PACKAGING / "osquery-netutil.service").read_text()))
     _gzip(PACKAGING / "osquery-netutil.8", tree / "usr/share/man/man8/osquery-netutil.8.gz")
     doc = tree / "usr/share/doc" / NAME
     _install(PACKAGING / "copyright", doc / "copyright")

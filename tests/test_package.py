@@ -4,7 +4,9 @@ lintian, `dpkg -i` installs it and adds the .ext to osquery's autoload list, the
 nc, the unit passes systemd-analyze, its command line run as the unit runs it (its
 capabilities only, no new privileges) writes result-log lines, a `logrotate -f` with the
 shipped config in the middle of an exec storm loses none, and `dpkg -r` / `dpkg -P`
-leave no file behind and extensions.load as it was, byte for byte.
+leave no file behind and extensions.load as it was, byte for byte. On a host with
+fleetd (/opt/orbit), the fleetd unit is enabled and its command line registers the
+extension on orbit's socket.
 
 The tests run in file order on one installation (the module's fixture); the last one
 removes it. They skip where root, dpkg or the tools are missing; CI must run them.
@@ -42,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "osquery-netutil"
 EXT = Path("/usr/lib/osquery-netutil/osquery-netutil.ext")
 UNIT = Path("/lib/systemd/system/osquery-netutil.service")
+FLEETD_UNIT = Path("/lib/systemd/system/osquery-netutil-fleetd.service")
+ORBIT = Path("/opt/orbit")
 LOAD = Path("/etc/osquery/extensions.load")
 LOG = Path("/var/log/osquery-netutil/results.log")
 # What `find` compares before installing and after purging: the trees a package touches.
@@ -70,9 +74,14 @@ def _files() -> set[str]:
     return set(found.stdout.splitlines())
 
 
-def _unit(key: str) -> str:
-    (value,) = re.findall(rf"^{key}=(.*)$", UNIT.read_text(), re.M)
+def _unit(key: str, unit: Path = UNIT) -> str:
+    (value,) = re.findall(rf"^{key}=(.*)$", unit.read_text(), re.M)
     return value
+
+
+def _enabled(unit: Path) -> bool:
+    """Enabled as systemctl enable (deb-systemd-helper) does it: the WantedBy= link."""
+    return (Path("/etc/systemd/system/multi-user.target.wants") / unit.name).resolve() == unit.resolve()
 
 
 @pytest.fixture(scope="module")
@@ -122,30 +131,39 @@ def test_the_package_puts_the_ext_in_osquerys_autoload_list(installed: dict[str,
     assert "/etc/osquery-netutil/netutil.flags" in conffiles and "/etc/logrotate.d/osquery-netutil" in conffiles
 
 
+def _serves_a_tmp_scripts_nc(manager: Manager, workdir: Path) -> None:
+    """The extension registered with manager records a /tmp script's nc and serves it."""
+    uuid = manager.wait_registered("netutil", timeout=30)
+    assert wait_state(manager, uuid, {"running", "degraded", "failed"}, timeout=60)["state"] == "running"
+    tag = uuidlib.uuid4().hex[:12]
+    script = write_executable(workdir / f"dropper-{tag}.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null; true\n")
+    subprocess.run([str(script)], timeout=30)
+    deadline, rows = time.monotonic() + 15, []
+    while not rows and time.monotonic() < deadline:
+        rows = [r for r in manager.generate(uuid, EXECS, {"utility": [(OP_EQUALS, "netcat")]}) if tag in r["cmdline"]]
+        time.sleep(0.2)
+    (row,) = rows
+    assert row["parent_path"] == str(script) and row["path"] == shutil.which("nc")
+
+
 def test_the_installed_ext_registers_and_serves_a_tmp_scripts_nc(installed: dict[str, object], place: Path,
                                                                   workdir: Path) -> None:
     with Manager(place / "osquery.em") as manager:
         proc = manager.launch(str(EXT), "--store", str(place / "events.db"))
         try:
-            uuid = manager.wait_registered("netutil", timeout=20)
-            assert wait_state(manager, uuid, {"running", "degraded", "failed"}, timeout=60)["state"] == "running"
-            tag = uuidlib.uuid4().hex[:12]
-            script = write_executable(workdir / "dropper.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null; true\n")
-            subprocess.run([str(script)], timeout=30)
-            deadline, rows = time.monotonic() + 15, []
-            while not rows and time.monotonic() < deadline:
-                rows = [r for r in manager.generate(uuid, EXECS, {"utility": [(OP_EQUALS, "netcat")]}) if tag in r["cmdline"]]
-                time.sleep(0.2)
-            (row,) = rows
-            assert row["parent_path"] == str(script) and row["path"] == shutil.which("nc")
+            _serves_a_tmp_scripts_nc(manager, workdir)
         finally:
             err = stop(proc, manager)
     assert proc.returncode == 0, err
 
 
-def test_the_unit_passes_systemd_analyze(installed: dict[str, object]) -> None:
-    run = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0 and "osquery-netutil" not in run.stderr, run.stderr
+def test_the_units_pass_systemd_analyze(installed: dict[str, object]) -> None:
+    for unit in (UNIT, FLEETD_UNIT):
+        run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and "osquery-netutil" not in run.stderr, run.stderr
+    # No osqueryd and no fleetd here: watch is the one enabled.
+    assert _enabled(UNIT) and not _enabled(FLEETD_UNIT)
+    assert _unit("CapabilityBoundingSet", FLEETD_UNIT) == _unit("CapabilityBoundingSet")
 
 
 def _service(place: Path, caps: str) -> subprocess.Popen:
@@ -257,3 +275,32 @@ def test_purge_removes_the_store_only_when_asked(installed: dict[str, object], p
     asked = subprocess.run(["sh", str(script), "purge"], capture_output=True, text=True)
     assert asked.returncode == 0, asked.stderr
     assert list(store.parent.iterdir()) == [] and not (place / "etc").exists()
+
+
+def test_on_a_fleetd_host_the_extension_registers_with_orbits_osqueryd(installed: dict[str, object], place: Path,
+                                                                     workdir: Path) -> None:
+    """Where orbit is installed, the package enables the fleetd unit (not watch), and its
+    command line, run with the unit's capabilities only, registers the tables on orbit's
+    extension socket, serves a /tmp script's nc, and leaves when osqueryd goes (the unit
+    starts it again, Restart=always)."""
+    made = not ORBIT.exists()
+    ORBIT.mkdir(exist_ok=True)
+    try:
+        run = subprocess.run(["dpkg", "-i", str(installed["deb"])], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and "fleetd is installed" in run.stderr, run.stdout + run.stderr
+        assert _enabled(FLEETD_UNIT) and not _enabled(UNIT)
+        assert _unit("Restart", FLEETD_UNIT) == "always" and _unit("ConditionPathExists", FLEETD_UNIT) == str(ORBIT)
+        caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in _unit("CapabilityBoundingSet", FLEETD_UNIT).split())
+        with Manager(ORBIT / "orbit-osquery.em") as manager:
+            command = ["setpriv", f"--bounding-set=-all,{caps}", "--no-new-privs", "--",
+                       *shlex.split(_unit("ExecStart", FLEETD_UNIT)), "--store", str(place / "events.db")]
+            proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            try:
+                _serves_a_tmp_scripts_nc(manager, workdir)
+            finally:
+                err = stop(proc, manager)
+        assert proc.returncode == 0, err
+    finally:
+        subprocess.run(["dpkg", "-P", PACKAGE], capture_output=True, timeout=300)
+        if made:
+            shutil.rmtree(ORBIT)
