@@ -92,19 +92,24 @@ FLEETD_SOCKET = "/opt/orbit/orbit-osquery.em"
 FLEETD_HEADER = """\
 # osquery-netutil on hosts where Fleet's agent (fleetd, orbit) runs osqueryd: the extension,
 # started beside orbit, registers its tables on orbit's extension socket; orbit's osqueryd
-# reads no autoload list of ours (scripts/build_deb.py says why). The extension leaves when
-# osqueryd goes and is started again, to register with the next one. Made at build time
-# from osquery-netutil.service: the same sandbox and capabilities, another command.
+# reads no autoload list of ours (scripts/build_deb.py says why). When orbit restarts its
+# osqueryd, the extension stays (--reconnect: its probe keeps recording) and registers with
+# the next one; it writes the store and its socket beside orbit's. Made at build time from
+# osquery-netutil.service: the same sandbox and capabilities, another command and paths.
 """
 FLEETD = {
     "Description=osquery-netutil: network utilities run by intruders, seen by an eBPF exec probe":
         "Description=osquery-netutil: network utility tables for Fleet's osqueryd (fleetd)",
     "After=local-fs.target": "After=local-fs.target orbit.service\nConditionPathExists=/opt/orbit",
     "ExecStart=/usr/sbin/osquery-netutil watch --format json --log /var/log/osquery-netutil/results.log --pidfile /run/osquery-netutil/watch.pid":
-        f"ExecStart=/usr/lib/osquery-netutil/osquery-netutil.ext --socket {FLEETD_SOCKET} --timeout 10 --interval 3",
+        f"ExecStart=/usr/lib/osquery-netutil/osquery-netutil.ext --socket {FLEETD_SOCKET} --timeout 10 --interval 3 "
+        "--reconnect",
     "# logrotate's postrotate sends SIGHUP through the pid file; `systemctl reload` does too.\nExecReload=/bin/kill -HUP $MAINPID\n": "",
     "Restart=on-failure": "Restart=always",
     "RuntimeDirectory=osquery-netutil\n": "",
+    "# The store and the log are the only places written; everything else is read-only.":
+        "# The store and the socket (orbit-osquery.em.<uuid>, beside orbit's) are the only places\n"
+        "# written; everything else is read-only.",
     "ReadWritePaths=/var/osquery /var/log/osquery-netutil": "ReadWritePaths=/var/osquery /opt/orbit",
 }
 

@@ -23,7 +23,7 @@ from thrift.transport import TSocket, TTransport
 from osquery_netutil.extension import Handler, Processor, parse_args, write_call_result
 from osquery_netutil.schema import EXECS, STATUS
 from osquery_netutil.store import Store
-from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT
+from osquery_netutil.tables import OP_EQUALS, OP_GE, OP_GT, OP_LT, ExecsTable, columns_used, osqueryd_bytes, stored_peak
 
 from .conftest import need, probe_unavailable
 from .manager import Manager, context
@@ -181,8 +181,58 @@ def test_an_answer_osqueryd_could_not_hold_is_refused_and_says_how_to_constrain_
         assert len(recent) == 2000 - 1802 and set(recent[0]) == set(EXECS.names)
         narrow = manager.generate(uuid, EXECS, used=["pid", "utility"])   # what SELECT pid, utility sends
         assert len(narrow) == 2000 and set(narrow[0]) == {"pid", "utility"} and narrow[5] == {"pid": "5", "utility": "netcat"}
+        counted = manager.generate(uuid, EXECS, used=[])   # SELECT count(*): osquery sends colsUsed []
+        assert len(counted) == 2000 and set(counted[0]) == {"eid"}
     finally:
         stop(proc, manager)
+
+
+def test_with_reconnect_the_extension_outlives_osqueryd_and_registers_with_the_next(ext_file: str, place: Path) -> None:
+    """fleetd's orbit restarts its osqueryd at every change of agent options: the extension
+    started beside it (the fleetd unit) registers again, its probe recording all along, so
+    the status row shows one run (same start_time, no restart, nothing for the health
+    query to report)."""
+    need(probe_unavailable())
+    socket = place / "osquery.em"
+    first = Manager(socket)
+    with first:
+        proc = first.launch(ext_file, "--store", str(place / "events.db"), "--reconnect")
+        try:
+            before = wait_state(first, first.wait_registered("netutil"), {"running", "failed"})
+            assert before["state"] == "running", before
+        except BaseException:
+            proc.kill()
+            raise
+    try:
+        time.sleep(2)   # osqueryd restarting: the extension's pings fail, it waits for the next
+        assert proc.poll() is None
+        subprocess.run(["true"], check=True)   # an exec while no osquery is there: still seen
+        with Manager(socket) as second:
+            uuid = second.wait_registered("netutil", timeout=30)
+            after = wait_state(second, uuid, {"running"})
+            assert after["state"] == "running" and after["start_time"] == before["start_time"]
+            assert after["restarted"] == before["restarted"] and int(after["execs_seen"]) > int(before["execs_seen"])
+            proc.terminate()   # systemd stopping the unit
+            assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert "registering again when it is back" in err and err.count("registered as 'netutil'") == 2, err
+
+
+@pytest.mark.parametrize("used", [None, ["pid", "cmdline", "ancestors"], []])
+def test_the_cap_sums_in_sql_what_the_model_counts_in_python(place: Path, used: list[str] | None) -> None:
+    """tables.osqueryd_bytes (the model) and the SQL sum the cap uses agree, to the byte,
+    for any columns and values (long, short, non-ASCII, NULL)."""
+    with Store(place / "events.db") as store:
+        store.add_many([make_row(pid=i, cmdline="é" * (i * 7 % 60), ancestors="x" * (i % 3) * 20, cwd=None if i % 2 else "/tmp/w" * i)
+                        for i in range(50)])
+        store.flush()
+        context = {"constraints": [], **({"colsUsed": used} if used is not None else {})}
+        rows = ExecsTable(lambda: store).generate(context)
+        peak = stored_peak(rows, columns_used(context))
+        listed = list(rows)
+    assert len(listed) == 50 and peak == osqueryd_bytes(listed) > 0
 
 
 def test_shutdown_request_stops_the_extension(ext_file: str, manager: Manager, place: Path) -> None:

@@ -92,7 +92,9 @@ def test_a_minute_of_execs_with_queries_every_100_ms(ext_file: str, place: Path,
     nc = write_executable(place / "nc", tiny_elf())
     store = place / "events.db"
     with Manager(place / "osquery.em") as manager:
-        proc = manager.launch(ext_file, "--store", str(store), "--max-rows", "1000000")
+        # The test reads all ~100,000 rows back to count them, more than the default
+        # --max-answer-mb lets osqueryd hold (tests/test_extension.py checks the cap): no cap.
+        proc = manager.launch(ext_file, "--store", str(store), "--max-rows", "1000000", "--max-answer-mb", "0")
         try:
             uuid = manager.wait_registered("netutil")
             assert wait_state(manager, uuid, {"running", "failed"})["state"] == "running"

@@ -179,11 +179,9 @@ def _known_keys(items: list[Any], allowed: set[str], section: str, file: str) ->
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise Refused(f'Couldn\'t edit "{file}" at "{section}", expected type {section[:-1]} but got {type(item).__name__}')
-        for key in item:
+        for key in item:   # path and paths too: a path file names no other file
             if key not in allowed:
                 raise Refused(f'unknown key "{section}.[{i}].{key}" in "{file}"')
-        if "path" in item or "paths" in item:
-            raise Refused(f"nested paths are not supported: {item.get('path') or item.get('paths')} in {file}")
 
 
 def gitops_path_file(text: str, section: str, file: str) -> list[dict[str, Any]]:
@@ -286,7 +284,7 @@ def pack_schedule(text: str, sdk_version: str = "5.12.0") -> dict[str, int]:
             continue
         interval = query.get("interval", 3600)
         if not isinstance(query.get("query"), str) or not query["query"] or not isinstance(interval, int) \
-                or not 1 <= interval <= 604800 or name in schedule:
+                or not 1 <= interval <= 604800:
             continue
         schedule[name] = interval
     return schedule

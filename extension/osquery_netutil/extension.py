@@ -59,27 +59,41 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3, help="seconds to wait for the socket")
     parser.add_argument("--interval", type=float, default=3, help="seconds between pings of osquery")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="when osquery goes, register again with the next one instead of exiting (an extension "
+                             "started beside osqueryd, as the fleetd unit does): the probe keeps recording")
     parser.add_argument("--catalog", type=Path, help="extra catalog YAML")
     parser.add_argument("--prefix", action="append", metavar="DIR/", help="also forward execs under this directory (repeatable)")
     probe_mode_option(parser)
     parser.add_argument("--store", type=Path, default=DEFAULT_PATH, help=f"SQLite event store (default {DEFAULT_PATH})")
     parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     parser.add_argument("--max-age", type=int, default=DEFAULT_MAX_AGE_S)
-    parser.add_argument("--max-answer-mb", type=float, default=DEFAULT_MAX_ANSWER_MB,
+    parser.add_argument("--max-answer-mb", type=_megabytes, default=DEFAULT_MAX_ANSWER_MB,
                         help="refuse, with an error saying how to constrain it, an answer that would take more than this "
-                             f"in osqueryd's memory (default {DEFAULT_MAX_ANSWER_MB}; its watchdog allows 200 MB)")
+                             f"in osqueryd's memory (default {DEFAULT_MAX_ANSWER_MB}; its watchdog allows 200 MB; 0: no cap)")
     args, unknown = parser.parse_known_args(list(argv))
     if unknown:
         log(f"ignoring flags this version does not know: {' '.join(unknown)}")
     return args
 
 
+def _megabytes(text: str) -> float | None:
+    """--max-answer-mb: a size in MB, 0 for no cap."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size in MB, or 0 for no cap")
+    return value or None
+
+
 class Handler(Extension.Iface):
     """osquery.thrift's Extension service: ping, call, shutdown."""
 
-    def __init__(self, tables: dict[str, TablePlugin], stop: threading.Event) -> None:
+    def __init__(self, tables: dict[str, TablePlugin], gone: threading.Event) -> None:
         self._tables = tables
-        self._stop = stop
+        self._gone = gone   # set when osquery asks the extension to go (shutdown)
 
     def ping(self) -> ExtensionStatus:
         return ExtensionStatus(code=0, message="OK")
@@ -93,7 +107,7 @@ class Handler(Extension.Iface):
         return table.call(request)
 
     def shutdown(self) -> None:
-        self._stop.set()
+        self._gone.set()
 
 
 class Server:
@@ -240,15 +254,55 @@ def _register(args: argparse.Namespace, tables: dict[str, TablePlugin]) -> tuple
     return client, str(status.uuid)
 
 
-def _watch_core(client: ExtensionClient, interval: float, stop: threading.Event) -> None:
-    """Ping osquery every interval; when it is gone, stop (cleanly, unlike os._exit)."""
-    while not stop.wait(interval):
+class _Link:
+    """One registration with one osquery: the tables served on `<socket>.<uuid>`, and a ping
+    every interval. `gone` is set when that osquery is gone or asked the extension to go."""
+
+    def __init__(self, args: argparse.Namespace, tables: dict[str, TablePlugin]) -> None:
+        self.client, uuid = _register(args, tables)
+        self.gone = threading.Event()
+        self.server = Server(f"{args.socket}.{uuid}", Processor(Handler(tables, self.gone)))
+        self.server.start()
+        log(f"registered as {NAME!r} (uuid {uuid}) with tables {', '.join(tables)}")
+        threading.Thread(target=_watch_core, args=(self.client, args.interval, self.gone), name="netutil-ping",
+                         daemon=True).start()
+
+    def close(self) -> None:
+        self.server.stop()
+        self.client.close()
+
+
+def _stay_linked(args: argparse.Namespace, tables: dict[str, TablePlugin], link: _Link, stop: threading.Event) -> None:
+    """Serve osquery until it goes, then stop; with --reconnect, register again with the
+    next osqueryd instead (fleetd's orbit restarts its osqueryd at every change of agent
+    options): the probe and the store go on, so there is no blind gap and no restart."""
+    while True:
+        while not stop.is_set() and not link.gone.wait(0.5):
+            pass
+        link.close()
+        if stop.is_set() or not args.reconnect:
+            stop.set()
+            return
+        log("osquery is gone: registering again when it is back (--reconnect); the probe keeps recording")
+        while not stop.is_set():
+            try:
+                link = _Link(args, tables)
+                break
+            except (ConnectionError, OSError, TTransport.TTransportException):
+                stop.wait(args.interval)
+        else:
+            return
+
+
+def _watch_core(client: ExtensionClient, interval: float, gone: threading.Event) -> None:
+    """Ping osquery every interval; when it is gone, say so (cleanly, unlike os._exit)."""
+    while not gone.wait(interval):
         try:
             if client.extension_manager_client().ping().code != 0:
                 raise ConnectionError("ping answered with an error")
         except Exception as exc:   # any failure means osquery is gone or broken
-            log(f"osquery is gone ({type(exc).__name__}: {exc}); shutting down")
-            stop.set()
+            log(f"osquery is gone ({type(exc).__name__}: {exc})")
+            gone.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,15 +349,12 @@ def _run(argv: Sequence[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        client, uuid = _register(args, tables)
+        link = _Link(args, tables)
     except (ConnectionError, OSError, TTransport.TTransportException) as exc:
         log(str(exc))
         if store is not None:
             store.close()
         return 1
-    server = Server(f"{args.socket}.{uuid}", Processor(Handler(tables, stop)))
-    server.start()
-    log(f"registered as {NAME!r} (uuid {uuid}) with tables {', '.join(tables)}")
 
     if writer:
         def attach() -> None:
@@ -313,18 +364,18 @@ def _run(argv: Sequence[str]) -> int:
             except ProbeError as exc:
                 log(f"probe failed: {exc}; serving stored rows only")
         threading.Thread(target=attach, name="netutil-attach", daemon=True).start()
-    threading.Thread(target=_watch_core, args=(client, args.interval, stop), name="netutil-ping", daemon=True).start()
+    linked = threading.Thread(target=_stay_linked, args=(args, tables, link, stop), name="netutil-osquery", daemon=True)
+    linked.start()
 
     if writer:
         sensor.publish_until(stop)
     else:
         stop.wait()
     log("stopping: flushing the store")
-    server.stop()
+    linked.join(timeout=5)   # it closes the link it holds
     sensor.stop()
     if store is not None:
         store.close()
-    client.close()
     return 0
 
 

@@ -85,31 +85,39 @@ def _open(path: Path) -> int:
 
 class ResultLog:
     """The results file and its snapshots sibling, both opened now (an OSError is raised
-    here, not at the first detection)."""
+    here, not at the first detection). A FILE that is not a regular file (/dev/stdout, a
+    FIFO) gets the snapshot lines too: it has no sibling to speak of."""
 
     def __init__(self, path: Path) -> None:
-        self.paths = {"results": path, "snapshots": snapshots_path(path)}
-        self._fds: dict[str, int] = {}
+        self.paths = {"results": path}
+        if not path.exists() or path.is_file():
+            self.paths["snapshots"] = snapshots_path(path)
+        self._fds = self._open_all()
+        self._reopen = False
+
+    def _open_all(self) -> dict[str, int]:
+        """Every file opened, or none (those opened are closed again) and the OSError raised."""
+        fds: dict[str, int] = {}
         try:
             for kind, where in self.paths.items():
-                self._fds[kind] = _open(where)
+                fds[kind] = _open(where)
         except OSError:
-            self.close()
+            for fd in fds.values():
+                os.close(fd)
             raise
-        self._reopen = False
+        return fds
 
     def reopen_on_sighup(self) -> None:
         """From now on SIGHUP (logrotate's postrotate) reopens the files before the next line."""
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reopen", True))
 
     def write(self, line: dict[str, Any]) -> None:
-        if self._reopen:
-            self._reopen = False
-            for kind, where in self.paths.items():
-                fd = _open(where)
-                os.close(self._fds[kind])
-                self._fds[kind] = fd
-        fd = self._fds["snapshots" if line.get("action") == "snapshot" else "results"]
+        if self._reopen:   # both reopened, or both kept and retried at the next line
+            fds = self._open_all()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds, self._reopen = fds, False
+        fd = self._fds.get("snapshots", self._fds["results"]) if line.get("action") == "snapshot" else self._fds["results"]
         data = (dumps(line) + "\n").encode()
         written = os.write(fd, data)
         while written < len(data):   # a regular file takes it whole, unless the disk is full

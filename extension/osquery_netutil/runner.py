@@ -16,6 +16,10 @@ their condition starts, changes or ends (`snapshots="changes"`): a condition is 
 row says in words, its numbers left out, so a probe that keeps losing events, or a
 restart, is one line, not one a round.
 
+The detections judged by cursor are differential queries whose every run finds only new
+rows: each of their lines is "added", and their counter starts at 0 again when watch
+starts (it is not kept beside the store, the cursor is).
+
 What a run found is a Result (typed values, the query it came from); resultlog.py turns
 it into osqueryd's result-log lines, readable() into a line for a person.
 """

@@ -163,13 +163,15 @@ def _failure(message: str) -> ExtensionResponse:
 
 
 def columns_used(context: dict[str, Any]) -> list[str]:
-    """The columns osquery says the query uses (colsUsed), in schema order; all of them
-    when it does not say (the embedded host, an older osquery, SELECT count(*))."""
+    """The columns osquery says the query uses (colsUsed), in schema order: osquery sends
+    the list for every query (xBestIndex, osquery/sql/virtual_table.cpp), empty for one that
+    uses none (SELECT count(*): then eid alone, so rows are still rows). Without the key (an
+    older osquery, the embedded host), all of them."""
     used = context.get("colsUsed")
-    if not isinstance(used, list) or not used:
+    if not isinstance(used, list):
         return list(EXECS.names)
     wanted = set(used)
-    return [name for name in EXECS.names if name in wanted] or list(EXECS.names)
+    return [name for name in EXECS.names if name in wanted] or ["eid"]
 
 
 class ExecsTable(TablePlugin):
@@ -189,11 +191,15 @@ class ExecsTable(TablePlugin):
         columns = columns_used(context)
         rows = store.stream(conditions_from(context), text=True, columns=columns)
         if self.max_answer_mb is not None:
-            self._refuse_if_too_large(rows, columns)
+            try:
+                self._refuse_if_too_large(rows, columns)
+            except BaseException:
+                rows.close()   # the read snapshot, at once
+                raise
         return rows
 
     def _refuse_if_too_large(self, rows: StoredRows, columns: list[str]) -> None:
-        """Raise AnswerTooLarge (the rows closed) when osqueryd's peak would pass the cap.
+        """Raise AnswerTooLarge when osqueryd's peak would pass the cap.
         An answer too many rows long for the cap however short they are is refused at
         once; otherwise its size is summed in SQL (bench/answer_size.py gives what that costs)."""
         assert self.max_answer_mb is not None
@@ -201,7 +207,6 @@ class ExecsTable(TablePlugin):
         floor = len(rows) * COPIES * (ROW_BYTES + len(columns) * ENTRY_BYTES)
         size = floor if floor > cap else stored_peak(rows, columns)
         if size > cap:
-            rows.close()
             raise AnswerTooLarge(
                 f"{EXECS.name}: this answer is {len(rows):,} rows, {'at least ' if size == floor else ''}about "
                 f"{size / 1e6:,.0f} MB in osqueryd's memory, over the extension's --max-answer-mb="
