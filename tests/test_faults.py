@@ -68,7 +68,8 @@ def test_kill_9_in_a_storm_loses_at_most_a_second_and_eids_go_on(ext_file: str, 
             os.waitpid(pid, 0)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            found = {int(r["pid"]) for r in manager.generate(uuid, EXECS, {"path": [(OP_EQUALS, str(nc))]})}
+            found = {int(r["pid"]) for r in manager.generate(uuid, EXECS, {"path": [(OP_EQUALS, str(nc))]},
+                                                                used=["pid", "path"])}   # SELECT pid ... WHERE path =
             if set(after) <= found:
                 break
             time.sleep(0.3)
