@@ -8,7 +8,7 @@
 // name), or a file run from a writable directory, an fd/memfd or a relative path.
 // Everything else costs only the program run, in the kernel.
 //
-// Two modes, chosen by probe.py at load (design.md, "Kernel side rules"):
+// Two modes, chosen by probe.py at load (docs/design.md, "The kernel side"):
 //   PROBE_BTF    raw tracepoints on sched_process_exec and task_newtask only. argv is
 //                read from the new image (mm->arg_start..arg_end) once the exec has
 //                succeeded. No syscall tracepoint: attaching one puts every syscall of

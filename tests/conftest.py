@@ -121,7 +121,7 @@ class Container:
 
     def entry(self, command: str) -> str:
         """A shell script body that moves itself into the container (cgroup, and pid and
-        mount namespaces under `unshare`, as design.md describes) and runs command."""
+        mount namespaces under `unshare`, as a docker-like runtime does) and runs command."""
         return f"#!/bin/sh\necho $$ > {self.cgroup}/cgroup.procs\nexec unshare --pid --mount --fork --mount-proc {command}\n"
 
 

@@ -185,7 +185,7 @@ def _named_shell(directory: Path, name: str) -> str:
 
 def test_a_containers_own_service_running_a_utility_is_detected_and_a_runtime_probe_is_not(
         sensor: Sensor, workdir: Path, container: Container) -> None:
-    """In a docker-like container (cgroup and namespaces as design.md describes), a web
+    """In a docker-like container (cgroup and namespaces as a runtime makes them), a web
     server's shell runs curl: detected, whatever the directory. The same curl in a shell the
     runtime started (docker exec, HEALTHCHECK, an exec probe): quiet."""
     tag = uuid.uuid4().hex[:10]
