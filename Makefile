@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup watch test bench ext deb
+.PHONY: setup watch test check bench ext deb
 
 setup:
 	bash scripts/setup.sh
@@ -13,6 +13,10 @@ watch: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The quick tier: no root, no apt, no BPF (lint, types, the tests that need no kernel, packs verify).
+check:
+	bash scripts/check.sh
 
 # Benchmarks against bpftrace and auditd, with plots: bench/results/REPORT.md
 bench:

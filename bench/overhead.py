@@ -144,7 +144,8 @@ def main() -> int:
     binary = static_binary("bench-true")
     marker = static_binary("bench-marker")
     tools = {"none": nothing, "sched-floor": lambda: floor(EMPTY_SCHED_PROGRAMS), "floor": floor,
-             "netutil-btf": lambda: netutil("btf"), "netutil-tracepoint": lambda: netutil("tracepoint"), "bpftrace": lambda: bpftrace(marker), "auditd": auditd}
+             "netutil-btf": lambda: netutil("btf"), "netutil-tracepoint": lambda: netutil("tracepoint"),
+             "bpftrace": lambda: bpftrace(marker), "auditd": auditd}
     missing = [t for t in ("bpftrace", "auditd", "auditctl") if shutil.which(t) is None]
     for name in list(tools):
         if (name == "bpftrace" and "bpftrace" in missing) or (name == "auditd" and {"auditd", "auditctl"} & set(missing)):

@@ -140,9 +140,12 @@ def extension_section(data: dict[str, Any]) -> list[str]:
     lines.append("| all detections, embedded host | " + " | ".join(f"{s['pack_run'][0] * 1e3:.0f} ms" for s in sizes) + " |")
     lines.append("| registered after start | " + " | ".join(f"{s['registered_s']:.2f} s" for s in sizes) + " |")
     lines.append("| probe attached after start | " + " | ".join(f"{s['attached_s']:.2f} s" for s in sizes) + " |")
-    lines.append("| RSS at rest (anonymous + file-backed) | " + " | ".join(f"{s['rss_rest'][0]:.0f} + {s['rss_rest'][1]:.0f} MB" for s in sizes) + " |")
-    lines.append("| RSS after the queries | " + " | ".join(f"{s['rss_after'][0]:.0f} + {s['rss_after'][1]:.0f} MB" for s in sizes) + " |")
-    lines += ["", "File-backed RSS is the libraries' code: Python, libbcc, APSW. LLVM and clang (85 MB) are paged out once the probe is compiled (`memory.page_out_compiler`).", "", "![query latency](query_latency.png)", ""]
+    lines.append("| RSS at rest (anonymous + file-backed) | "
+                 + " | ".join(f"{s['rss_rest'][0]:.0f} + {s['rss_rest'][1]:.0f} MB" for s in sizes) + " |")
+    lines.append("| RSS after the queries | "
+                 + " | ".join(f"{s['rss_after'][0]:.0f} + {s['rss_after'][1]:.0f} MB" for s in sizes) + " |")
+    lines += ["", "File-backed RSS is the libraries' code: Python, libbcc, APSW. LLVM and clang (85 MB) are paged out "
+              "once the probe is compiled (`memory.page_out_compiler`).", "", "![query latency](query_latency.png)", ""]
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = [s["rows"] for s in sizes]
     for via, style in (("thrift", "-"), ("host", "--")):

@@ -189,7 +189,8 @@ def test_an_ancestor_whose_slot_a_newer_pid_took_is_read_from_proc(sensor: Senso
     tag = uuid.uuid4().hex[:8]
     script = write_executable(
         workdir / "slot.sh",
-        f"#!/bin/sh\nfor i in $(seq 400); do [ -e {go} ] && break; sleep 0.05; done\nnc -h {tag} 2>/dev/null\nsleep 10\n",   # alive while its child is reported (killed below)
+        # alive while its child is reported (killed below)
+        f"#!/bin/sh\nfor i in $(seq 400); do [ -e {go} ] && break; sleep 0.05; done\nnc -h {tag} 2>/dev/null\nsleep 10\n",
     )
     mark = rows.mark()
     proc = subprocess.Popen([str(script)])

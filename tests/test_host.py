@@ -194,7 +194,8 @@ def test_query_says_when_nothing_collects(store: Store, capsys: pytest.CaptureFi
 
 
 def test_shell_reads_statements_and_dot_commands(store: Store) -> None:
-    script = ".tables\nSELECT count(*) AS n\n  FROM network_utility_execs;\n.mode csv\nSELECT 1 AS one;\nSELEC;\n.schema network_utility_probe_status\n.quit\n"
+    script = (".tables\nSELECT count(*) AS n\n  FROM network_utility_execs;\n.mode csv\nSELECT 1 AS one;\nSELEC;\n"
+              ".schema network_utility_probe_status\n.quit\n")
     run = subprocess.run([sys.executable, "-m", "osquery_netutil.cli", "shell", "--store", str(store.path)],
                          input=script, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr

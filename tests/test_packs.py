@@ -3,7 +3,6 @@ the embedded host, the pack tooling and its generated formats, and the runner.""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path

@@ -172,7 +172,7 @@ def _emitter(args: argparse.Namespace, keep: contextlib.ExitStack, fmt: str) -> 
     log = resultlog.ResultLog(args.log)
     keep.callback(log.close)
     log.reopen_on_sighup()
-    failing = []
+    failing: list[OSError] = []
 
     def write(result: Result) -> None:
         for line in resultlog.log_lines(result, host_identifier):

@@ -35,7 +35,7 @@ def cause(exc: BaseException) -> str:
 def fix(exc: BaseException) -> str:
     """What the user does about exc."""
     if isinstance(exc, OSError):
-        return _FIXES.get(exc.errno, "check the path and its permissions")
+        return _FIXES.get(exc.errno or 0, "check the path and its permissions")
     text = str(exc)
     if isinstance(exc, sqlite3.DatabaseError):
         if "not a database" in text:

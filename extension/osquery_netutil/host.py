@@ -64,7 +64,7 @@ class _VirtualTable:
         self.integer = tuple(c.type in ("BIGINT", "INTEGER") for c in plugin.table.columns)
 
     def BestIndex(self, constraints: Sequence[tuple[int, int]], orderbys: Sequence[tuple[int, bool]]):  # noqa: N802
-        used: list[int | None] = []
+        used: list[tuple[int, bool] | None] = []
         pushed: list[tuple[str, int]] = []
         for column, op in constraints:
             usable = 0 <= column < len(self.table.columns) and op in _OSQUERY_OPS
@@ -134,6 +134,7 @@ class _Cursor:
         return self._index
 
     def Column(self, number: int) -> Any:  # noqa: N802
+        assert self._row is not None   # SQLite reads columns only before Eof
         return self._index if number == -1 else self._row[number]
 
     def Next(self) -> None:  # noqa: N802
@@ -325,7 +326,8 @@ class Host:
         self.tables: dict[str, Table] = {}
         for plugin in plugins:
             name = plugin.table.name
-            self.db.createmodule(name, _Module(plugin))
+            # PyPI's newer apsw types a module with ShadowName; Debian's 3.40 (the package's) has none.
+            self.db.createmodule(name, _Module(plugin))  # type: ignore[arg-type]
             self.db.execute(f'CREATE VIRTUAL TABLE main."{name}" USING "{name}"')
             self.tables[name] = plugin.table
 

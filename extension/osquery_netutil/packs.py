@@ -18,6 +18,7 @@ load, packs/generated/, as formats.py lists them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -257,7 +258,7 @@ def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
         problems = []
         for expected, path in ((1, positive), (0, negative)):
             for row in _status_rows(path):
-                host = Host([StatusTable(lambda r=row: r)])
+                host = Host([StatusTable(functools.partial(dict, row))])
                 try:
                     got = len(host.query(query.sql)[1])
                 except QueryError as exc:

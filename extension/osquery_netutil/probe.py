@@ -6,7 +6,7 @@ program at start-up (bcc), fills the in-kernel filter (catalog comm names, forwa
 prefixes), polls the ring buffer on a thread and calls `on_exec` with each raw record.
 Enrichment (paths, users, containers, IPs) happens downstream, in user space.
 
-Two modes (design.md): btf, the default where the kernel describes itself in BTF, hooks
+Two modes (docs/design.md): btf, the default where the kernel describes itself in BTF, hooks
 only sched_process_exec and task_newtask (raw tracepoints) and reads the few struct
 fields it needs at offsets taken from that BTF; tracepoint, the fallback, hooks the exec
 syscalls' tracepoints, which tax every syscall on the host. btf mode checks itself on a
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .btf import VMLINUX, Btf, BtfError
 from .locations import FD_PATH_PREFIXES, WRITABLE_DIRS
@@ -342,7 +342,7 @@ class Probe:
         self._prefixes = tuple(dict.fromkeys([*forward_prefixes, *FD_PATH_PREFIXES]))
         self._on_exec = on_exec
         self._poll_ms = poll_ms
-        self._bpf = None
+        self._bpf: Any = None   # bcc's BPF object (bcc has no type information)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wall_offset = time.time() - time.monotonic()
@@ -516,7 +516,8 @@ class Probe:
         proc = self._lookup(pid)
         if proc is None:
             return None
-        image, flags = proc, 0
+        image: ctypes.Structure | None = proc
+        flags = 0
         if proc.ktime_ns == 0:
             # No exec since its fork: it runs its parent's image, if the parent had it
             # when the fork happened.

@@ -8,6 +8,7 @@ here and everything follows.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 
@@ -19,7 +20,7 @@ class Column:
     indexed: bool = False   # the store keeps an index and the tables push constraints down
 
     @property
-    def python_type(self) -> type:
+    def python_type(self) -> builtins.type[str] | builtins.type[int]:   # `type` is the field here
         return str if self.type == "TEXT" else int
 
 

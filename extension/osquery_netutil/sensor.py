@@ -104,6 +104,7 @@ class Sensor:
             self.publish_status()
 
     def _on_exec(self, rec: ExecRecord) -> None:
+        assert self._enricher is not None   # made before the probe starts calling
         try:
             row = self._enricher.row(rec)
         except Exception as exc:   # one bad record must not stop the others; counted, shown in status

@@ -50,7 +50,8 @@ class _Translator:
     the C++ standard's [re.grammar] and libc++'s parser)."""
 
     def __init__(self, pattern: str) -> None:
-        self.p, self.i, self.out = pattern, 0, []
+        self.p, self.i = pattern, 0
+        self.out: list[str] = []
         self.groups: list[str] = []     # kinds of the groups open now
         self.captures = 0
         self.quantifiable = False       # may the previous token take a quantifier

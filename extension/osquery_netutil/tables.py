@@ -143,6 +143,7 @@ class TablePlugin:
         """osquery's Extension.call for registry 'table'. Never raises: errors are
         answered with status code 1 and the message, as osquery expects."""
         action = request.get("action")
+        rows: Rows
         try:
             if action == "columns":
                 rows = self.routes()
