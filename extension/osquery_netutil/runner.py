@@ -172,13 +172,13 @@ class PackRunner:
         return results, errors
 
     def _differential(self, state: _State, rows: list[Row], now: int) -> list[Result]:
-        current = Counter(_key(row) for row in rows)
+        keys = [_key(row) for row in rows]
+        current, by_key = Counter(keys), dict(zip(keys, rows))
         first = not state.started
         added = current if first else current - state.previous
         removed = Counter() if first else state.previous - current
         state.previous = current
         counter = state.advance(bool(added or removed))
-        by_key = {_key(row): row for row in rows}
         found = [] if state.query.logging != "differential" else [
             Result(state.query, "removed", (json.loads(key),), now, counter) for key in sorted(removed.elements())]
         return found + [Result(state.query, "added", (by_key[key],), now, counter) for key in sorted(added.elements())]
