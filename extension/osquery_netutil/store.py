@@ -64,19 +64,17 @@ def _where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def _select_sql(conditions: Sequence[Condition], text: bool,
-                columns: Sequence[str] | None = None) -> tuple[str, list[Any]]:
-    """SELECT of the rows matching all conditions, in eid order, and its parameters: of
-    the given columns (all by default), with text=True each as text."""
+def _select_sql(where: str, text: bool, columns: Sequence[str] | None = None) -> str:
+    """SELECT of the rows a _where_sql clause matches, in eid order: of the given columns
+    (all by default), with text=True each as text."""
     named = list(columns) if columns is not None else list(_COLUMNS)
     unknown = [c for c in named if c not in _AS_TEXT]
     if unknown:
         raise ValueError(f"no column {unknown[0]!r}: columns are {', '.join(_COLUMNS)}")
     selected = ", ".join(_AS_TEXT[c] if text else c for c in named) if columns is not None or text else "*"
-    where, params = _where_sql(conditions)
     # "+eid": order the matches, but let SQLite pick the index for the WHERE clause
     # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
-    return f"SELECT {selected} FROM events{where} ORDER BY {'+eid' if where else 'eid'}", params
+    return f"SELECT {selected} FROM events{where} ORDER BY {'+eid' if where else 'eid'}"
 
 
 class StoredRows:
@@ -473,7 +471,8 @@ class Store:
         """Rows matching all conditions (each on a schema column, op in OPS), eid order,
         including rows held in memory while the file cannot be written. With text=True
         every value is a string, as osquery rows are (SQLite converts)."""
-        sql, params = _select_sql(conditions, text)
+        where, params = _where_sql(conditions)
+        sql = _select_sql(where, text)
         with self._read_lock:
             rows = list(_dicts(self._reader.execute(sql, params)))
         return rows + self._held_matching(conditions, text) if self._held else rows
@@ -483,8 +482,8 @@ class Store:
         """The rows select() returns (of the given columns), read one at a time while they
         are sent: how many there are is known first (counted in the same snapshot), so an
         answer of 100,000 rows never sits in memory whole. Iterate once (or close())."""
-        sql, params = _select_sql(conditions, text, columns)
-        where = _where_sql(conditions)[0]
+        where, params = _where_sql(conditions)
+        sql = _select_sql(where, text, columns)
         conn = _connect(self.path, readonly=True)
         try:
             conn.execute("BEGIN")   # one snapshot for the count, a measure and the rows
