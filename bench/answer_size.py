@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import save  # noqa: E402
 
-from osquery_netutil.extension import write_call_result  # noqa: E402
-from osquery_netutil.store import Store  # noqa: E402
-from osquery_netutil.tables import (DEFAULT_MAX_ANSWER_MB, AnswerTooLarge, ExecsTable, columns_used,  # noqa: E402
+from osquery_netutil.tables.thrift import write_call_result  # noqa: E402
+from osquery_netutil.store.store import Store  # noqa: E402
+from osquery_netutil.tables.plugins import (DEFAULT_MAX_ANSWER_MB, AnswerTooLarge, ExecsTable, columns_used,  # noqa: E402
                                     osqueryd_bytes, stored_peak)
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus  # noqa: E402
 

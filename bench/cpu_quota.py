@@ -34,8 +34,9 @@ from common import WORK, save, spawn, static_binary
 from osquery.extensions import ExtensionManager
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
-from osquery_netutil.extension import Server
-from osquery_netutil.store import Store, StoreError
+from osquery_netutil.tables.thrift import Server
+from osquery_netutil.store.errors import StoreError
+from osquery_netutil.store.store import Store
 from scripts.build_ext import build
 
 QUOTA_US, PERIOD_US = 20_000, 100_000   # CPUQuota=20%
@@ -172,7 +173,7 @@ def run_extension(ext: str, cgroup: Cgroup, place: Path) -> dict[str, Any]:
 
 def run_watch(cgroup: Cgroup, place: Path, nc: str | None) -> dict[str, Any]:
     store = place / "watch.db"
-    proc = cgroup.run([sys.executable, "-m", "osquery_netutil.cli", "watch", "--store", str(store), "--format", "json",
+    proc = cgroup.run([sys.executable, "-m", "osquery_netutil", "watch", "--store", str(store), "--format", "json",
                        "--flagfile", "/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         result: dict[str, Any] = {"startup_ms": wait_running(store)["startup_ms"]}

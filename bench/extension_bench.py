@@ -29,13 +29,13 @@ from thrift.protocol import TBinaryProtocol  # noqa: E402
 from thrift.Thrift import TMessageType  # noqa: E402
 from thrift.transport import TTransport  # noqa: E402
 
-from osquery_netutil.extension import Handler, Processor  # noqa: E402
+from osquery_netutil.tables.thrift import Handler, Processor  # noqa: E402
 
-from osquery_netutil import packs  # noqa: E402
-from osquery_netutil.host import Host  # noqa: E402
+from osquery_netutil.packs import source as packs  # noqa: E402
+from osquery_netutil.host.database import Host  # noqa: E402
 from osquery_netutil.schema import EXECS, STATUS  # noqa: E402
-from osquery_netutil.store import Store  # noqa: E402
-from osquery_netutil.tables import OP_EQUALS, OP_GT, ExecsTable, StatusTable  # noqa: E402
+from osquery_netutil.store.store import Store  # noqa: E402
+from osquery_netutil.tables.plugins import OP_EQUALS, OP_GT, ExecsTable, StatusTable  # noqa: E402
 from common import save  # noqa: E402
 from scripts.build_ext import build  # noqa: E402
 from tests.manager import Manager, context  # noqa: E402

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from common import save
 
-from osquery_netutil import packs
-from osquery_netutil.host import Host
-from osquery_netutil.runner import Cursor, PackRunner
-from osquery_netutil.store import Store
-from osquery_netutil.tables import ExecsTable
-from osquery_netutil.enrich import with_script
-from tests.test_store import make_row
+from osquery_netutil.packs import source as packs
+from osquery_netutil.host.database import Host
+from osquery_netutil.packs.runner import PackRunner
+from osquery_netutil.store.cursor import Cursor
+from osquery_netutil.store.store import Store
+from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.events.enrich import with_script
+from tests.store.test_store import make_row
 
 ANCESTORS = json.dumps([with_script(a) for a in (
     {"pid": 2200, "path": "/tmp/.x/stage.sh", "cmdline": "/tmp/.x/stage.sh", "uid": 33},

@@ -36,8 +36,8 @@ from typing import Iterator
 from common import WORK, process_cpu, save, spawn, static_binary, summary
 
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.sensor import Sensor
-from osquery_netutil.store import Store
+from osquery_netutil.events.sensor import Sensor
+from osquery_netutil.store.store import Store
 
 BPFTRACE = 'tracepoint:syscalls:sys_enter_execve { printf("%d %s %s\\n", pid, comm, str(args->filename)); }'
 AUDIT_KEY = "netutil_bench"

@@ -39,12 +39,12 @@ from typing import Any, Callable
 import apsw
 from common import ROOT, WORK, save
 
-from osquery_netutil import jsonl, packs
-from osquery_netutil.extension import write_call_result
-from osquery_netutil.host import Host
+from osquery_netutil.packs import jsonl, source as packs
+from osquery_netutil.tables.thrift import write_call_result
+from osquery_netutil.host.database import Host
 from osquery_netutil.schema import EXECS
-from osquery_netutil.store import Store
-from osquery_netutil.tables import ExecsTable
+from osquery_netutil.store.store import Store
+from osquery_netutil.tables.plugins import ExecsTable
 
 SIZES = (1_000, 10_000, 100_000)
 WATCHDOG_LIMIT = 0.10   # osquery's --watchdog_utilization_limit default: 10 % of a core

@@ -26,9 +26,9 @@ from pathlib import Path
 from common import WORK, save, spawn, static_binary
 
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.probe import SIZES
-from osquery_netutil.sensor import Sensor
-from osquery_netutil.store import Store
+from osquery_netutil.kernel.records import SIZES
+from osquery_netutil.events.sensor import Sensor
+from osquery_netutil.store.store import Store
 from tests.support import tiny_elf, write_executable
 
 

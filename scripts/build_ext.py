@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("osquery_netutil", "osquery", "thrift", "yaml", "future")
-MAIN = "import sys\nfrom osquery_netutil.launcher import main\nsys.exit(main())\n"
+MAIN = "import sys\nfrom osquery_netutil.app.launcher import main\nsys.exit(main())\n"
 
 
 def _ignore(_dir: str, names: list[str]) -> set[str]:

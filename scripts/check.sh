@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 VENV=${CHECK_VENV:-.venv-check}
 PYTHON=${PYTHON:-python3}
 QUICK=(
-  tests/test_catalog.py tests/test_containers.py tests/test_contract.py tests/test_cursor.py
-  tests/test_fleet_parsers.py tests/test_host.py tests/test_ipargs.py tests/test_jsonl.py
-  tests/test_packs.py tests/test_resultlog.py tests/test_safety.py tests/test_schema.py
-  tests/test_stdregex.py tests/test_store.py
+  tests/test_catalog.py tests/test_safety.py tests/test_schema.py tests/kernel/test_contract.py
+  tests/events/test_containers.py tests/events/test_ipargs.py tests/store/test_store.py
+  tests/host/test_host.py tests/host/test_stdregex.py
+  tests/packs/test_cursor.py tests/packs/test_fleet_parsers.py tests/packs/test_jsonl.py
+  tests/packs/test_packs.py tests/packs/test_resultlog.py
 )
 
 die() { echo "check: $*" >&2; exit 2; }
@@ -32,4 +33,4 @@ fi
 "$VENV/bin/ruff" check extension bench scripts tests
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${QUICK[@]}"
-"$VENV/bin/python" -m osquery_netutil.cli packs verify
+"$VENV/bin/python" -m osquery_netutil packs verify

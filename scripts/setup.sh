@@ -124,7 +124,7 @@ ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 # --- BPF syscall ----------------------------------------------------------------------
 "$VENV/bin/python" - <<'EOF' || exit 1
 import sys
-from osquery_netutil.probe import check_bpf_syscall
+from osquery_netutil.kernel.preflight import check_bpf_syscall
 problem = check_bpf_syscall()
 if problem:
     sys.exit(f"setup: {problem}")

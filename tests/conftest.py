@@ -19,12 +19,13 @@ from typing import Iterator
 import pytest
 
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.containers import v2_root
-from osquery_netutil.probe import Probe, ProbeError, preflight
-from osquery_netutil.sensor import Sensor
-from osquery_netutil.store import Store
+from osquery_netutil.events.containers import v2_root
+from osquery_netutil.kernel.preflight import ProbeError, preflight
+from osquery_netutil.kernel.probe import Probe
+from osquery_netutil.events.sensor import Sensor
+from osquery_netutil.store.store import Store
 
-from .support import Collector
+from tests.support import Collector
 
 BUILD_EXT = Path(__file__).resolve().parent.parent / "scripts" / "build_ext.py"
 

@@ -23,7 +23,7 @@ from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
-from osquery_netutil.extension import Server
+from osquery_netutil.tables.thrift import Server
 from osquery_netutil.schema import Table
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from osquery_netutil.catalog import Catalog, CatalogError
-from osquery_netutil.cli import main
-from osquery_netutil.store import Store
+from osquery_netutil.app.cli import main
+from osquery_netutil.store.store import Store
 
 GOOD_ENTRY = "utilities:\n  - {name: tool, basenames: [tool], category: recon, technique: T1016, description: x}\n"
 

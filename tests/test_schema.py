@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from osquery_netutil import packs
+from osquery_netutil.packs import formats
 from osquery_netutil.schema import EXECS, STATUS, reference_markdown
-from osquery_netutil.store import _ddl
+from osquery_netutil.store.store import _ddl
 
 
 def test_the_readme_column_reference_is_the_schema() -> None:
@@ -25,4 +25,4 @@ def test_range_columns_are_bigint_and_types_are_osquery_types() -> None:
 
 def test_the_readme_lists_the_detections() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert packs.reference_markdown() in readme, "README is stale: paste packs.reference_markdown() into it"
+    assert formats.reference_markdown() in readme, "README is stale: paste formats.reference_markdown() into it"

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from . import safety
+from osquery_netutil import safety
 
 CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel", "recon", "discovery")
 # Multi-call binaries run the applet that argv[1] names when called by their own name

@@ -1,0 +1,301 @@
+"""Raw exec records -> rows of network_utility_execs.
+
+Runs on the probe's thread right after the exec, while the process (and its parent) are
+usually still alive: cwd, cgroup and the executed file can only be read from /proc then.
+Everything the kernel already captured (argv, ancestry at exec time) comes from the
+probe, and /proc is the fallback for ancestors older than the probe.
+
+The row holds facts only; the packs decide what is suspicious.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import time
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any, Callable, Iterable
+
+from osquery_netutil.catalog import MULTICALL, Catalog, Utility
+from osquery_netutil.events.containers import CgroupResolver, container_id
+from osquery_netutil.events.content import ContentMatcher
+from osquery_netutil.events.ipargs import ip_columns
+from osquery_netutil.locations import FD_PATH_PREFIXES
+from osquery_netutil.kernel.records import SIZES, AncestryEntry, ExecRecord
+
+MAX_ANCESTORS = 32
+ANCESTOR_ARGV_MAX = 4096   # bytes of an ancestor's argv read from /proc (the kernel keeps less)
+_PATHS_REMEMBERED = 4096
+_PROC_CACHE_S = 10.0
+_CHAIN_CACHE_S = 1.0
+
+Row = dict[str, Any]
+
+
+def text(raw: bytes) -> str:
+    """Bytes from the kernel as text; undecodable bytes become \\xNN escapes, not lost."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def cmdline(args: Iterable[bytes]) -> str:
+    return " ".join(text(a) for a in args)
+
+
+# An interpreter's command line and the script it runs: sh /tmp/x.sh, bash -x /dev/shm/s,
+# python3 -u /var/tmp/p.py, sh -c '/tmp/x.sh arg' (the first word after the options).
+_INTERPRETED = re.compile(r"^[^ ]*\b(?:sh|bash|dash|zsh|ksh|busybox|python[0-9.]*|perl|ruby|php[0-9.]*|node) +(?:-[^ ]+ +)*([^ -][^ ]*)")
+
+
+def with_script(node: dict[str, Any]) -> dict[str, Any]:
+    """An ancestor with "script" added when it is an interpreter started on one: a fact
+    found once, at exec time, so that the packs compare it with LIKE instead of running
+    a regex over every ancestor of every row in every query."""
+    found = _INTERPRETED.match(str(node.get("cmdline") or ""))
+    return {**node, "script": found.group(1)} if found else node
+
+
+@lru_cache(maxsize=1024)
+def username(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def absolute(path: str, cwd: str) -> str:
+    """path with cwd applied when it is relative and cwd is known; else as given."""
+    if path.startswith("/") or not cwd:
+        return path
+    return os.path.normpath(os.path.join(cwd, path))
+
+
+def own_ancestry() -> dict[int, int]:
+    """The ancestors of this process, up to init: pid -> start time
+    (clock ticks since boot, /proc/PID/stat). They are the host's base: whatever started
+    the sensor (init, osqueryd, a supervisor, a CI runner or sandbox launcher) is no
+    evidence against the processes it also started."""
+    base: dict[int, int] = {}
+    pid = _ProcView(os.getpid()).ppid()
+    while pid > 0 and pid not in base and len(base) < MAX_ANCESTORS:
+        view = _ProcView(pid)
+        started = view.start_time()
+        if started < 0:
+            break
+        base[pid] = started
+        pid = view.ppid()
+    return base
+
+
+class Enricher:
+    """Turns ExecRecords into rows; keeps what it learnt of forwarded scripts' paths."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        ancestry: Callable[[int], AncestryEntry | None],
+        cgroups: CgroupResolver | None = None,
+        content: ContentMatcher | None = None,
+        base: dict[int, int] | None = None,
+    ) -> None:
+        """base: the host's base processes (own_ancestry()), marked in every chain."""
+        self.catalog = catalog
+        self._ancestry = ancestry
+        self._base = own_ancestry() if base is None else base
+        self._cgroups = cgroups or CgroupResolver()
+        self._content = content or ContentMatcher(catalog)
+        # (exec ktime, file as exec'd) -> absolute path, for scripts started by a relative
+        # path: by the time their children are reported they may have exited.
+        self._resolved: OrderedDict[tuple[int, bytes], str] = OrderedDict()
+        self._from_proc: dict[int, tuple[float, dict[str, Any], int]] = {}
+        self._chains: dict[int, tuple[tuple[int, int], float, list[dict[str, Any]], str]] = {}
+
+    def row(self, rec: ExecRecord) -> Row | None:
+        """The row for rec, or None when rec is not a network utility (a script, say)."""
+        cwd = _readlink(f"/proc/{rec.pid}/cwd")   # first: the process may be about to exit
+        path = absolute(text(rec.filename), cwd)
+        utility = self.catalog.by_comm(text(rec.comm))
+        matched_by = "name"
+        if utility is None and text(rec.comm) in MULTICALL and len(rec.argv) > 1:
+            utility = self.catalog.by_basename(os.path.basename(text(rec.argv[1])))   # busybox nc ...
+        if utility is None:
+            self._remember(rec.ktime_ns, rec.filename, path)
+            utility = self._match_content(rec.pid, path)
+            if utility is None:
+                return None
+            matched_by = "content"
+        argv = [text(a) for a in rec.argv]
+        if not utility.counts(argv[1:] if matched_by == "name" and text(rec.comm) in MULTICALL else argv):
+            return None   # openssl version, iptables -A: not this entry's business
+        ip_args, public_ip_args = ip_columns(utility.name, argv)
+        chain, chain_json = self._chain(rec.ppid)
+        cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id, rec.ppid)
+        return {
+            "time": int(rec.time),
+            "pid": rec.pid,
+            "parent": rec.ppid,
+            "uid": rec.uid,
+            "gid": rec.gid,
+            "username": username(rec.uid),
+            "utility": utility.name,
+            "category": utility.category,
+            "technique": utility.technique,
+            "matched_by": matched_by,
+            "comm": text(rec.comm),
+            "path": path,
+            "cmdline": " ".join(argv),
+            "json_cmdline": json.dumps(argv),
+            "argc": rec.argc,
+            "args_truncated": int(rec.args_truncated),
+            "cwd": cwd,
+            "ip_args": ip_args,
+            "public_ip_args": public_ip_args,
+            "parent_path": chain[0]["path"] if chain else "",
+            "parent_cmdline": chain[0]["cmdline"] if chain else "",
+            "ancestors": chain_json,
+            "container_id": container_id(cgroup_path),
+            "cgroup_path": cgroup_path,
+        }
+
+    def _chain(self, ppid: int) -> tuple[list[dict[str, Any]], str]:
+        """The chain above a process (parent first, up to init or MAX_ANCESTORS levels)
+        and its JSON. Siblings share them: a script running nc a hundred
+        times is walked once a second, not a hundred times (the parent's exec time tells
+        a reused pid apart)."""
+        if ppid <= 0:
+            return [], "[]"
+        entry = self._ancestry(ppid)
+        key = (ppid, entry.ktime_ns if entry is not None else 0)
+        now = time.monotonic()
+        cached = self._chains.get(ppid)
+        if cached is not None and cached[0] == key and now - cached[1] < _CHAIN_CACHE_S:
+            return cached[2], cached[3]
+        chain: list[dict[str, Any]] = []
+        pid, known = ppid, entry
+        while pid > 0 and len(chain) < MAX_ANCESTORS and all(a["pid"] != pid for a in chain):
+            node, parent = self._ancestor(pid, known if pid == ppid else self._ancestry(pid))
+            if pid in self._base and _ProcView(pid).start_time() == self._base[pid]:
+                node = {**node, "base": True}   # the same process the sensor descends from
+            chain.append(node)
+            pid = parent
+            if node["pid"] == 1:
+                break
+        if len(self._chains) >= _PATHS_REMEMBERED:
+            self._chains.clear()
+        encoded = json.dumps(chain)
+        self._chains[ppid] = (key, now, chain, encoded)
+        return chain, encoded
+
+    def _ancestor(self, pid: int, entry: AncestryEntry | None) -> tuple[dict[str, Any], int]:
+        """({pid, path, cmdline, uid}, its parent's pid or 0) from the kernel's entry,
+        else from /proc."""
+        if entry is None or not entry.file:
+            return self._ancestor_from_proc(pid, entry.ppid if entry is not None else 0)
+        proc = _ProcView(pid)
+        path = text(entry.file)
+        if not path.startswith("/"):
+            path = self._resolved.get((entry.ktime_ns, entry.file)) or absolute(path, proc.cwd())
+        args = entry.head
+        if _head_may_be_cut(args):
+            full = proc.argv()
+            if full and full[: len(args) - 1] == args[:-1] and full[len(args) - 1].startswith(args[-1]):
+                args = full   # the same exec's argv, longer than the kernel kept
+        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid})
+        return node, entry.ppid or proc.ppid()
+
+    def _ancestor_from_proc(self, pid: int, ppid: int) -> tuple[dict[str, Any], int]:
+        """An ancestor the probe never saw exec (older than the probe), from /proc while it
+        lives. Cached briefly: these are long-lived (init, sshd, shells) and every row
+        walks through them; a pid reused since would be known to the kernel instead."""
+        now = time.monotonic()
+        cached = self._from_proc.get(pid)
+        if cached is not None and now - cached[0] < _PROC_CACHE_S:
+            return cached[1], ppid or cached[2]
+        proc = _ProcView(pid)
+        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()})
+        parent = ppid or proc.ppid()
+        if len(self._from_proc) >= _PATHS_REMEMBERED:
+            self._from_proc.clear()
+        self._from_proc[pid] = (now, node, parent)
+        return node, parent
+
+    def _remember(self, ktime_ns: int, filename: bytes, path: str) -> None:
+        if path != text(filename):
+            self._resolved[(ktime_ns, filename)] = path
+            if len(self._resolved) > _PATHS_REMEMBERED:
+                self._resolved.popitem(last=False)
+
+    def _match_content(self, pid: int, path: str) -> Utility | None:
+        """A renamed copy: by the file at path, else (fd execs, symlinks, deleted or
+        relative files) by what the still-running process executes."""
+        if path.startswith("/") and not path.startswith(FD_PATH_PREFIXES):
+            hit = self._content.match_path(path)
+            if hit is not None:
+                return hit
+        return self._content.match_proc_exe(pid)
+
+
+def _head_may_be_cut(head: tuple[bytes, ...]) -> bool:
+    return len(head) >= SIZES["HEAD_ARGS"] or sum(len(a) + 1 for a in head) >= SIZES["HEAD_LEN"] - 1
+
+
+class _ProcView:
+    """Lazy reads of /proc/<pid>: each file at most once, '' / () / -1 when gone."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._status: dict[str, str] | None = None
+
+    def cwd(self) -> str:
+        return _readlink(f"/proc/{self.pid}/cwd")
+
+    def exe(self) -> str:
+        return _readlink(f"/proc/{self.pid}/exe")
+
+    def argv(self) -> tuple[bytes, ...]:
+        raw = (_read(f"/proc/{self.pid}/cmdline") or b"")[:ANCESTOR_ARGV_MAX]
+        return tuple(raw.rstrip(b"\0").split(b"\0")) if raw else ()
+
+    def _fields(self) -> dict[str, str]:
+        if self._status is None:
+            raw = _read(f"/proc/{self.pid}/status") or b""
+            self._status = {}
+            for line in raw.decode(errors="replace").splitlines():
+                key, _, value = line.partition(":")
+                if key in ("PPid", "Uid"):
+                    self._status[key] = value
+                    if len(self._status) == 2:
+                        break
+        return self._status
+
+    def ppid(self) -> int:
+        return int(self._fields().get("PPid", "0").strip() or 0)
+
+    def start_time(self) -> int:
+        """Clock ticks since boot when the process started (stat field 22); -1 when gone.
+        With the pid, it names one process: a reused pid starts later."""
+        raw = _read(f"/proc/{self.pid}/stat")
+        if not raw:
+            return -1
+        return int(raw.rsplit(b")", 1)[1].split()[19])
+
+    def uid(self) -> int:
+        uids = self._fields().get("Uid", "").split()
+        return int(uids[0]) if uids else -1

@@ -1,0 +1,355 @@
+"""Loads the eBPF exec probe (bpf/netutil_exec.bpf.c) with bcc and hands its raw exec
+records to user space.
+
+The probe is the only part of the project that touches the kernel. It compiles the C
+program at start-up (bcc), fills the in-kernel filter (catalog comm names, forwarded path
+prefixes), polls the ring buffer on a thread and calls `on_exec` with each raw record.
+Enrichment (paths, users, containers, IPs) happens downstream, in user space.
+
+Two modes (docs/design.md): btf, the default where the kernel describes itself in BTF, hooks
+only sched_process_exec and task_newtask (raw tracepoints) and reads the few struct
+fields it needs at offsets taken from that BTF; tracepoint, the fallback, hooks the exec
+syscalls' tracepoints, which tax every syscall on the host. btf mode checks itself on a
+real exec before it is trusted, and falls back with the reason when the check fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from osquery_netutil.kernel.btf import VMLINUX, Btf, BtfError
+from osquery_netutil.kernel.fields import NOT_NAMED_WITHOUT_FENTRY, btf_defines, btf_offsets
+from osquery_netutil.kernel.memory import page_out_compiler, return_freed_memory
+from osquery_netutil.kernel.preflight import MODES, BtfRefused, ProbeError, fentry_problem, preflight, tracepoint_preflight
+from osquery_netutil.kernel.records import (
+    A_FORKED, COUNTERS, F_ARGS_TRUNCATED, F_SCRIPT, SIZES, AncestryEntry, Counters, ExecRecord, comm_key, cstr,
+    field_bytes, image_head, split_args,
+)
+from osquery_netutil.locations import FD_PATH_PREFIXES, WRITABLE_DIRS
+
+# The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
+# as package data.
+BPF_SOURCE = Path(__file__).resolve().parents[3] / "bpf" / "netutil_exec.bpf.c"
+
+
+def bpf_source() -> str:
+    """The C program's text: from the repository, else from the package (the .ext)."""
+    if BPF_SOURCE.is_file():
+        return BPF_SOURCE.read_text()
+    return resources.files("osquery_netutil").joinpath("data", BPF_SOURCE.name).read_text()
+
+
+class Probe:
+    """The loaded probe: start() attaches, stop() detaches, on_exec gets each record.
+
+    on_exec runs on the probe's poll thread, soon after the exec: the process is usually
+    still alive, which is when /proc can still tell about it.
+    """
+
+    def __init__(
+        self,
+        comm_names: Iterable[str],
+        on_exec: Callable[[ExecRecord], None],
+        forward_prefixes: Iterable[str] = WRITABLE_DIRS,
+        poll_ms: int = 100,
+        mode: str = "auto",
+        btf_offsets: dict[str, int] | None = None,
+    ) -> None:
+        """mode: one of MODES. btf_offsets: the struct offsets btf mode uses, instead of
+        the kernel's (to prove that wrong ones are caught)."""
+        if mode not in MODES:
+            raise ProbeError(f"unknown probe mode {mode!r}: use one of {', '.join(MODES)}")
+        self._requested = mode
+        self._btf_offsets = btf_offsets
+        self.mode = ""        # the mode in force once started: btf or tracepoint
+        self.mode_note = ""   # why btf mode was refused, or what it cannot see on this kernel
+        self._check_pid = 0
+        self._check_record: ExecRecord | None = None
+        self._comms = sorted({comm_key(n) for n in comm_names})
+        self._prefixes = tuple(dict.fromkeys([*forward_prefixes, *FD_PATH_PREFIXES]))
+        self._on_exec = on_exec
+        self._poll_ms = poll_ms
+        self._bpf: Any = None   # bcc's BPF object (bcc has no type information)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wall_offset = time.time() - time.monotonic()
+        self.callback_errors = 0
+        self.last_callback_error: str = ""
+        for prefix in self._prefixes:
+            if not prefix.startswith("/") or not prefix.endswith("/") or len(prefix.encode()) > SIZES["PREFIX_LEN"]:
+                raise ProbeError(
+                    f"forward prefix {prefix!r} must be absolute, end with '/' and be at most {SIZES['PREFIX_LEN']} bytes"
+                )
+
+    # -- life cycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Compile, load and attach the program in the best mode this kernel allows, fill
+        the filter maps, start polling."""
+        preflight()
+        if self._requested != "tracepoint":
+            try:
+                self._load_btf()
+            except BtfRefused as exc:
+                if self._requested == "btf":
+                    raise ProbeError(f"btf mode refused: {exc}; run with --probe-mode tracepoint") from exc
+                self.mode_note = f"btf mode refused: {exc}"
+        if not self.mode:
+            tracepoint_preflight()
+            self._bpf = self._compile({"PROBE_BTF": 0})
+            self._prepare()
+            self.mode = "tracepoint"
+        self._thread = threading.Thread(target=self._poll, name="netutil-probe", daemon=True)
+        self._thread.start()
+
+    def _load_btf(self) -> None:
+        """Load btf mode and check it on a real exec; BtfRefused says why it cannot be used."""
+        try:
+            btf = Btf.load(VMLINUX)
+            offsets = self._btf_offsets or btf_offsets(btf)
+        except BtfError as exc:
+            raise BtfRefused(str(exc)) from exc
+        no_fentry = fentry_problem(btf)
+        try:
+            self._bpf = self._compile(btf_defines(btf, offsets, fentry=no_fentry is None))
+        except ProbeError as exc:
+            raise BtfRefused(str(exc)) from exc
+        no_fentry = no_fentry or self._bpf.fentry_error
+        if no_fentry:
+            self.mode_note = f"{NOT_NAMED_WITHOUT_FENTRY} ({no_fentry})"
+        try:
+            self._prepare()
+            self._self_check()
+        except BtfRefused:
+            self._bpf.cleanup()
+            self._bpf = None
+            raise
+        self.mode = "btf"
+
+    @staticmethod
+    def _compile(defines: dict[str, int]) -> "object":
+        """bcc's BPF object for the program with these -D flags (and the sizes); it
+        attaches its programs as it loads them. An fentry the kernel refuses leaves its
+        reason in the object's fentry_error."""
+        from bcc import BPF
+
+        class _Bpf(BPF):
+            """bcc's BPF, where an fentry the kernel refuses to attach is noted, not fatal."""
+
+            fentry_error = ""
+
+            def attach_kfunc(self, fn_name: bytes = b"") -> "_Bpf":
+                try:
+                    return super().attach_kfunc(fn_name=fn_name)
+                except Exception as exc:   # bcc raises bare Exception
+                    self.fentry_error = str(exc)
+                    return self
+
+        cflags = [f"-D{k}={v}" for k, v in {**SIZES, **defines}.items()] + ["-Wno-unused-function"]
+        try:
+            bpf = _Bpf(text=bpf_source().encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
+            raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
+        return_freed_memory()   # clang's freed heap (~25 MB)
+        page_out_compiler()     # and its code (~85 MB), which never runs again
+        return bpf
+
+    def _prepare(self) -> None:
+        """Fill the filter and open the ring buffer of the loaded program."""
+        self._fill_filter()
+        self._procs = self._bpf[b"procs"]
+        self._event_type = self._bpf[b"event_heap"].Leaf._type_   # per-CPU: an array of them
+        self._args_offset = self._event_type.args.offset
+        self._bpf[b"events"].open_ring_buffer(self._on_sample)
+
+    def _self_check(self, timeout_s: float = 2.0) -> None:
+        """Exec known programs by a path the filter forwards (/dev/fd/N) and compare what
+        btf mode reports with what ran. Each offset shows in a field: the parent (the
+        task's pid), argv and the ancestry head (mm and its arg range), argc, the file and
+        the script flag (bprm's). An ELF and a #! script, so that bprm's filename and
+        interp, equal for the one, differ for the other."""
+        true = os.path.realpath(shutil.which("true") or "/bin/true").encode()
+        args = (b"netutil-selfcheck", os.urandom(6).hex().encode(), b"x" * 40)
+        binary = os.open(true, os.O_RDONLY)
+        script = os.memfd_create("netutil-selfcheck")
+        try:
+            os.write(script, b"#!" + true + b"\n")
+            fd_path = f"/dev/fd/{script}".encode()
+            for fd, argv, flag in ((binary, args, 0), (script, (true, fd_path, *args[1:]), F_SCRIPT)):
+                rec, slot = self._check_exec(fd, args, timeout_s)
+                wrong = [
+                    f"{what} {got!r}, expected {want!r}"
+                    for what, got, want in (
+                        ("parent", rec.ppid, os.getpid()),
+                        ("argv", rec.argv, argv),
+                        ("argc", rec.argc, len(argv)),
+                        ("file", rec.filename, f"/dev/fd/{fd}".encode()),
+                        ("script flag", rec.flags & F_SCRIPT, flag),
+                        ("ancestry head", slot.head if slot else None, argv),
+                    )
+                    if got != want
+                ]
+                if wrong:
+                    raise BtfRefused("the self-check exec read " + "; ".join(wrong) + ": the BTF offsets do not fit this kernel")
+        finally:
+            os.close(binary)
+            os.close(script)
+
+    def _check_exec(self, fd: int, argv: tuple[bytes, ...], timeout_s: float) -> tuple[ExecRecord, AncestryEntry | None]:
+        """Run /dev/fd/fd with argv; its record (kept from on_exec) and ancestry entry."""
+        self._check_record = None
+        try:
+            child = subprocess.Popen(argv, executable=f"/dev/fd/{fd}", pass_fds=(fd,))
+            self._check_pid = child.pid
+            child.wait(timeout=timeout_s)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BtfRefused(f"the self-check exec failed: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while self._check_record is None and time.monotonic() < deadline:
+            self._bpf.ring_buffer_poll(50)
+        rec, self._check_pid = self._check_record, 0
+        if rec is None:
+            raise BtfRefused(f"the self-check exec (pid {child.pid}) was not reported")
+        return rec, self.ancestry(child.pid)
+
+    def stop(self) -> None:
+        """Stop polling (draining what is queued) and detach. Safe to call twice."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "Probe":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- queries ----------------------------------------------------------------------
+    def counters(self) -> Counters:
+        table = self._bpf[b"counters"]
+        values = [sum(table[ctypes.c_int(i)]) for i in range(len(COUNTERS))]
+        return Counters(*values)
+
+    def ancestry(self, pid: int) -> AncestryEntry | None:
+        """What the kernel remembers of pid, alive or exited; None if never seen/evicted.
+
+        A process that has not exec'd since its fork runs its parent's image: that image
+        is reported (flag A_FORKED) if the parent had it when the fork happened.
+        """
+        proc = self._lookup(pid)
+        if proc is None:
+            return None
+        image: ctypes.Structure | None = proc
+        flags = 0
+        if proc.ktime_ns == 0:
+            # No exec since its fork: it runs its parent's image, if the parent had it
+            # when the fork happened.
+            image = None
+            parent = self._lookup(proc.ppid) if proc.ppid else None
+            if parent is not None and 0 < parent.ktime_ns <= proc.fork_ktime_ns:
+                image, flags = parent, A_FORKED
+        if image is None:
+            return AncestryEntry(pid, proc.ppid, 0, b"", b"", (), proc.fork_ktime_ns, 0)
+        return AncestryEntry(
+            pid=pid,
+            ppid=proc.ppid,
+            uid=image.uid,
+            comm=cstr(field_bytes(image, "comm")),
+            file=cstr(field_bytes(image, "file")),
+            head=split_args(image_head(image)),
+            ktime_ns=image.ktime_ns,
+            flags=flags | image.flags,
+        )
+
+    def _lookup(self, pid: int) -> ctypes.Structure | None:
+        """pid's slot, if a newer process has not claimed it."""
+        proc = self._procs[ctypes.c_uint32(pid & (SIZES["ANCESTRY_MAX"] - 1))]
+        return proc if proc.pid == pid and pid else None
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """Per program: (runs, total ns), from the kernel's BPF stats.
+
+        The kernel counts only while sysctl kernel.bpf_stats_enabled is 1.
+        """
+        stats = {}
+        for name, fn in self._bpf.funcs.items():
+            info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+            fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
+            stats[name.decode()] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+        return stats
+
+    def drain(self) -> None:
+        """Consume whatever the ring buffer holds now (on the caller's thread)."""
+        self._bpf.ring_buffer_consume()
+
+    # -- internals --------------------------------------------------------------------
+    def _fill_filter(self) -> None:
+        comms, name_heads = self._bpf[b"catalog_comms"], self._bpf[b"name_heads"]
+        for name in self._comms:
+            key = comms.Key()
+            key.name = name
+            comms[key] = ctypes.c_ubyte(1)
+            name_heads[ctypes.c_int(name[0] | (name[1] if len(name) > 1 else 0) << 8)] = ctypes.c_ubyte(1)
+        prefixes, prefix_heads = self._bpf[b"forward_prefixes"], self._bpf[b"prefix_heads"]
+        for prefix in self._prefixes:
+            raw = prefix.encode()
+            key = prefixes.Key()
+            key.prefixlen = len(raw) * 8
+            key.path = raw
+            prefixes[key] = ctypes.c_ubyte(1)
+            for second in [raw[1]] if len(raw) > 1 else range(256):   # "/" forwards every path
+                prefix_heads[ctypes.c_int(second)] = ctypes.c_ubyte(1)
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._bpf.ring_buffer_poll(self._poll_ms)
+        self._bpf.ring_buffer_consume()
+
+    def _on_sample(self, _ctx: object, data: int, size: int) -> None:
+        try:
+            rec = self._parse(ctypes.string_at(data, size))
+            if rec.pid == self._check_pid:
+                self._check_record = rec   # the self-check's own exec: not the host's
+                return
+            self._on_exec(rec)
+        except Exception as exc:  # a consumer bug must not kill the poll thread
+            self.callback_errors += 1
+            self.last_callback_error = f"{type(exc).__name__}: {exc}"
+
+    def _parse(self, raw: bytes) -> ExecRecord:
+        ev = self._event_type.from_buffer_copy(raw[: self._args_offset].ljust(ctypes.sizeof(self._event_type), b"\0"))
+        argv = split_args(raw[self._args_offset : self._args_offset + ev.args_size])
+        # The same limits in both modes: btf mode reads argv in one block, so the count
+        # and per-argument caps that tracepoint mode applies in the kernel apply here.
+        cut = SIZES["ARG_MAX_LEN"] - 1
+        argv = tuple(a[:cut] for a in argv[: SIZES["MAX_ARGS"]])
+        flags = ev.flags
+        if len(argv) < ev.argc or any(len(a) >= cut for a in argv):
+            flags |= F_ARGS_TRUNCATED   # the kernel leaves this part of the check to us
+        return ExecRecord(
+            time=self._wall_offset + ev.ktime_ns / 1e9,
+            ktime_ns=ev.ktime_ns,
+            pid=ev.pid,
+            tid=ev.old_tid,
+            ppid=ev.ppid,
+            uid=ev.uid,
+            gid=ev.gid,
+            cgroup_id=ev.cgroup_id,
+            comm=cstr(field_bytes(ev, "comm")),
+            filename=cstr(field_bytes(ev, "filename")),
+            argv=argv,
+            argc=ev.argc,
+            flags=flags,
+        )

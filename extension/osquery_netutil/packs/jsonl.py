@@ -1,0 +1,140 @@
+"""Rows as JSON Lines: `record` writes them, `replay` loads them into a store.
+
+One JSON object per line, keyed by column name (schema.EXECS). `eid` is not kept: the
+store that replays the lines numbers them. So that detection fixtures stay short and
+true to what enrichment would produce, a line may leave columns out and write
+`ancestors` and `json_cmdline` as JSON arrays rather than strings:
+
+* `time`: the replay time; `category`, `technique`: the catalog's for `utility`;
+* `json_cmdline`: the cmdline split on spaces; `argc`: its length;
+* `ip_args`, `public_ip_args`: computed from the arguments, as enrichment does;
+* `ancestors`: []; each ancestor's `script`: as enrichment finds it; `parent_path`, `parent_cmdline`, `parent`: from the first ancestor;
+* any other text '', any other number 0 (`matched_by`: 'name').
+
+A broken line is skipped and reported with its line number; the rest is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TextIO
+
+from osquery_netutil.catalog import Catalog
+from osquery_netutil.events.enrich import with_script
+from osquery_netutil.events.ipargs import ip_columns
+from osquery_netutil.schema import EXECS
+
+Row = dict[str, Any]
+_DATA_COLUMNS = tuple(c for c in EXECS.columns if c.name != "eid")
+_ERRORS_KEPT = 20
+
+
+def dumps(row: Row) -> str:
+    """One line for a row (eid dropped)."""
+    return json.dumps({c.name: row[c.name] for c in _DATA_COLUMNS}, ensure_ascii=False)
+
+
+def parse_line(line: str, now: int | None = None) -> Row:
+    """A complete row from one line. Raises ValueError saying what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object keyed by column name")
+    obj.pop("eid", None)
+    unknown = sorted(set(obj) - {c.name for c in _DATA_COLUMNS})
+    if unknown:
+        raise ValueError(f"unknown column {unknown[0]!r}")
+    for name in ("ancestors", "json_cmdline"):
+        if isinstance(obj.get(name), list):
+            obj[name] = json.dumps(obj[name])
+    row: Row = {}
+    for c in _DATA_COLUMNS:
+        value = obj.get(c.name)
+        if value is not None and c.python_type is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"column {c.name!r} must be an integer, not {value!r}")
+        if value is not None and c.python_type is str and not isinstance(value, str):
+            raise ValueError(f"column {c.name!r} must be a string, not {value!r}")
+        row[c.name] = value
+    _fill_defaults(row, now)
+    return row
+
+
+def _fill_defaults(row: Row, now: int | None) -> None:
+    """The columns a line left out, derived as enrichment would derive them."""
+    def default(name: str, value: Any) -> None:
+        if row[name] is None:
+            row[name] = value
+
+    default("time", int(time.time()) if now is None else now)
+    default("json_cmdline", json.dumps((row["cmdline"] or "").split()))
+    try:
+        argv = json.loads(row["json_cmdline"])
+    except ValueError:
+        raise ValueError("column 'json_cmdline' must hold a JSON array of strings") from None
+    default("cmdline", " ".join(map(str, argv)))
+    default("argc", len(argv))
+    utility = _catalog().by_name(row["utility"] or "")
+    default("category", utility.category if utility else "")
+    default("technique", utility.technique if utility else "")
+    ip_args, public_ip_args = ip_columns(row["utility"] or "", [str(a) for a in argv])
+    default("ip_args", ip_args)
+    default("public_ip_args", public_ip_args)
+    default("ancestors", "[]")
+    try:
+        chain = json.loads(row["ancestors"])
+    except ValueError:
+        raise ValueError("column 'ancestors' must hold a JSON array") from None
+    if not isinstance(chain, list):
+        raise ValueError("column 'ancestors' must hold a JSON array")
+    derived = [with_script(a) if isinstance(a, dict) and "script" not in a else a for a in chain]
+    if derived != chain:
+        row["ancestors"] = json.dumps(derived)
+    parent = chain[0] if chain and isinstance(chain[0], dict) else {}
+    default("parent_path", str(parent.get("path", "")))
+    default("parent_cmdline", str(parent.get("cmdline", "")))
+    default("parent", int(parent.get("pid", 0) or 0))
+    default("matched_by", "name")
+    for c in _DATA_COLUMNS:
+        default(c.name, "" if c.python_type is str else 0)
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> Catalog:
+    return Catalog.load()
+
+
+@dataclass
+class ReplayResult:
+    rows: list[Row] = field(default_factory=list)
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)   # the first few, as "line N: why"
+
+
+def read(lines: Iterable[str], source: str = "<stdin>") -> ReplayResult:
+    """Parse lines; blank lines and lines starting with '#' are ignored."""
+    result = ReplayResult()
+    now = int(time.time())
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            result.rows.append(parse_line(line, now))
+        except ValueError as exc:
+            result.skipped += 1
+            if len(result.errors) < _ERRORS_KEPT:
+                result.errors.append(f"{source}:{number}: {exc}")
+    return result
+
+
+def write(rows: Iterable[Row], out: TextIO) -> int:
+    count = 0
+    for row in rows:
+        out.write(dumps(row) + "\n")
+        count += 1
+    out.flush()
+    return count

@@ -1,0 +1,149 @@
+"""`packs verify`: every problem in the packs, each as 'file:line: what and the fix'.
+
+Headers and SQL (each query run through the embedded host, with osquery's functions),
+regex patterns (as osquery's std::regex reads them), the fixtures (positive rows a
+detection must report, negative rows it must not) and the generated files (stale ones).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from osquery_netutil.host.database import Host
+
+from osquery_netutil.host.errors import QueryError
+from osquery_netutil.host.stdregex import RegexError, compile_ecmascript
+from osquery_netutil.packs import jsonl
+from osquery_netutil.packs.formats import stale
+from osquery_netutil.packs.source import NOT_SYNTAX, PACKS_DIR, PackError, Query, load_each
+from osquery_netutil.schema import STATUS
+from osquery_netutil.store.store import Store
+from osquery_netutil.tables.plugins import ExecsTable, StatusTable
+
+_REGEX_CALL = re.compile(r"\bregex_(?:match|split)\s*\(", re.I)
+_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*", re.S)
+
+def _fixture_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    result = jsonl.read(path.read_text().splitlines(), str(path))
+    if result.errors:
+        raise PackError(result.errors[0])
+    return result.rows
+
+
+def _status_rows(path: Path) -> list[dict[str, Any]]:
+    """Status fixtures: JSON objects keyed by status column, defaults for the rest; a time
+    given as "now-N" is N seconds before the check runs."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        if line.strip() and not line.startswith("#"):
+            try:
+                given = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PackError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            row = STATUS.empty_row()
+            row.update({k: int(time.time()) - int(v[4:]) if isinstance(v, str) and v.startswith("now-") else v
+                        for k, v in given.items()})
+            rows.append(row)
+    return rows
+
+
+def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
+    """Problems with query against its fixtures: a positive row it does not report, a
+    negative row it reports, or an SQL error. [] when all is well."""
+    folder = directory / "fixtures" / query.name
+    positive, negative = folder / "positive.jsonl", folder / "negative.jsonl"
+    if not positive.is_file():
+        return [f"{query.path}:1: no fixtures: add {positive} (rows it must report) and {negative} (rows it must not)"]
+    if not query.judges_rows:   # a status query
+        problems = []
+        for expected, path in ((1, positive), (0, negative)):
+            for row in _status_rows(path):
+                host = Host([StatusTable(functools.partial(dict, row))])
+                try:
+                    got = len(host.query(query.sql)[1])
+                except QueryError as exc:
+                    return [f"{query.where}: {exc}"]
+                if (got > 0) != bool(expected):
+                    problems.append(f"{path}: status {row.get('state')!r} lost {row.get('events_lost')}: "
+                                    f"{'not reported' if expected else 'reported'} by {query.name}")
+        return problems
+    try:
+        rows = _fixture_rows(positive), _fixture_rows(negative)
+    except PackError as exc:
+        return [str(exc)]
+    with tempfile.TemporaryDirectory(prefix="netutil-fixtures-") as tmp, Store(Path(tmp) / "events.db") as store:
+        store.add_many([*rows[0], *rows[1]])
+        store.flush()
+        host = Host([ExecsTable(lambda: store)])
+        try:
+            columns, results = host.query(query.sql)
+        except QueryError as exc:
+            return [f"{query.where}: {exc}"]
+    if results and "eid" not in columns:
+        return [f"{query.where}: the results need an eid column (fixtures are matched by it)"]
+    reported = {row[columns.index("eid")] for row in results}
+    problems = []
+    for number, eid in enumerate(range(1, len(rows[0]) + 1), 1):
+        if eid not in reported:
+            problems.append(f"{positive}: row {number} ({rows[0][number - 1].get('cmdline', '')!r}) is not reported by {query.name}")
+    for number, eid in enumerate(range(len(rows[0]) + 1, len(rows[0]) + len(rows[1]) + 1), 1):
+        if eid in reported:
+            problems.append(f"{negative}: row {number} ({rows[1][number - 1].get('cmdline', '')!r}) is reported by {query.name}")
+    return problems
+
+
+def regex_literals(sql: str) -> list[str]:
+    """The pattern of every regex_match/regex_split call in sql whose pattern is a string
+    literal: osquery refuses a query whose pattern std::regex refuses, whatever the rows."""
+    found = []
+    for call in _REGEX_CALL.finditer(sql):
+        args, depth, start, i = [], 0, call.end(), call.end()
+        while i < len(sql) and depth >= 0:
+            skipped = NOT_SYNTAX.match(sql, i)
+            if skipped:   # a string, quoted name or comment: no comma or parenthesis in it counts
+                i = skipped.end()
+                continue
+            if sql[i] == "(":
+                depth += 1
+            elif sql[i] == ")":
+                depth -= 1
+            if (sql[i] == "," and depth == 0) or depth < 0:
+                args.append(sql[start:i])
+                start = i + 1
+            i += 1
+        literal = _LITERAL.fullmatch(args[1]) if len(args) >= 2 else None
+        if literal:
+            found.append(literal[1].replace("''", "'"))
+    return found
+
+
+def check_regexes(query: Query) -> list[str]:
+    """The query's regex patterns that osquery's std::regex (ECMAScript) would refuse."""
+    problems = []
+    for pattern in regex_literals(query.sql):
+        try:
+            compile_ecmascript(pattern)
+        except RegexError as exc:
+            problems.append(f"{query.where}: osquery refuses the regex {pattern!r} ({exc}): "
+                            "write it in std::regex's ECMAScript grammar")
+    return problems
+
+
+def verify(directory: Path = PACKS_DIR) -> list[str]:
+    """Every problem in the packs: headers, SQL (run through the embedded host, with
+    osquery's functions), regex patterns (as osquery's std::regex reads them) and
+    fixtures, each as 'file:line: what and the fix'."""
+    queries, problems = load_each(directory)
+    for query in queries:
+        problems += check_regexes(query) + check_fixtures(query, directory)
+    problems += [f"{directory / 'generated' / name}: stale: run 'osquery-netutil packs build'"
+                 for name in (stale(directory) if not problems else [])]
+    return problems

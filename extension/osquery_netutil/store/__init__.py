@@ -1,0 +1,1 @@
+"""The event store: SQLite, one writer, bounded, its status file for readers in other processes."""

@@ -1,0 +1,1 @@
+"""Tests of osquery_netutil.app."""

@@ -1,0 +1,99 @@
+"""watch judges every stored row exactly once, in eid order, whatever the rate: a cursor on
+eid, not a time window, kept beside the store so that a restart resumes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from osquery_netutil.packs import source as packs, runner
+from osquery_netutil.host.database import Host
+from osquery_netutil.packs.runner import PackRunner
+from osquery_netutil.store.cursor import Cursor
+from osquery_netutil.store.store import Store
+from osquery_netutil.tables.plugins import ExecsTable
+
+from tests.store.test_store import make_row
+
+
+def _cursor(store: Store, path: Path) -> Cursor:
+    return Cursor(path, lambda: store.stats()[2], store.eid_before, store.time_after)
+
+
+def _judge(store: Store, cursor: Cursor, rounds: int = 100) -> tuple[list[int], list[dict[str, int]]]:
+    """eids reported by every_execution, round after round until nothing waits."""
+    (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_every_execution"]
+    run = PackRunner(Host([ExecsTable(lambda: store)]), [query], cursor=cursor)
+    eids, progress = [], []
+    for _ in range(rounds):
+        lines, errors = run.run_due()
+        assert errors == []
+        eids += [r.rows[0]["eid"] for r in lines]
+        progress.append(cursor.progress())
+        if progress[-1]["judge_backlog"] == 0:
+            break
+    return eids, progress
+
+
+def test_every_row_is_judged_once_in_order_however_far_behind_and_a_restart_resumes(
+        place: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "ROUND_BUDGET_S", 0.0)   # one batch a round: a round that falls behind
+    now = int(time.time())
+    with Store(place / "events.db", max_rows=100_000) as store:
+        store.add_many(make_row(time=now - 3600, utility="netcat", cmdline="nc old", ancestors="[]") for _ in range(50))
+        store.add_many(make_row(time=now, utility="netcat", cmdline=f"nc row{i}", ancestors="[]") for i in range(5000))
+        store.flush()
+        mark = place / "events.db.judged"
+        cursor = _cursor(store, mark)
+        assert cursor.value == 50   # a first start judges the last minute, not the history
+        eids, progress = _judge(store, cursor)
+        assert eids == list(range(51, 5051))   # each row once, in eid order
+        assert progress[0]["judge_backlog"] == 5000 - runner.BATCH_ROWS and progress[0]["judge_delay_s"] <= 5
+        assert len(progress) == -(-5000 // runner.BATCH_ROWS) and progress[-1] == {"judge_backlog": 0, "judge_delay_s": 0}
+        assert mark.read_text().strip() == "5050"
+        # A restart reads the mark: the rows stored meanwhile are judged, and only they.
+        store.add_many(make_row(time=now, utility="netcat", cmdline=f"nc late{i}", ancestors="[]") for i in range(30))
+        store.flush()
+        eids, _ = _judge(store, _cursor(store, mark))
+        assert eids == list(range(5051, 5081))
+
+
+def test_a_mark_beyond_the_store_is_not_trusted(place: Path) -> None:
+    """A store replaced since (moved aside when corrupt) has fewer eids: judge from the
+    last minute again rather than skip what is new."""
+    with Store(place / "events.db") as store:
+        store.add_many(make_row(utility="netcat", cmdline=f"nc {i}") for i in range(3))
+        store.flush()
+        (place / "events.db.judged").write_text("999\n")
+        assert _cursor(store, place / "events.db.judged").value == 0
+
+
+class _Flaky(ExecsTable):
+    """The real table, failing while `broken` is set (a store that cannot be read)."""
+
+    broken = True
+
+    def generate(self, context):
+        if self.broken:
+            raise OSError("disk I/O error")
+        return super().generate(context)
+
+
+def test_a_batch_that_cannot_be_read_is_reported_once_and_judged_when_it_can(place: Path) -> None:
+    with Store(place / "events.db") as store:
+        store.add_many(make_row(utility="netcat", cmdline=f"nc {i}", ancestors="[]") for i in range(3))
+        store.flush()
+        cursor = _cursor(store, place / "events.db.judged")
+        table = _Flaky(lambda: store)
+        (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_every_execution"]
+        run = PackRunner(Host([table]), [query], cursor=cursor)
+        first, second = run.run_due(), run.run_due(time.time() + 5)
+        assert first[0] == [] and len(first[1]) == 1 and "disk I/O error" in first[1][0] and "after eid 0" in first[1][0]
+        assert second == ([], [])   # still failing: not reported again, nothing skipped
+        assert cursor.value == 0
+        table.broken = False
+        lines, errors = run.run_due(time.time() + 10)
+        assert errors == [] and [r.rows[0]["cmdline"] for r in lines] == ["nc 0", "nc 1", "nc 2"]
+        assert cursor.value == 3
