@@ -3,7 +3,7 @@
 osquery's packaged unit (tools/deployment/linux_packaging/deb/osqueryd.service) sets
 `CPUQuota=20%`: osqueryd and every extension it autoloads share a fifth of one core. This
 runs the built .ext as osqueryd starts it (`--socket S --timeout T --interval I`, against a
-minimal extension manager here) and `watch`, each once in a cgroup limited as systemd
+stand-in extension manager, testkit/manager.py) and `watch`, each once in a cgroup limited as systemd
 limits that unit (v1 `cpu.cfs_quota_us` 20000 of `cpu.cfs_period_us` 100000, or v2
 `cpu.max` "20000 100000") and once in a cgroup with no limit, and prints for each:
 
@@ -31,13 +31,10 @@ from typing import Any
 
 from common import WORK, save, spawn, static_binary
 
-from osquery.extensions import ExtensionManager
-from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
-
-from osquery_netutil.tables.thrift import Server
 from osquery_netutil.store.errors import StoreError
 from osquery_netutil.store.store import Store
 from scripts.build_ext import build
+from testkit.manager import Manager
 
 QUOTA_US, PERIOD_US = 20_000, 100_000   # CPUQuota=20%
 BURSTS = (20_000, 100_000)
@@ -68,40 +65,6 @@ class Cgroup:
                 return
             except OSError:
                 time.sleep(0.1)
-
-
-class Manager(ExtensionManager.Iface):
-    """Just enough of osqueryd's extension manager: registration (timed) and pings."""
-
-    def __init__(self, path: str) -> None:
-        self.registered_at: float | None = None
-        self._server = Server(path, ExtensionManager.Processor(self))
-        self._server.start()
-
-    def ping(self) -> ExtensionStatus:
-        return ExtensionStatus(code=0, message="OK")
-
-    def registerExtension(self, info: Any, registry: Any) -> ExtensionStatus:  # noqa: N802 (thrift's name)
-        self.registered_at = time.monotonic()
-        return ExtensionStatus(code=0, message="OK", uuid=1)
-
-    def deregisterExtension(self, uuid: int) -> ExtensionStatus:  # noqa: N802
-        return ExtensionStatus(code=0, message="OK")
-
-    def call(self, registry: str, item: str, request: dict) -> ExtensionResponse:
-        return ExtensionResponse(status=ExtensionStatus(code=1, message="not here"), response=[])
-
-    def extensions(self) -> dict:
-        return {}
-
-    def options(self) -> dict:
-        return {}
-
-    def shutdown(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self._server.stop()
 
 
 def status(store_path: Path) -> dict[str, Any]:
@@ -154,21 +117,21 @@ def storms(store_path: Path, nc: str) -> dict[str, Any]:
 
 
 def run_extension(ext: str, cgroup: Cgroup, place: Path) -> dict[str, Any]:
-    socket = str(place / "osquery.em")
-    manager = Manager(socket)
+    socket = place / "osquery.em"
     store = place / "ext.db"
-    launched = time.monotonic()
-    proc = cgroup.run([ext, "--socket", socket, "--timeout", "10", "--interval", "3", "--store", str(store)],
-                      stderr=subprocess.DEVNULL)
-    try:
-        running = wait_running(store)
-        registered = (manager.registered_at - launched) if manager.registered_at else None
-        return {"registered_s": registered, "startup_ms": running["startup_ms"]}
-    finally:
-        manager.stop()   # the extension leaves within its interval when osquery goes
-        proc.wait(timeout=30)
-        for suffix in ("", "-wal", "-shm", ".status", ".lock", ".judged"):
-            Path(str(store) + suffix).unlink(missing_ok=True)
+    with Manager(socket) as manager:
+        launched = time.monotonic()
+        proc = cgroup.run([ext, "--socket", str(socket), "--timeout", "10", "--interval", "3", "--store", str(store)],
+                          stderr=subprocess.DEVNULL)
+        try:
+            running = wait_running(store)
+            registered = (manager.registered_at - launched) if manager.registered_at else None
+            return {"registered_s": registered, "startup_ms": running["startup_ms"]}
+        finally:
+            manager.stop()   # the extension leaves within its interval when osquery goes
+            proc.wait(timeout=30)
+            for suffix in ("", "-wal", "-shm", ".status", ".lock", ".judged"):
+                Path(str(store) + suffix).unlink(missing_ok=True)
 
 
 def run_watch(cgroup: Cgroup, place: Path, nc: str | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import ExecsTable
 from osquery_netutil.events.enrich import with_script
-from tests.store.test_store import make_row
+from testkit.rows import make_row
 
 ANCESTORS = json.dumps([with_script(a) for a in (
     {"pid": 2200, "path": "/tmp/.x/stage.sh", "cmdline": "/tmp/.x/stage.sh", "uid": 33},

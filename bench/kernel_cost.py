@@ -16,7 +16,7 @@ from common import WORK, save, spawn, static_binary
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.kernel.probe import Probe
-from tests.support import tiny_elf, write_executable
+from testkit.support import tiny_elf, write_executable
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 

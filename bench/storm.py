@@ -29,7 +29,7 @@ from osquery_netutil.catalog import Catalog
 from osquery_netutil.kernel.records import SIZES
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.store.store import Store
-from tests.support import tiny_elf, write_executable
+from testkit.support import tiny_elf, write_executable
 
 
 def run_storm(sensor: Sensor, store: Store, binary: str, count: int) -> dict[str, float]:

@@ -30,7 +30,7 @@ if [ ! -e "$stamp" ]; then
   touch "$stamp"
 fi
 
-"$VENV/bin/ruff" check extension bench scripts tests
+"$VENV/bin/ruff" check extension bench scripts tests testkit
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${QUICK[@]}"
 "$VENV/bin/python" -m osquery_netutil packs verify

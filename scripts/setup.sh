@@ -27,7 +27,7 @@ command -v apt-get >/dev/null || die "apt-get not found: this set-up supports De
 # bcc from Debian (PyPI's 'bcc' is an unrelated package), the network utilities the probe
 # tests really run, bpftool (the tests check our BTF offsets against it), and what the
 # Debian package depends on (python3-apsw) and is checked with (lintian, logrotate, man-db
-# for the unit's Documentation=; tests/test_package.py).
+# for the unit's Documentation=; tests/app/test_package.py).
 PACKAGES=(
   python3-bpfcc python3-apsw
   netcat-openbsd ncat socat curl wget dnsutils iputils-ping telnet whois

@@ -25,7 +25,7 @@ from osquery_netutil.kernel.probe import Probe
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.store.store import Store
 
-from tests.support import Collector
+from testkit.support import Collector
 
 BUILD_EXT = Path(__file__).resolve().parent.parent / "scripts" / "build_ext.py"
 

@@ -21,7 +21,7 @@ from osquery_netutil.app.cli import _file_flags, main
 from osquery_netutil.store.store import Store
 
 from tests.conftest import need, probe_unavailable
-from tests.support import write_executable
+from testkit.support import write_executable
 
 pytestmark = pytest.mark.probe
 

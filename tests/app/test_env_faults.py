@@ -23,7 +23,7 @@ from osquery_netutil.app.cli import main
 from osquery_netutil.store.store import Store
 
 from tests.conftest import need
-from tests.store.test_store import make_row
+from testkit.rows import make_row
 
 NOBODY = 65534
 BUILD_EXT = Path(__file__).resolve().parents[2] / "scripts" / "build_ext.py"

@@ -27,9 +27,9 @@ from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import OP_EQUALS, OP_GE, OP_GT, OP_LT, ExecsTable, columns_used, osqueryd_bytes, stored_peak
 
 from tests.conftest import need, probe_unavailable
-from tests.manager import Manager, context
-from tests.support import write_executable
-from tests.store.test_store import make_row
+from testkit.manager import Manager, context
+from testkit.support import write_executable
+from testkit.rows import make_row
 
 @pytest.fixture
 def manager(place: Path) -> Iterator[Manager]:

@@ -17,8 +17,8 @@ from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import OP_EQUALS, OP_GT
 
 from tests.conftest import need, probe_unavailable
-from tests.manager import Manager
-from tests.support import tiny_elf, write_executable
+from testkit.manager import Manager
+from testkit.support import tiny_elf, write_executable
 from tests.app.test_extension import wait_state
 
 pytestmark = [pytest.mark.probe, pytest.mark.skipif(platform.machine() != "x86_64", reason="the tiny test ELF is x86_64 code")]

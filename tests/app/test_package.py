@@ -38,8 +38,8 @@ from osquery_netutil.store.store import DEFAULT_PATH
 from osquery_netutil.tables.plugins import OP_EQUALS
 
 from tests.conftest import need, probe_unavailable
-from tests.manager import Manager
-from tests.support import write_executable
+from testkit.manager import Manager
+from testkit.support import write_executable
 from tests.app.test_extension import stop, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]

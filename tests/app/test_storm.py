@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Container, need, probe_unavailable
-from tests.support import tiny_elf, write_executable
+from testkit.support import tiny_elf, write_executable
 from tests.packs.test_detections import MEMFD_SHELL, _named_shell
 
 pytestmark = pytest.mark.probe

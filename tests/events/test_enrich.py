@@ -22,7 +22,7 @@ from osquery_netutil.kernel.records import SIZES
 from osquery_netutil.events.sensor import Sensor
 
 from tests.conftest import Container, need
-from tests.support import Collector, write_executable
+from testkit.support import Collector, write_executable
 
 pytestmark = pytest.mark.probe
 

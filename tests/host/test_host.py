@@ -19,7 +19,7 @@ from osquery_netutil.schema import EXECS
 from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import ExecsTable, StatusTable
 
-from tests.store.test_store import make_row
+from testkit.rows import make_row
 
 
 class SpyTable(ExecsTable):

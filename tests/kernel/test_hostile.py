@@ -24,7 +24,7 @@ from osquery_netutil.host.database import Host
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.tables.plugins import ExecsTable
 
-from tests.support import Collector, tiny_elf, write_executable
+from testkit.support import Collector, tiny_elf, write_executable
 
 pytestmark = [pytest.mark.probe, pytest.mark.skipif(platform.machine() != "x86_64", reason="the tiny test ELF is x86_64 code")]
 

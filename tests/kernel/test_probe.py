@@ -22,7 +22,7 @@ from osquery_netutil.kernel.probe import Probe
 from osquery_netutil.kernel.records import A_FORKED, F_MATCH_COMM, F_MATCH_PATH, F_SCRIPT, I_SCRIPT, I_SCRIPT_NOEXEC, SIZES, ExecRecord
 
 from tests.conftest import need
-from tests.support import Collector, DnsServer, HttpServer, tiny_elf, write_executable
+from testkit.support import Collector, DnsServer, HttpServer, tiny_elf, write_executable
 
 pytestmark = pytest.mark.probe
 

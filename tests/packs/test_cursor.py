@@ -15,7 +15,7 @@ from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import ExecsTable
 
-from tests.store.test_store import make_row
+from testkit.rows import make_row
 
 
 def _cursor(store: Store, path: Path) -> Cursor:

@@ -23,7 +23,7 @@ from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.tables.plugins import ExecsTable
 
 from tests.conftest import Container, need
-from tests.support import write_executable
+from testkit.support import write_executable
 
 pytestmark = pytest.mark.probe
 QUERIES = {q.name: q for q in packs.load()}

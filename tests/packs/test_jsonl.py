@@ -11,7 +11,7 @@ from osquery_netutil.app.cli import main
 from osquery_netutil.schema import EXECS
 from osquery_netutil.store.store import Store
 
-from tests.store.test_store import make_row
+from testkit.rows import make_row
 
 
 def test_a_row_survives_the_round_trip() -> None:

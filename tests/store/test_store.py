@@ -19,13 +19,7 @@ from osquery_netutil.store.errors import StoreBusy, StoreError
 from osquery_netutil.store.store import Store
 
 from tests.conftest import probe_unavailable
-
-
-def make_row(**values: object) -> dict[str, object]:
-    row: dict[str, object] = {c.name: "" if c.type == "TEXT" else 0 for c in EXECS.columns if c.name != "eid"}
-    row["time"] = int(time.time())
-    row.update(values)
-    return row
+from testkit.rows import make_row
 
 
 def test_rows_are_bounded_by_count_and_age_and_eids_never_repeat(place: Path) -> None:
@@ -136,7 +130,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from osquery_netutil.store.store import Store
-    from tests.store.test_store import make_row
+    from testkit.rows import make_row
     store = Store(sys.argv[1])
     for i in range(1, 100000):
         store.add(make_row(pid=i))

@@ -1,4 +1,4 @@
-"""An osquery extension manager for tests: osquery.thrift's ExtensionManager service,
+"""An osquery extension manager for tests and benchmarks: osquery.thrift's ExtensionManager service,
 served with osquery-python's generated code, behaving as osqueryd's does for what an
 extension sees (register, ping, deregister; duplicate names refused).
 
@@ -31,6 +31,7 @@ class Manager(ExtensionManager.Iface):
     def __init__(self, socket_path: Path) -> None:
         self.socket = str(socket_path)
         self.registered: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self.registered_at: float | None = None   # time.monotonic() of the first registration
         self._ids = itertools.count(1000)
         self._lock = threading.Condition()
         self._server = Server(self.socket, ExtensionManager.Processor(self))
@@ -58,6 +59,8 @@ class Manager(ExtensionManager.Iface):
                 return ExtensionStatus(code=1, message="Duplicate extension registered")
             uuid = next(self._ids)
             self.registered[uuid] = (info, registry)
+            if self.registered_at is None:
+                self.registered_at = time.monotonic()
             self._lock.notify_all()
         return ExtensionStatus(code=0, message="OK", uuid=uuid)
 
