@@ -36,6 +36,20 @@
 #define F_NO_ENTER 8         // exec began before the probe attached: no argv
 #define F_ARGC_CAPPED 16     // argc counting stopped at ARGC_COUNT_MAX: argc is a lower bound
 #define F_SCRIPT 32          // btf mode: a #! script; argv is the kernel's (interpreter first)
+#define F_PATH_RELATIVE 64   // with F_MATCH_PATH or F_MATCH_SCRIPT: the path is relative (its directory is not known here)
+#define F_MATCH_SCRIPT 128   // forwarded because an interpreter was started on a script by a path that
+                             // F_MATCH_PATH would forward (sh /tmp/x.sh, bash x.sh): an origin
+
+// catalog_comms values: a catalog name (or busybox, a loader), an interpreter (sh, python3...)
+#define N_CATALOG 1
+#define N_INTERPRETER 2
+
+// The origin of a lineage: the nearest exec suspicious by its place (F_MATCH_PATH, F_MATCH_SCRIPT), as
+// (pid, exec time). Set at that exec, inherited by every child at fork and kept across the
+// child's own execs, so that a row names it however deep the chain and whatever the pid
+// exec'd since (a trampoline that waits, then execs the utility). A relative path is a weak
+// origin (./x may be anywhere): it never replaces a placed one (a writable directory, an fd
+// or memfd), which replaces any.
 
 // image.flags
 #define I_SCRIPT_NOEXEC 1    // exec failed with ENOEXEC: a shell is interpreting `file`
@@ -51,6 +65,10 @@
 struct exec_event {
     u64 ktime_ns;
     u64 cgroup_id;
+    u64 origin_ktime_ns;   // the lineage's origin (see above): its exec time, 0 for none
+    u64 ino;          // btf mode: the executed image's inode, as the exec opened it; 0 otherwise
+    u32 dev;          // btf mode: its superblock's device (kernel encoding: major << 20 | minor)
+    u32 origin_pid;
     u32 pid;          // tgid after exec
     u32 old_tid;      // thread that called exec (differs when a non-leader thread execs)
     u32 ppid;         // parent as recorded at fork; 0 when unknown
@@ -85,6 +103,9 @@ struct proc {
     u32 ppid;
     u64 fork_ktime_ns;             // 0: forked before the probe attached
     u64 ktime_ns;                  // exec time of the image; 0: no exec seen
+    u64 origin_ktime_ns;           // the lineage's origin, inherited at fork; 0: none
+    u32 origin_pid;
+    u32 origin_weak;               // 1: the origin is a relative-path exec
     u32 flags;                     // I_* for the image
     u32 uid;
     u32 head_len;
@@ -113,11 +134,12 @@ _Static_assert(offsetof(struct proc, file) == offsetof(struct proc, file_key) + 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, C_COUNT);
 
-BPF_HASH(catalog_comms, struct comm_key, u8, 1024);            // filled by user space
+BPF_HASH(catalog_comms, struct comm_key, u8, 1024);            // N_* bits, filled by user space
 BPF_LPM_TRIE(forward_prefixes, struct prefix_key, u8, 64);    // filled by user space
 // Quick rejections, so that most execs skip the lookups above (an array slot costs a few
 // ns, a hash or trie lookup 150-250): the first two bytes of each catalog name, and the
 // byte after the leading '/' of each forwarded prefix (/usr/... and /bin/... start none).
+// name_heads holds the N_* bits of the names it starts.
 BPF_ARRAY(name_heads, u8, 65536);                              // filled by user space
 BPF_ARRAY(prefix_heads, u8, 256);                              // filled by user space
 
@@ -152,6 +174,9 @@ static __always_inline void claim(struct proc *p, u32 pid, u32 ppid, u64 fork_kt
     p->flags = 0;
     p->head_len = 0;
     p->pend_tid = 0;
+    p->origin_ktime_ns = 0;
+    p->origin_pid = 0;
+    p->origin_weak = 0;
 }
 
 // The slot of pid, claimed (parent unknown) for a process older than the probe, or one
@@ -165,24 +190,39 @@ static __always_inline struct proc *proc_of(u32 pid)
 }
 
 // Forward on path: relative, or under a prefix in forward_prefixes (writable dirs, fd
-// paths). Only the first PREFIX_LEN bytes of the path take part in the lookup.
-static __always_inline int path_is_candidate(struct path_buf *buf)
+// paths). Only the first PREFIX_LEN bytes of the path take part in the lookup. Returns
+// the F_MATCH_PATH and F_PATH_RELATIVE bits.
+static __always_inline u32 path_match(struct path_buf *buf)
 {
     if (buf->path[0] == 0)
-        return 1;   // execveat(fd, "", AT_EMPTY_PATH): an fd exec
+        return F_MATCH_PATH;   // execveat(fd, "", AT_EMPTY_PATH): an fd exec
     if (buf->path[0] != '/')
-        return 1;
+        return F_MATCH_PATH | F_PATH_RELATIVE;
     u32 second = (u8)buf->path[1];
     u8 *head = prefix_heads.lookup(&second);
     if (!head || !*head)
         return 0;
     buf->prefixlen = PREFIX_LEN * 8;
     u8 *hit = forward_prefixes.lookup((struct prefix_key *)buf);
-    return hit ? *hit : 0;   // read the value: clang must not fold the pointer into flags
+    return hit && *hit ? F_MATCH_PATH : 0;   // read the value: clang must not fold the pointer into flags
 }
 
-// Forward on name: basename truncated to 15 chars, exactly as the kernel sets comm.
-static __always_inline int name_is_candidate(const char *path, int len)
+// A committed exec suspicious by place becomes the origin of its lineage (see F_PATH_RELATIVE).
+static __always_inline void mark_origin(struct proc *p, u32 match)
+{
+    if (!(match & (F_MATCH_PATH | F_MATCH_SCRIPT)))
+        return;
+    u32 weak = (match & F_PATH_RELATIVE) != 0;
+    if (weak && p->origin_ktime_ns && !p->origin_weak)
+        return;
+    p->origin_ktime_ns = p->ktime_ns;
+    p->origin_pid = p->pid;
+    p->origin_weak = weak;
+}
+
+// Judge the name: basename truncated to 15 chars, exactly as the kernel sets comm. Returns
+// its N_* bits: N_CATALOG forwards the exec, N_INTERPRETER has its script argument judged.
+static __always_inline u32 name_bits(const char *path, int len)
 {
     // Scan back from the end to the last '/': one exit per iteration keeps the
     // verifier's walk linear (a forward scan remembering the last '/' does not).
@@ -207,7 +247,45 @@ static __always_inline int name_is_candidate(const char *path, int len)
             break;
         key.name[j] = c;
     }
-    return catalog_comms.lookup(&key) != 0;
+    u8 *bits = catalog_comms.lookup(&key);
+    return bits ? *bits : 0;
+}
+
+static __always_inline u32 name_match(u32 bits) { return bits & N_CATALOG ? F_MATCH_COMM : 0; }
+
+// An interpreter started on a script (sh /tmp/x.sh, python3 -u ./p.py): the first argument
+// of head (argv, NUL-separated, head_len bytes) after argv[0] and any options, judged as a
+// path is. None for -c/-e/-m (a command string or a module, not a file: what they run
+// execs on its own). Options that take a value (bash -O opt) are not known here: their
+// value is judged instead, and matches only if it is relative (a weak origin, which user
+// space resolves). The arguments are walked with one string read each (its length is
+// where the next starts), HEAD_ARGS at most: no byte loop for the verifier to unroll.
+// Returns F_MATCH_SCRIPT | F_PATH_RELATIVE bits.
+static __always_inline u32 script_match(const char *head, u32 head_len, struct path_buf *buf)
+{
+    u32 start = 0;
+#pragma unroll
+    for (int a = 0; a < HEAD_ARGS; a++) {
+        if (start >= head_len)
+            return 0;
+        int len = bpf_probe_read_kernel_str(buf->path, HEAD_LEN, &head[start & (HEAD_LEN - 1)]);
+        if (len <= 0 || start + len > head_len)
+            return 0;   // cut at the end of the head: what follows is not this exec's
+        start += len;
+        if (a == 0)
+            continue;   // argv[0]
+        char c0 = buf->path[0], c1 = buf->path[1], c2 = buf->path[2];
+        if (c0 == '-') {
+            if ((c1 == 'c' || c1 == 'e' || c1 == 'm') && c2 == 0)
+                return 0;
+            continue;
+        }
+        if (c0 == 0)
+            return 0;   // an empty argument, not an fd exec
+        u32 m = path_match(buf);
+        return m ? F_MATCH_SCRIPT | (m & F_PATH_RELATIVE) : 0;
+    }
+    return 0;
 }
 
 // Hand a forwarded exec to user space: the fields both modes fill the same way, from the
@@ -222,6 +300,8 @@ static __always_inline void forward(struct exec_event *ev, struct proc *p, u32 o
     ev->uid = (u32)uid_gid;
     ev->gid = uid_gid >> 32;
     ev->flags |= match;
+    ev->origin_ktime_ns = p->origin_ktime_ns;
+    ev->origin_pid = p->origin_pid;
     __builtin_memcpy(ev->comm, p->comm, 16);
     bpf_probe_read_kernel(ev->filename, FILENAME_LEN, p->file);
     u32 size = ev->args_size;
@@ -240,15 +320,29 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
 {
     if (clone_flags & CLONE_THREAD)
         return 0;
-    u32 ppid = bpf_get_current_pid_tgid() >> 32;
-    if (clone_flags & CLONE_PARENT) {
-        // The child becomes a sibling of the caller.
-        struct proc *up = slot_of(ppid);
-        ppid = up && up->pid == ppid ? up->ppid : 0;
+    u32 caller = bpf_get_current_pid_tgid() >> 32;
+    u32 ppid = caller;
+    u64 origin_ktime_ns = 0;
+    u32 origin_pid = 0, origin_weak = 0;
+    struct proc *up = slot_of(caller);
+    if (up && up->pid == caller) {
+        // The child inherits the caller's origin, also with CLONE_PARENT (it becomes a
+        // sibling of the caller, but the caller made it).
+        origin_ktime_ns = up->origin_ktime_ns;
+        origin_pid = up->origin_pid;
+        origin_weak = up->origin_weak;
+        if (clone_flags & CLONE_PARENT)
+            ppid = up->ppid;
+    } else if (clone_flags & CLONE_PARENT) {
+        ppid = 0;   // the caller is older than the probe, or its slot was taken
     }
     struct proc *p = slot_of(pid);
-    if (p)
-        claim(p, pid, ppid, bpf_ktime_get_ns());
+    if (!p)
+        return 0;
+    claim(p, pid, ppid, bpf_ktime_get_ns());
+    p->origin_ktime_ns = origin_ktime_ns;
+    p->origin_pid = origin_pid;
+    p->origin_weak = origin_weak;
     return 0;
 }
 
@@ -325,8 +419,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         p->file[0] = 0;
         len = 1;
     }
-    u32 match = (name_is_candidate(p->file, len) ? F_MATCH_COMM : 0)
-              | (path_is_candidate((struct path_buf *)&p->file_key) ? F_MATCH_PATH : 0);
+    u32 nbits = name_bits(p->file, len);
+    u32 match = name_match(nbits) | path_match((struct path_buf *)&p->file_key);
 
     void *mm = 0;
     unsigned long range[2] = {};   // arg_start, arg_end
@@ -337,6 +431,17 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     u64 uid_gid = bpf_get_current_uid_gid();
     char *head = pending_head(p);
     u32 head_len = size < HEAD_LEN ? size : HEAD_LEN;
+    asm volatile("" : "+r"(head_len));   // keep the bound check for the verifier
+    if (head_len > HEAD_LEN)
+        head_len = HEAD_LEN;
+    int head_read = 0;
+    if ((nbits & N_INTERPRETER) && !match && !script) {
+        struct path_buf *buf = path_heap.lookup(&zero);
+        bpf_probe_read_user(head, head_len, (void *)range[0]);
+        head_read = 1;
+        if (buf)
+            match = script_match(head, head_len, buf);
+    }
     struct exec_event *ev = match ? event_heap.lookup(&zero) : 0;
     if (ev) {
         // One read for the whole argv, as far as it fits; the head is its start.
@@ -348,10 +453,15 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         FIELD(argc, bprm, OFF_BPRM_ARGC);
         ev->argc = argc;
         bpf_probe_read_kernel(head, HEAD_LEN, ev->args);
-    } else {
-        asm volatile("" : "+r"(head_len));   // keep the bound check for the verifier
-        if (head_len > HEAD_LEN)
-            head_len = HEAD_LEN;
+        // The image's identity as this exec opened it (for a #! script, its interpreter),
+        // so that no later exec of the pid and no file put at the path can relabel it.
+        void *file = 0, *inode = 0, *sb = 0;
+        FIELD(file, bprm, OFF_BPRM_FILE);
+        FIELD(inode, file, OFF_FILE_INODE);
+        FIELD(ev->ino, inode, OFF_INODE_INO);
+        FIELD(sb, inode, OFF_INODE_SB);
+        FIELD(ev->dev, sb, OFF_SB_DEV);
+    } else if (!head_read) {
         bpf_probe_read_user(head, head_len, (void *)range[0]);
     }
     p->ktime_ns = bpf_ktime_get_ns();
@@ -360,6 +470,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     p->head_len = head_len;
     p->cur ^= 1;
     p->pend_tid = 0;
+    mark_origin(p, match);
     bpf_get_current_comm(p->comm, sizeof(p->comm));
     if (ev)
         forward(ev, p, old_tid, match, uid_gid);
@@ -502,9 +613,16 @@ static __always_inline int on_exec_enter(const char *filename, const char *const
     if (len < 0)
         return 0;
     // comm will be the basename: judged here, so the exec's program need not look again.
-    u32 match = (name_is_candidate(path->path, len) ? F_MATCH_COMM : 0)
-              | (fd_exec || path_is_candidate(path) ? F_MATCH_PATH : 0);
+    u32 nbits = name_bits(path->path, len);
+    u32 match = name_match(nbits) | (fd_exec ? F_MATCH_PATH : path_match(path));
     char *head = pending_head(p);
+    int head_read = 0;
+    if ((nbits & N_INTERPRETER) && !match) {
+        // A #! script is exec'd by its own path (judged above): this is `sh x.sh`.
+        p->pend_head_len = read_head(head, argv);
+        head_read = 1;
+        match = script_match(head, p->pend_head_len, path);
+    }
     struct exec_event *ev = match ? event_heap.lookup(&zero) : 0;
     if (ev) {
         ev->flags = 0;
@@ -512,8 +630,7 @@ static __always_inline int on_exec_enter(const char *filename, const char *const
         p->pend_head_len = ev->args_size < HEAD_LEN ? ev->args_size : HEAD_LEN;
         bpf_probe_read_kernel(head, HEAD_LEN, ev->args);
         pending_full.update(&tid, ev);
-    } else {
-        match = 0;
+    } else if (!head_read) {
         p->pend_head_len = read_head(head, argv);
     }
     p->pend_filename = filename;
@@ -555,6 +672,7 @@ static __always_inline int on_exec_exit(long ret)
         p->cur ^= 1;
         bpf_get_current_comm(p->comm, sizeof(p->comm));
         bpf_probe_read_user_str(p->file, FILENAME_LEN, p->pend_filename);
+        mark_origin(p, p->pend_match);   // the shell reads the script: it is the image now
     }
     if (p->pend_match)
         pending_full.delete(&tid);
@@ -596,15 +714,16 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         // and an fd exec, whose comm may differ, is forwarded on its path.)
         struct comm_key ck = {};
         __builtin_memcpy(ck.name, p->comm, 16);
-        if (catalog_comms.lookup(&ck))
-            match |= F_MATCH_COMM;
+        u8 *bits = catalog_comms.lookup(&ck);
+        if (bits)
+            match |= name_match(*bits);
         struct path_buf *path = path_heap.lookup(&zero);
         if (path) {
             bpf_probe_read_kernel(path->path, PREFIX_LEN, p->file);
-            if (path_is_candidate(path))
-                match |= F_MATCH_PATH;
+            match |= path_match(path);
         }
     }
+    mark_origin(p, match);
     if (!match)
         return 0;
     struct exec_event *ev = entered ? pending_full.lookup(&old_tid) : 0;

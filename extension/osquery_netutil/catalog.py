@@ -20,6 +20,31 @@ CATEGORIES = ("dns", "transfer", "remote_shell", "scanner", "sniffer", "tunnel",
 # Multi-call binaries run the applet that argv[1] names when called by their own name
 # (`busybox nc -e /bin/sh ...`): the kernel forwards them, enrichment reads the applet.
 MULTICALL = ("busybox", "toybox")
+# The dynamic loaders, glibc's and musl's: `/lib64/ld-linux-x86-64.so.2 /usr/bin/ncat ...`
+# runs ncat without ever exec'ing it (the kernel execs the loader). The kernel forwards
+# them; enrichment reports the program they load.
+LOADERS = (
+    "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "ld-linux-armhf.so.3", "ld-linux.so.2",
+    "ld-musl-x86_64.so.1", "ld-musl-aarch64.so.1", "ld-musl-armhf.so.1", "ld-musl-i386.so.1", "ld.so",
+)
+# Interpreters: started on a script (sh /tmp/x.sh, python3 ./p.py), the script's place is
+# judged (the kernel marks an origin; enrichment names the script of each ancestor). Those
+# in VERSIONED are also installed under versioned names (python3.12, php8.2).
+SHELLS = ("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh")
+INTERPRETERS = (*SHELLS, "python", "python2", "python3", "perl", "ruby", "php", "node", "nodejs", "lua", "tclsh", "pwsh")
+VERSIONED = {
+    "python": ("2.7", *(f"3.{m}" for m in range(5, 16))),
+    "php": ("5.6", *(f"7.{m}" for m in range(5)), *(f"8.{m}" for m in range(6))),
+    "ruby": (*(f"2.{m}" for m in range(8)), *(f"3.{m}" for m in range(6))),
+    "lua": tuple(f"5.{m}" for m in range(1, 5)),
+}
+
+
+def interpreter_names() -> list[str]:
+    """Every file name an interpreter is exec'd by: INTERPRETERS and their versioned names."""
+    return sorted({*INTERPRETERS, *(f"{n}{v}" for n, versions in VERSIONED.items() for v in versions)})
+
+
 _FIELDS = {"name": str, "basenames": list, "category": str, "technique": str, "description": str}
 # Optional: `args`, the arguments of which one must be present for an exec to count
 # (openssl only as s_client/s_server, iptables only when it lists rules). The kernel
@@ -87,8 +112,9 @@ class Catalog:
         return sorted(self._by_basename)
 
     def kernel_names(self) -> list[str]:
-        """What the kernel filter forwards by comm: every basename and the multi-call binaries."""
-        return sorted({*self._by_basename, *MULTICALL})
+        """What the kernel filter forwards by comm: every basename, the multi-call binaries
+        and the dynamic loaders."""
+        return sorted({*self._by_basename, *MULTICALL, *LOADERS})
 
     @classmethod
     def load(cls, user_file: Path | None = None) -> "Catalog":

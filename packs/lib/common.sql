@@ -15,6 +15,9 @@ writable(prefix) AS (VALUES {{writable_dirs}}),
 -- Each exec (depth 0) and each of its ancestors (depth 1 = parent), as recorded at exec time;
 -- base = 1 for the host's own ancestors (those the sensor itself descends from), script =
 -- the script an interpreter was started on (sh /tmp/x.sh, python3 /dev/shm/p.py), if any.
+-- Last (depth 1000), the lineage's origin as the kernel marked it: the nearest exec
+-- suspicious by place, however deep, also an earlier image of a process in the chain (a
+-- trampoline that waited, then exec'd the utility).
 -- MATERIALIZED: expanded once per query, whichever CTEs read it.
 nodes AS MATERIALIZED (
   SELECT eid, 0 AS depth, path, cmdline, 0 AS base, NULL AS script FROM recent
@@ -22,6 +25,9 @@ nodes AS MATERIALIZED (
   SELECT r.eid, a.key + 1, json_extract(a.value, '$.path'), json_extract(a.value, '$.cmdline'),
          coalesce(json_extract(a.value, '$.base'), 0), json_extract(a.value, '$.script')
   FROM recent r, json_each(r.ancestors) a
+  UNION ALL
+  SELECT eid, 1000, json_extract(origin, '$.path'), json_extract(origin, '$.cmdline'), 0, json_extract(origin, '$.script')
+  FROM recent WHERE origin <> ''
 ),
 -- The same with each process's file name (/usr/sbin/nginx: nginx), so that packs compare
 -- names as strings: osquery compiles a regex at every call, and every ancestor of every
@@ -50,6 +56,7 @@ located AS (
       WHEN s.path LIKE '/dev/fd/%' OR s.path LIKE '/proc/%/fd/%' OR s.path LIKE '/memfd:%' THEN 'fd or memfd'
       WHEN s.path LIKE '% (deleted)' THEN 'deleted file'
       WHEN s.path <> '' AND s.path NOT LIKE '/%' THEN 'relative path'
+      WHEN s.depth = 1000 AND s.path = '' THEN 'origin no longer known'
     END AS reason,
     CASE WHEN s.script_in_writable AND NOT s.in_writable THEN s.script ELSE s.path END AS place
   FROM placed s
@@ -98,7 +105,7 @@ local_only AS (
 report AS (
   SELECT r.eid, r.time, r.username, r.uid, r.pid, r.parent, r.utility, r.category, r.technique,
          r.matched_by, r.path, r.cmdline, r.cwd, l.chain, r.parent_cmdline, r.container_id,
-         r.ip_args, r.public_ip_args
+         r.ip_args, r.public_ip_args, r.origin
   FROM recent r JOIN lineage l ON l.eid = r.eid
   WHERE r.eid NOT IN (SELECT eid FROM excepted)
 )

@@ -170,13 +170,13 @@ def test_an_answer_osqueryd_could_not_hold_is_refused_and_says_how_to_constrain_
         store.add_many(make_row(pid=i, time=now - 3600 + i // 2, utility="netcat", cmdline=f"nc -l {i}", ancestors=chain)
                        for i in range(2000))
         store.flush()
-    proc = manager.launch(ext_file, "--store", str(place / "events.db"), "--prefix", "relative/", "--max-answer-mb", "10")
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"), "--prefix", "relative/", "--max-answer-mb", "12")
     try:
         uuid = manager.wait_registered("netutil")
         response = manager.call_table(uuid, EXECS.name, {"action": "generate", "context": context(EXECS, {})})
         assert response.status.code == 1 and response.response == []
         message = response.status.message
-        assert message.startswith("network_utility_execs: this answer is 2,000 rows, about ") and "--max-answer-mb=10" in message
+        assert message.startswith("network_utility_execs: this answer is 2,000 rows, about ") and "--max-answer-mb=12" in message
         assert "WHERE time > strftime('%s', 'now') - 3600" in message, message
         recent = manager.generate(uuid, EXECS, {"time": [(OP_GT, str(now - 3600 + 900))]})
         assert len(recent) == 2000 - 1802 and set(recent[0]) == set(EXECS.names)

@@ -30,8 +30,14 @@ POLL_S = 0.05
 
 
 def _watch(store: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "osquery_netutil", "watch", "--store", str(store), "--every", "30"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """watch on store; its stderr in a file beside it (`_why` shows it when it exits)."""
+    with open(f"{store}.watch-stderr", "ab") as err:
+        return subprocess.Popen([sys.executable, "-m", "osquery_netutil", "watch", "--store", str(store), "--every", "30"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+
+def _why(store: Path) -> str:
+    return Path(f"{store}.watch-stderr").read_text(errors="replace")[-2000:]
 
 
 def _status(store: Path, catalog: Catalog) -> dict:
@@ -76,7 +82,7 @@ def test_a_restarted_sensor_is_never_shown_running_before_its_probe_records(cata
                 seen.append(status["state"])
                 if status["state"] == "running":
                     break
-                assert current.poll() is None, f"watch exited with {current.returncode}"
+                assert current.poll() is None, f"watch exited with {current.returncode}: {_why(store)}"
                 assert time.monotonic() < deadline, f"never running; states seen: {sorted(set(seen))}"
                 time.sleep(POLL_S)
             assert status["start_time"] != old_start and status["start_time"] >= int(launched) - 1, status

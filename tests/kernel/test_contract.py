@@ -1,5 +1,5 @@
-"""The kernel/user-space contract, checked against the C program itself: the flags and
-counter indices that bpf/netutil_exec.bpf.c #defines are the ones records.py defines, and
+"""The kernel/user-space contract, checked against the C program itself: the flags, filter
+values and counter indices that bpf/netutil_exec.bpf.c #defines are the ones records.py defines, and
 every size and struct offset the loader passes as a -D flag is one the program uses. A
 change on one side that the other does not follow fails here, before any probe loads."""
 
@@ -14,8 +14,8 @@ DEFINES = {name: int(value) for name, value in re.findall(r"^#define ([A-Z][A-Z0
 
 
 def test_event_and_ancestry_flags_are_the_programs() -> None:
-    mirrored = {name: getattr(records, name) for name in dir(records) if re.fullmatch(r"[FI]_[A-Z_]+", name)}
-    defined = {name: value for name, value in DEFINES.items() if re.fullmatch(r"[FI]_[A-Z_]+", name)}
+    mirrored = {name: getattr(records, name) for name in dir(records) if re.fullmatch(r"[FIN]_[A-Z_]+", name)}
+    defined = {name: value for name, value in DEFINES.items() if re.fullmatch(r"[FIN]_[A-Z_]+", name)}
     assert mirrored == defined
     ancestry = [v for n, v in mirrored.items() if n.startswith("I_")]
     assert records.A_FORKED not in ancestry and "A_FORKED" not in SOURCE   # user space's own bit

@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from osquery_netutil.catalog import Catalog, Utility
 
@@ -30,6 +30,19 @@ _RESCAN_AFTER_S = 300.0    # pick up utilities installed after start-up
 _CACHE_MAX = 4096
 
 _Key = tuple[int, int, int, int, int]   # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+Identity = tuple[int, int]              # st_dev, st_ino of an executed image, from the kernel
+
+
+def is_image(st: os.stat_result, identity: Identity | None) -> bool:
+    """Whether st is the file the kernel saw exec'd (True when it did not say). On an
+    anonymous device (overlayfs, btrfs subvolumes: major 0) stat may report another
+    device than the superblock's, so the inode alone decides there."""
+    if identity is None:
+        return True
+    dev, ino = identity
+    return st.st_ino == ino and (st.st_dev == dev or os.major(dev) == 0)
 
 
 def _key(st: os.stat_result) -> _Key:
@@ -48,31 +61,42 @@ class ContentMatcher:
         self._hashes: dict[_Key, bytes] = {}
         self._scanned_at = float("-inf")
 
-    def match_path(self, path: str) -> Utility | None:
+    def match_path(self, path: str, identity: Identity | None = None) -> Utility | None:
         """The utility `path` is, or is a copy of. A symlink or hard link to an installed
         utility is recognised from metadata alone; content is read only from a regular
-        file at `path` itself, never through a symlink."""
+        file at `path` itself, never through a symlink. With `identity` (the image the
+        kernel saw exec'd), a file that is not that image is never judged: one put at the
+        path since, or a script whose image is its interpreter."""
         try:
             st = os.stat(path)
         except OSError:
             return None
+        if not is_image(st, identity):
+            return None
         with self._lock:
             self._rescan_if_old()
             hit = self._installed.get((st.st_dev, st.st_ino))
-        return hit if hit is not None else self._match(path, os.O_NOFOLLOW)
+        return hit if hit is not None else self._match(path, os.O_NOFOLLOW, identity)
 
-    def match_proc_exe(self, pid: int) -> Utility | None:
-        """The utility the running process pid executes (fd and memfd execs, deleted files)."""
-        return self._match(f"/proc/{pid}/exe", 0)
+    def match_proc_exe(self, pid: int, identity: Identity | None = None,
+                       unchanged: Callable[[], bool] | None = None) -> Utility | None:
+        """The utility the running process pid executes (fd and memfd execs, deleted
+        files), only while it still runs the image that was reported: it may have exec'd
+        another since (a trampoline that execs the utility). The kernel's `identity` says
+        so in btf mode; `unchanged()`, asked once the file is open, where it does not."""
+        return self._match(f"/proc/{pid}/exe", 0, identity, unchanged)
 
-    def _match(self, path: str, extra_flags: int) -> Utility | None:
+    def _match(self, path: str, extra_flags: int, identity: Identity | None,
+               unchanged: Callable[[], bool] | None = None) -> Utility | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | extra_flags)
         except OSError:
             return None   # gone, a symlink (ELOOP), or unreadable: nothing to compare
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES or not is_image(st, identity):
+                return None
+            if unchanged is not None and not unchanged():
                 return None
             with self._lock:
                 self._rescan_if_old()

@@ -19,16 +19,18 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
-from osquery_netutil.catalog import MULTICALL, Catalog, Utility
+from osquery_netutil.catalog import INTERPRETERS, MULTICALL, SHELLS, VERSIONED, Catalog, Utility
 from osquery_netutil.events.containers import CgroupResolver, container_id
 from osquery_netutil.events.content import ContentMatcher
 from osquery_netutil.events.ipargs import ip_columns
+from osquery_netutil.events.loader import LDD, TRACE_ENV, is_loader, loaded
 from osquery_netutil.locations import FD_PATH_PREFIXES
-from osquery_netutil.kernel.records import SIZES, AncestryEntry, ExecRecord
+from osquery_netutil.kernel.records import A_FORKED, SIZES, AncestryEntry, ExecRecord
 
 MAX_ANCESTORS = 32
 ANCESTOR_ARGV_MAX = 4096   # bytes of an ancestor's argv read from /proc (the kernel keeps less)
 _PATHS_REMEMBERED = 4096
+_ORIGINS_REMEMBERED = 16384   # origins named by later rows: ~300 bytes each
 _PROC_CACHE_S = 10.0
 _CHAIN_CACHE_S = 1.0
 
@@ -46,15 +48,28 @@ def cmdline(args: Iterable[bytes]) -> str:
 
 # An interpreter's command line and the script it runs: sh /tmp/x.sh, bash -x /dev/shm/s,
 # python3 -u /var/tmp/p.py, sh -c '/tmp/x.sh arg' (the first word after the options).
-_INTERPRETED = re.compile(r"^[^ ]*\b(?:sh|bash|dash|zsh|ksh|busybox|python[0-9.]*|perl|ruby|php[0-9.]*|node) +(?:-[^ ]+ +)*([^ -][^ ]*)")
+_NAMES = "|".join(sorted({*(re.escape(n) for n in INTERPRETERS if not n.startswith(tuple(VERSIONED))), *MULTICALL,
+                          *(f"{re.escape(n)}[0-9.]*" for n in VERSIONED)}, key=lambda n: (-len(n), n)))
+_INTERPRETED = re.compile(rf"^[^ ]*\b(?:{_NAMES}) +((?:-[^ ]+ +)*)([^ -][^ ]*)")
+# Options after which the first word is a command string, code or a module, not a file:
+# sh -c and bash -xc, python3 -c and -m, perl and ruby -e or -E, node -e or -p, php -r.
+_NOT_A_FILE = re.compile(r"(?:^| )-(?:[a-zA-Z]*c|[eEmpr]) ")
+_SHELL_NOT_A_FILE = re.compile(r"(?:^| )-[a-zA-Z]*c ")   # a shell's -e is errexit
+_SHELLS = frozenset({*SHELLS, *MULTICALL})
 
 
-def with_script(node: dict[str, Any]) -> dict[str, Any]:
+def with_script(node: dict[str, Any], cwd: str = "") -> dict[str, Any]:
     """An ancestor with "script" added when it is an interpreter started on one: a fact
     found once, at exec time, so that the packs compare it with LIKE instead of running
-    a regex over every ancestor of every row in every query."""
+    a regex over every ancestor of every row in every query. A relative script is joined
+    to the interpreter's cwd, when known (`cd /tmp/w && sh x.sh`)."""
     found = _INTERPRETED.match(str(node.get("cmdline") or ""))
-    return {**node, "script": found.group(1)} if found else node
+    if not found:
+        return node
+    options, script = found.groups()
+    shell = os.path.basename(str(node["cmdline"]).split(" ", 1)[0]) in _SHELLS
+    code = (_SHELL_NOT_A_FILE if shell else _NOT_A_FILE).search(options)
+    return {**node, "script": script if code else absolute(script, cwd)}
 
 
 @lru_cache(maxsize=1024)
@@ -124,6 +139,10 @@ class Enricher:
         # (exec ktime, file as exec'd) -> absolute path, for scripts started by a relative
         # path: by the time their children are reported they may have exited.
         self._resolved: OrderedDict[tuple[int, bytes], str] = OrderedDict()
+        # (pid, exec ktime) -> the node of an exec that became its lineage's origin: the
+        # kernel names origins by that pair only, and they may be long gone when a
+        # descendant is reported.
+        self._origins: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
         self._from_proc: dict[int, tuple[float, dict[str, Any], int]] = {}
         self._chains: dict[int, tuple[tuple[int, int], float, list[dict[str, Any]], str]] = {}
 
@@ -131,20 +150,48 @@ class Enricher:
         """The row for rec, or None when rec is not a network utility (a script, say)."""
         cwd = _readlink(f"/proc/{rec.pid}/cwd")   # first: the process may be about to exit
         path = absolute(text(rec.filename), cwd)
+        argv = [text(a) for a in rec.argv]
+        if rec.is_origin:
+            self._remember_origin(rec, path, cwd)
+        if is_loader(rec.comm):
+            return self._loaded_row(rec, argv, cwd)
         utility = self.catalog.by_comm(text(rec.comm))
         matched_by = "name"
         if utility is None and text(rec.comm) in MULTICALL and len(rec.argv) > 1:
             utility = self.catalog.by_basename(os.path.basename(text(rec.argv[1])))   # busybox nc ...
         if utility is None:
             self._remember(rec.ktime_ns, rec.filename, path)
-            utility = self._match_content(rec.pid, path)
+            utility = self._match_content(rec, path)
             if utility is None:
                 return None
             matched_by = "content"
-        argv = [text(a) for a in rec.argv]
-        if not utility.counts(argv[1:] if matched_by == "name" and text(rec.comm) in MULTICALL else argv):
+        own_argv = argv[1:] if matched_by == "name" and text(rec.comm) in MULTICALL else argv
+        return self._row(rec, utility, matched_by, path, argv, own_argv, cwd)
+
+    def _loaded_row(self, rec: ExecRecord, argv: list[str], cwd: str) -> Row | None:
+        """The row of a utility run through the dynamic loader: the program it loads,
+        by name, else by content; None when that is no utility (or ldd is asking)."""
+        run = loaded(argv)
+        if run is None or TRACE_ENV in (_read(f"/proc/{rec.pid}/environ") or b"").split(b"\0"):
+            return None
+        chain, _ = self._chain(rec.ppid)
+        if chain and chain[0].get("script") in LDD:
+            return None   # ldd, whose loader has listed and gone
+        path = absolute(run.program, cwd)
+        utility = self.catalog.by_basename(os.path.basename(run.program))
+        if utility is None:
+            utility = self._content.match_path(path)
+        if utility is None:
+            return None
+        return self._row(rec, utility, "loader", path, argv, list(run.argv), cwd)
+
+    def _row(self, rec: ExecRecord, utility: Utility, matched_by: str, path: str, argv: list[str],
+             own_argv: list[str], cwd: str) -> Row | None:
+        """The row, from what the exec ran (utility, path) and the utility's own argv
+        (after busybox or the loader); None when the entry does not count these args."""
+        if not utility.counts(own_argv):
             return None   # openssl version, iptables -A: not this entry's business
-        ip_args, public_ip_args = ip_columns(utility.name, argv)
+        ip_args, public_ip_args = ip_columns(utility.name, own_argv)
         chain, chain_json = self._chain(rec.ppid)
         cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id, rec.ppid)
         return {
@@ -170,6 +217,7 @@ class Enricher:
             "parent_path": chain[0]["path"] if chain else "",
             "parent_cmdline": chain[0]["cmdline"] if chain else "",
             "ancestors": chain_json,
+            "origin": self._origin(rec),
             "container_id": container_id(cgroup_path),
             "cgroup_path": cgroup_path,
         }
@@ -217,7 +265,7 @@ class Enricher:
             full = proc.argv()
             if full and full[: len(args) - 1] == args[:-1] and full[len(args) - 1].startswith(args[-1]):
                 args = full   # the same exec's argv, longer than the kernel kept
-        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid})
+        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid}, proc.cwd())
         return node, entry.ppid or proc.ppid()
 
     def _ancestor_from_proc(self, pid: int, ppid: int) -> tuple[dict[str, Any], int]:
@@ -229,12 +277,35 @@ class Enricher:
         if cached is not None and now - cached[0] < _PROC_CACHE_S:
             return cached[1], ppid or cached[2]
         proc = _ProcView(pid)
-        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()})
+        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()}, proc.cwd())
         parent = ppid or proc.ppid()
         if len(self._from_proc) >= _PATHS_REMEMBERED:
             self._from_proc.clear()
         self._from_proc[pid] = (now, node, parent)
         return node, parent
+
+    def _remember_origin(self, rec: ExecRecord, path: str, cwd: str) -> None:
+        node = with_script({"pid": rec.pid, "path": path, "cmdline": cmdline(rec.argv), "uid": rec.uid,
+                            "time": int(rec.time)}, cwd)
+        self._origins[(rec.pid, rec.ktime_ns)] = node
+        if len(self._origins) > _ORIGINS_REMEMBERED:
+            self._origins.popitem(last=False)
+
+    def _origin(self, rec: ExecRecord) -> str:
+        """The lineage's origin as JSON ('' when none, or when it is the host's base): the
+        node remembered when it was forwarded, else what the kernel's slot still holds,
+        else its pid and time alone (the row still says there was one)."""
+        pid, ktime_ns = rec.origin_pid, rec.origin_ktime_ns
+        if not ktime_ns or (pid in self._base and _ProcView(pid).start_time() == self._base[pid]):
+            return ""
+        node = self._origins.get((pid, ktime_ns))
+        if node is None:
+            entry = self._ancestry(pid)
+            if entry is not None and entry.ktime_ns == ktime_ns and not entry.flags & A_FORKED and entry.file:
+                node = {**self._ancestor(pid, entry)[0], "time": int(rec.time - (rec.ktime_ns - ktime_ns) / 1e9)}
+            else:
+                node = {"pid": pid, "path": "", "cmdline": "", "time": int(rec.time - (rec.ktime_ns - ktime_ns) / 1e9)}
+        return json.dumps(node)
 
     def _remember(self, ktime_ns: int, filename: bytes, path: str) -> None:
         if path != text(filename):
@@ -242,14 +313,19 @@ class Enricher:
             if len(self._resolved) > _PATHS_REMEMBERED:
                 self._resolved.popitem(last=False)
 
-    def _match_content(self, pid: int, path: str) -> Utility | None:
+    def _match_content(self, rec: ExecRecord, path: str) -> Utility | None:
         """A renamed copy: by the file at path, else (fd execs, symlinks, deleted or
-        relative files) by what the still-running process executes."""
+        relative files) by what the still-running process executes; only a file that is
+        the image the exec ran (the kernel's identity of it, or its slot's exec time)."""
         if path.startswith("/") and not path.startswith(FD_PATH_PREFIXES):
-            hit = self._content.match_path(path)
+            hit = self._content.match_path(path, rec.identity)
             if hit is not None:
                 return hit
-        return self._content.match_proc_exe(pid)
+
+        def unchanged() -> bool:
+            entry = self._ancestry(rec.pid)
+            return entry is None or entry.ktime_ns == rec.ktime_ns   # None: no kernel slot to ask
+        return self._content.match_proc_exe(rec.pid, rec.identity, unchanged)
 
 
 def _head_may_be_cut(head: tuple[bytes, ...]) -> bool:

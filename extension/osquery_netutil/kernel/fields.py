@@ -15,6 +15,12 @@ BTF_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_BPRM_INTERP": ("linux_binprm", "interp"),
     "OFF_BPRM_ARGC": ("linux_binprm", "argc"),
     "OFF_BPRM_BUF": ("linux_binprm", "buf"),
+    # The executed image's identity (bprm->file->f_inode: i_ino, i_sb->s_dev).
+    "OFF_BPRM_FILE": ("linux_binprm", "file"),
+    "OFF_FILE_INODE": ("file", "f_inode"),
+    "OFF_INODE_INO": ("inode", "i_ino"),
+    "OFF_INODE_SB": ("inode", "i_sb"),
+    "OFF_SB_DEV": ("super_block", "s_dev"),
 }
 # The fentry that names scripts without #! reads the exec syscall's number and argv from
 # the registers it was entered with. x86_64 only: bcc 0.26 attaches fentry nowhere else.

@@ -31,8 +31,9 @@ from osquery_netutil.kernel.memory import page_out_compiler, return_freed_memory
 from osquery_netutil.kernel.preflight import MODES, BtfRefused, ProbeError, fentry_problem, preflight, tracepoint_preflight
 from osquery_netutil.kernel.records import (
     A_FORKED, COUNTERS, F_ARGS_TRUNCATED, F_SCRIPT, SIZES, AncestryEntry, Counters, ExecRecord, comm_key, cstr,
-    field_bytes, image_head, split_args,
+    field_bytes, image_head, split_args, user_dev, N_CATALOG, N_INTERPRETER,
 )
+from osquery_netutil.catalog import interpreter_names
 from osquery_netutil.locations import FD_PATH_PREFIXES, WRITABLE_DIRS
 
 # The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
@@ -62,9 +63,11 @@ class Probe:
         poll_ms: int = 100,
         mode: str = "auto",
         btf_offsets: dict[str, int] | None = None,
+        interpreters: Iterable[str] = interpreter_names(),
     ) -> None:
-        """mode: one of MODES. btf_offsets: the struct offsets btf mode uses, instead of
-        the kernel's (to prove that wrong ones are caught)."""
+        """comm_names: forwarded by name. interpreters: their script argument is judged by
+        its place (an origin). mode: one of MODES. btf_offsets: the struct offsets btf
+        mode uses, instead of the kernel's (to prove that wrong ones are caught)."""
         if mode not in MODES:
             raise ProbeError(f"unknown probe mode {mode!r}: use one of {', '.join(MODES)}")
         self._requested = mode
@@ -73,7 +76,10 @@ class Probe:
         self.mode_note = ""   # why btf mode was refused, or what it cannot see on this kernel
         self._check_pid = 0
         self._check_record: ExecRecord | None = None
-        self._comms = sorted({comm_key(n) for n in comm_names})
+        self._names: dict[bytes, int] = {}   # comm -> N_* bits
+        for names, bits in ((comm_names, N_CATALOG), (interpreters, N_INTERPRETER)):
+            for name in names:
+                self._names[comm_key(name)] = self._names.get(comm_key(name), 0) | bits
         self._prefixes = tuple(dict.fromkeys([*forward_prefixes, *FD_PATH_PREFIXES]))
         self._on_exec = on_exec
         self._poll_ms = poll_ms
@@ -173,9 +179,11 @@ class Probe:
         """Exec known programs by a path the filter forwards (/dev/fd/N) and compare what
         btf mode reports with what ran. Each offset shows in a field: the parent (the
         task's pid), argv and the ancestry head (mm and its arg range), argc, the file and
-        the script flag (bprm's). An ELF and a #! script, so that bprm's filename and
-        interp, equal for the one, differ for the other."""
+        the script flag (bprm's), the image's device and inode (bprm->file's inode and
+        superblock), and the origin (an fd exec is one). An ELF and a #! script, so that
+        bprm's filename and interp, equal for the one, differ for the other."""
         true = os.path.realpath(shutil.which("true") or "/bin/true").encode()
+        image = os.stat(true)   # for the script too: the exec runs its interpreter
         args = (b"netutil-selfcheck", os.urandom(6).hex().encode(), b"x" * 40)
         binary = os.open(true, os.O_RDONLY)
         script = os.memfd_create("netutil-selfcheck")
@@ -193,6 +201,9 @@ class Probe:
                         ("file", rec.filename, f"/dev/fd/{fd}".encode()),
                         ("script flag", rec.flags & F_SCRIPT, flag),
                         ("ancestry head", slot.head if slot else None, argv),
+                        ("inode", rec.ino, image.st_ino),
+                        ("device", rec.dev, image.st_dev),
+                        ("origin", (rec.origin_pid, rec.origin_ktime_ns), (rec.pid, rec.ktime_ns)),
                     )
                     if got != want
                 ]
@@ -297,11 +308,15 @@ class Probe:
     # -- internals --------------------------------------------------------------------
     def _fill_filter(self) -> None:
         comms, name_heads = self._bpf[b"catalog_comms"], self._bpf[b"name_heads"]
-        for name in self._comms:
+        heads: dict[int, int] = {}
+        for name, bits in self._names.items():
             key = comms.Key()
             key.name = name
-            comms[key] = ctypes.c_ubyte(1)
-            name_heads[ctypes.c_int(name[0] | (name[1] if len(name) > 1 else 0) << 8)] = ctypes.c_ubyte(1)
+            comms[key] = ctypes.c_ubyte(bits)
+            two = name[0] | (name[1] if len(name) > 1 else 0) << 8
+            heads[two] = heads.get(two, 0) | bits
+        for two, bits in heads.items():
+            name_heads[ctypes.c_int(two)] = ctypes.c_ubyte(bits)
         prefixes, prefix_heads = self._bpf[b"forward_prefixes"], self._bpf[b"prefix_heads"]
         for prefix in self._prefixes:
             raw = prefix.encode()
@@ -352,4 +367,8 @@ class Probe:
             argv=argv,
             argc=ev.argc,
             flags=flags,
+            origin_pid=ev.origin_pid,
+            origin_ktime_ns=ev.origin_ktime_ns,
+            dev=user_dev(ev.dev) if ev.ino else 0,
+            ino=ev.ino,
         )

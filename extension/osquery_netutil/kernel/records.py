@@ -9,6 +9,7 @@ in the C program, and tests/kernel/test_contract.py reads the C and fails on any
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 
 # Sizes compiled into the program (-D flags). Powers of two where the C masks with them.
@@ -33,6 +34,12 @@ F_MATCH_PATH = 4
 F_NO_ENTER = 8
 F_ARGC_CAPPED = 16
 F_SCRIPT = 32          # btf mode: a #! script, argv as the kernel rewrote it (interpreter first)
+F_PATH_RELATIVE = 64   # with F_MATCH_PATH or F_MATCH_SCRIPT: the path is relative, a weak origin
+F_MATCH_SCRIPT = 128   # an interpreter started on a script by a placed or relative path: an origin
+
+# Values of the kernel's name filter (catalog_comms, name_heads), OR'd.
+N_CATALOG = 1          # a catalog name, busybox or a loader: forwarded
+N_INTERPRETER = 2      # an interpreter: its script argument is judged
 
 # AncestryEntry.flags. I_* mirror the C defines; A_FORKED is user space's.
 I_SCRIPT_NOEXEC = 1    # exec failed with ENOEXEC: a shell interprets `file` (no #! line)
@@ -64,10 +71,28 @@ class ExecRecord:
     argv: tuple[bytes, ...]
     argc: int            # real argument count (a lower bound when argc_capped)
     flags: int
+    # The lineage's origin: the nearest exec suspicious by place among this process's own
+    # images and its ancestors', inherited at fork (bpf/netutil_exec.bpf.c); (0, 0): none.
+    origin_pid: int = 0
+    origin_ktime_ns: int = 0
+    # btf mode: the executed image as the exec opened it (st_dev encoding, inode); 0, 0
+    # in tracepoint mode. For a #! script, its interpreter.
+    dev: int = 0
+    ino: int = 0
 
     @property
     def args_truncated(self) -> bool:
         return bool(self.flags & F_ARGS_TRUNCATED)
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the executed image, when the kernel read it."""
+        return (self.dev, self.ino) if self.ino else None
+
+    @property
+    def is_origin(self) -> bool:
+        """This exec is the origin its lineage now carries (it is suspicious by place)."""
+        return self.origin_pid == self.pid and self.origin_ktime_ns == self.ktime_ns and self.ktime_ns != 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,11 @@ class Counters:
     forwarded: int       # execs that passed the in-kernel filter
     lost: int            # forwarded execs dropped because the ring buffer was full
     failed: int          # exec syscalls that failed (tracepoint mode; btf mode sees only successes)
+
+
+def user_dev(kernel_dev: int) -> int:
+    """A superblock's s_dev (the kernel's major << 20 | minor) in st_dev's encoding."""
+    return os.makedev(kernel_dev >> 20, kernel_dev & 0xFFFFF)
 
 
 def comm_key(name: str) -> bytes:

@@ -49,8 +49,8 @@ def parse_line(line: str, now: int | None = None) -> Row:
     unknown = sorted(set(obj) - {c.name for c in _DATA_COLUMNS})
     if unknown:
         raise ValueError(f"unknown column {unknown[0]!r}")
-    for name in ("ancestors", "json_cmdline"):
-        if isinstance(obj.get(name), list):
+    for name, shape in (("ancestors", list), ("json_cmdline", list), ("origin", dict)):
+        if isinstance(obj.get(name), shape):
             obj[name] = json.dumps(obj[name])
     row: Row = {}
     for c in _DATA_COLUMNS:
@@ -99,6 +99,15 @@ def _fill_defaults(row: Row, now: int | None) -> None:
     default("parent_cmdline", str(parent.get("cmdline", "")))
     default("parent", int(parent.get("pid", 0) or 0))
     default("matched_by", "name")
+    if row["origin"]:
+        try:
+            origin = json.loads(row["origin"])
+        except ValueError:
+            raise ValueError("column 'origin' must hold a JSON object") from None
+        if not isinstance(origin, dict):
+            raise ValueError("column 'origin' must hold a JSON object")
+        if "script" not in origin:
+            row["origin"] = json.dumps(with_script(origin))
     for c in _DATA_COLUMNS:
         default(c.name, "" if c.python_type is str else 0)
 
