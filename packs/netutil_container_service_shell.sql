@@ -23,8 +23,7 @@ services AS (
   SELECT n.eid, MIN(n.depth) AS depth, n.path AS service   -- SQLite: the path of the nearest one
   FROM ancestors_named n JOIN recent r ON r.eid = n.eid LEFT JOIN runtime t ON t.eid = n.eid
   WHERE r.container_id <> '' AND n.depth > 0 AND n.depth < coalesce(t.depth, 1000)
-    AND (n.name IN ('nginx', 'apache2', 'httpd', 'lighttpd', 'caddy', 'node', 'nodejs', 'deno', 'bun', 'java', 'perl',
-                    'gunicorn', 'uwsgi', 'puma', 'dotnet', 'beam.smp', 'postgres', 'mysqld', 'mariadbd', 'redis-server', 'mongod')
+    AND (n.name IN (SELECT name FROM servers) OR n.name IN ('node', 'nodejs', 'deno', 'bun', 'perl')
          -- and versioned names: php8.2, php-fpm8.2, python3.12, ruby3.1
          OR rtrim(n.name, '0123456789.') IN ('php', 'php-fpm', 'python', 'ruby'))
   GROUP BY n.eid

@@ -10,4 +10,6 @@ SELECT r.container_id, r.*, s.reason, s.suspicious_path,
          r.path, r.utility, substr(r.container_id, 1, 12), s.suspicious_path, s.reason, r.chain) AS message
 FROM report r JOIN suspicious s ON s.eid = r.eid
 WHERE r.container_id <> ''
-  AND (r.eid NOT IN (SELECT eid FROM local_only) OR s.reason IN ('writable directory', 'script in a writable directory'));
+  AND (r.eid NOT IN (SELECT eid FROM local_only) OR s.reason IN ('writable directory', 'script in a writable directory'))
+  -- Tools doing their own work (pip from git in a venv, Ansible's become, a checkout's health check).
+  AND r.eid NOT IN (SELECT eid FROM benign_tools);

@@ -13,4 +13,6 @@ WHERE r.container_id = ''
   AND (r.eid NOT IN (SELECT eid FROM local_only) OR s.reason IN ('writable directory', 'script in a writable directory'))
   -- Discovery tools count from a writable directory or a memfd only: a daemon upgraded in
   -- place (its file shows as deleted) runs ip all day.
-  AND (r.category <> 'discovery' OR s.reason IN ('writable directory', 'script in a writable directory', 'fd or memfd'));
+  AND (r.category <> 'discovery' OR s.reason IN ('writable directory', 'script in a writable directory', 'fd or memfd'))
+  -- Tools doing their own work (pip from git in a venv, Ansible's become, a checkout's health check).
+  AND r.eid NOT IN (SELECT eid FROM benign_tools);

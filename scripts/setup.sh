@@ -31,7 +31,7 @@ command -v apt-get >/dev/null || die "apt-get not found: this set-up supports De
 PACKAGES=(
   python3-bpfcc python3-apsw
   netcat-openbsd ncat socat curl wget dnsutils iputils-ping telnet whois
-  openssh-client rsync nmap openssl
+  openssh-client rsync nmap openssl git
   procps util-linux iproute2
   bpftool
   lintian logrotate man-db

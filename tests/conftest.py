@@ -9,8 +9,10 @@ that a btf mode that refuses itself fails its tests instead of passing as tracep
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,15 @@ def ext_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh directory under /tmp (a writable prefix the probe forwards)."""
     return tmp_path_factory.mktemp("netutil", numbered=True)
+
+
+@pytest.fixture
+def sealed() -> Iterator[Path]:
+    """A directory that is not writable for others and not in the writable list (for
+    scripts and stand-in programs whose place must be no evidence)."""
+    path = Path(tempfile.mkdtemp(prefix="netutil-sealed-", dir="/var/lib"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,61 @@ suspicious AS (
   SELECT eid, MIN(depth) AS depth, reason, place AS suspicious_path
   FROM located WHERE reason IS NOT NULL GROUP BY eid
 ),
+-- Servers: a web shell's or an exploited service's processes descend from one. The
+-- container service detection looks for them (with app runtimes); no tool's exception
+-- below applies under one (a web shell that copies a tool's shape).
+servers(name) AS (VALUES ('nginx'), ('apache2'), ('httpd'), ('lighttpd'), ('caddy'), ('gunicorn'), ('uwsgi'), ('puma'),
+  ('java'), ('dotnet'), ('beam.smp'), ('postgres'), ('mysqld'), ('mariadbd'), ('redis-server'), ('mongod'), ('php-fpm')),
+-- Tools whose own work looks like an attack from a writable directory, each keyed on its
+-- whole shape (its launcher, its directory pattern, its arguments): (eid, depth and place
+-- of the tool's node, as `located` names it). Each has a mimic fixture that must still fire. `benign_tools` below
+-- keeps only those with no other suspicious node and no server in the chain.
+tool_nodes AS (
+  -- pip in a virtualenv under a writable directory installs from git over ssh: the venv's
+  -- python runs pip, pip runs git (and git, git), git runs
+  -- `[/usr/bin/]ssh [-o SendEnv=GIT_PROTOCOL] [-p N] [-4|-6] host git-upload-pack '<repo>'`.
+  SELECT r.eid, a.key + 1 AS depth, json_extract(a.value, '$.path') AS place
+  FROM recent r, json_each(r.ancestors) a
+  WHERE r.utility = 'ssh' AND r.parent_path IN ('/usr/bin/git', '/usr/lib/git-core/git')
+    AND (r.cmdline LIKE '% git-upload-pack ''%' OR r.cmdline LIKE '% git-receive-pack ''%')
+    AND regex_match(r.cmdline, '^(/usr/bin/)?ssh( -o SendEnv=GIT_PROTOCOL| -p [0-9]+| -[46])* [^ -][^ ]* git-(upload|receive)-pack ''[^'' ]*''$', 0) IS NOT NULL
+    -- pip's #! script exec'd (its node is the script), or the venv's python on pip
+    AND (json_extract(a.value, '$.path') GLOB '/*/bin/pip*'
+         OR json_extract(a.value, '$.path') GLOB '/*/bin/python*'
+            AND (json_extract(a.value, '$.script') GLOB '/*/bin/pip*' OR json_extract(a.value, '$.cmdline') LIKE '% -m pip %'))
+    AND NOT EXISTS (SELECT 1 FROM json_each(r.ancestors) b
+                    WHERE b.key < a.key AND json_extract(b.value, '$.path') NOT IN ('/usr/bin/git', '/usr/lib/git-core/git'))
+  UNION ALL
+  -- Ansible with become (`-b`): over ssh, sudo runs the module's AnsiballZ wrapper from
+  -- <system tmp>/ansible-tmp-<time>-<pid>-<random>/ (/var/tmp, else /tmp: Ansible's
+  -- system_tmpdirs), announced by its BECOME-SUCCESS marker.
+  SELECT r.eid, a.key + 1, json_extract(a.value, '$.script')
+  FROM recent r, json_each(r.ancestors) a
+  WHERE r.ancestors LIKE '%/ansible-tmp-%' AND r.ancestors LIKE '%BECOME-SUCCESS-%'
+    AND json_extract(a.value, '$.script') GLOB '/*/ansible-tmp-*/AnsiballZ_*.py'
+    AND EXISTS (SELECT 1 FROM writable w WHERE json_extract(a.value, '$.script') LIKE w.prefix || 'ansible-tmp-%')
+    AND regex_match(json_extract(a.value, '$.script'), '/ansible-tmp-[0-9]+\.[0-9]+-[0-9]+-[0-9]+/AnsiballZ_[A-Za-z0-9_]+\.py$', 0) IS NOT NULL
+    AND EXISTS (SELECT 1 FROM json_each(r.ancestors) b
+                WHERE b.key > a.key AND json_extract(b.value, '$.cmdline') LIKE '%echo BECOME-SUCCESS-%' || json_extract(a.value, '$.script') || '%')
+    AND EXISTS (SELECT 1 FROM json_each(r.ancestors) c
+                WHERE c.key > a.key AND replace(json_extract(c.value, '$.path'), rtrim(json_extract(c.value, '$.path'), replace(json_extract(c.value, '$.path'), '/', '')), '') IN ('sshd', 'sshd-session'))
+  UNION ALL
+  -- A project's own test script in a checkout in a writable directory (its tests/, test/,
+  -- ci/, scripts/ or hack/), run from the checkout's root, curling or wgetting this host only.
+  SELECT r.eid, s.depth, s.suspicious_path
+  FROM recent r JOIN suspicious s ON s.eid = r.eid
+  WHERE r.category = 'transfer' AND r.eid IN (SELECT eid FROM local_only) AND s.depth BETWEEN 1 AND 999
+    AND EXISTS (SELECT 1 FROM writable w WHERE r.cwd LIKE w.prefix || '_%') AND s.suspicious_path LIKE r.cwd || '/%'
+    AND regex_match(substr(s.suspicious_path, length(r.cwd) + 2), '^([^/]+/)*(tests?|ci|scripts|hack)/[^/]+\.sh$', 0) IS NOT NULL
+),
+-- (The lineage's origin, depth 1000, is the tool's node itself when it names the same place.)
+benign_tools AS (
+  SELECT t.eid FROM tool_nodes t
+  WHERE NOT EXISTS (SELECT 1 FROM located l WHERE l.eid = t.eid AND l.reason IS NOT NULL AND l.depth <> t.depth
+                      AND NOT (l.depth = 1000 AND l.place = t.place))
+    AND NOT EXISTS (SELECT 1 FROM ancestors_named n WHERE n.eid = t.eid AND n.depth > 0
+                      AND (n.name IN (SELECT name FROM servers) OR rtrim(n.name, '0123456789.') = 'php-fpm'))
+),
 -- The chain rendered root first: /usr/sbin/sshd > /usr/bin/bash > /tmp/x.sh > /usr/bin/nc
 lineage AS (
   SELECT r.eid, coalesce((

@@ -48,14 +48,6 @@ def shm() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def sealed() -> Iterator[Path]:
-    """A directory that is not writable for others and not in the writable list."""
-    path = Path(tempfile.mkdtemp(prefix="netutil-sealed-", dir="/var/lib"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.parametrize("wait", ["", "sleep 0.3; "], ids=["at-once", "after-a-wait"])
 def test_a_renamed_shell_that_execs_the_utility_is_its_origin_and_not_relabelled(
         sensor: Sensor, shm: Path, wait: str) -> None:
