@@ -85,12 +85,7 @@ def _fill_defaults(row: Row, now: int | None) -> None:
     default("ip_args", ip_args)
     default("public_ip_args", public_ip_args)
     default("ancestors", "[]")
-    try:
-        chain = json.loads(row["ancestors"])
-    except ValueError:
-        raise ValueError("column 'ancestors' must hold a JSON array") from None
-    if not isinstance(chain, list):
-        raise ValueError("column 'ancestors' must hold a JSON array")
+    chain = _decoded(row, "ancestors", list)
     derived = [with_script(a) if isinstance(a, dict) and "script" not in a else a for a in chain]
     if derived != chain:
         row["ancestors"] = json.dumps(derived)
@@ -100,16 +95,23 @@ def _fill_defaults(row: Row, now: int | None) -> None:
     default("parent", int(parent.get("pid", 0) or 0))
     default("matched_by", "name")
     if row["origin"]:
-        try:
-            origin = json.loads(row["origin"])
-        except ValueError:
-            raise ValueError("column 'origin' must hold a JSON object") from None
-        if not isinstance(origin, dict):
-            raise ValueError("column 'origin' must hold a JSON object")
+        origin = _decoded(row, "origin", dict)
         if "script" not in origin:
             row["origin"] = json.dumps(with_script(origin))
     for c in _DATA_COLUMNS:
         default(c.name, "" if c.python_type is str else 0)
+
+
+def _decoded(row: Row, name: str, shape: type) -> Any:
+    """Column name's JSON, which must be a `shape` (list or dict). Raises ValueError."""
+    what = "a JSON array" if shape is list else "a JSON object"
+    try:
+        value = json.loads(row[name])
+    except ValueError:
+        raise ValueError(f"column {name!r} must hold {what}") from None
+    if not isinstance(value, shape):
+        raise ValueError(f"column {name!r} must hold {what}")
+    return value
 
 
 @lru_cache(maxsize=1)
