@@ -174,9 +174,13 @@ class Enricher:
         run = loaded(argv)
         if run is None or TRACE_ENV in (_read(f"/proc/{rec.pid}/environ") or b"").split(b"\0"):
             return None
+        # ldd, whose loader has listed and gone: the first ancestor that exec'd, past
+        # the subshells it forks (gone too, so known by pid only), is ldd (the kernel's
+        # name for the #! script) or its interpreter (seen in /proc).
         chain, _ = self._chain(rec.ppid)
-        if chain and chain[0].get("script") in LDD:
-            return None   # ldd, whose loader has listed and gone
+        first = next((n for n in chain if n.get("path")), {})
+        if first.get("path") in LDD or first.get("script") in LDD:
+            return None
         path = absolute(run.program, cwd)
         utility = self.catalog.by_basename(os.path.basename(run.program))
         if utility is None:
