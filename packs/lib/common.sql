@@ -57,8 +57,12 @@ located AS (
       WHEN s.path LIKE '% (deleted)' THEN 'deleted file'
       WHEN s.path <> '' AND s.path NOT LIKE '/%' THEN 'relative path'
       WHEN s.depth = 1000 AND s.path = '' THEN 'origin no longer known'
+      -- The kernel marked an interpreter started on a relative script, whose cwd had
+      -- changed when it was read: the place is unknown.
+      WHEN s.depth = 1000 AND s.script <> '' AND s.script NOT LIKE '/%' THEN 'relative path'
     END AS reason,
-    CASE WHEN s.script_in_writable AND NOT s.in_writable THEN s.script ELSE s.path END AS place
+    CASE WHEN (s.script_in_writable OR s.depth = 1000 AND s.script NOT LIKE '/%') AND NOT s.in_writable THEN s.script
+         ELSE s.path END AS place
   FROM placed s
 ),
 -- Per exec, the suspicious process closest to it (the utility itself, else the nearest ancestor).
@@ -160,7 +164,7 @@ local_only AS (
 report AS (
   SELECT r.eid, r.time, r.username, r.uid, r.pid, r.parent, r.utility, r.category, r.technique,
          r.matched_by, r.path, r.cmdline, r.cwd, l.chain, r.parent_cmdline, r.container_id,
-         r.ip_args, r.public_ip_args, r.origin
+         r.ip_args, r.public_ip_args, r.origin, r.stdin, r.stdout, r.stderr, r.pipe_peers
   FROM recent r JOIN lineage l ON l.eid = r.eid
   WHERE r.eid NOT IN (SELECT eid FROM excepted)
 )

@@ -226,7 +226,8 @@ def test_a_health_condition_is_shown_when_it_starts_changes_and_ends_not_every_r
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
 def test_each_detection_reads_the_table_once(query: packs.Query, tmp_path: Path) -> None:
     """In osquery every read of an extension table is a thrift call: a query that reads it
-    once per row (an unmaterialized CTE in a correlated subquery) would never finish."""
+    once per row (an unmaterialized CTE in a correlated subquery) would never finish. Each
+    read written in the SQL runs once."""
     tmp_path.chmod(0o700)
     folder = packs.PACKS_DIR / "fixtures" / query.name
     calls = []
@@ -241,4 +242,5 @@ def test_each_detection_reads_the_table_once(query: packs.Query, tmp_path: Path)
             store.add_many(jsonl.read((folder / "positive.jsonl").read_text().splitlines()).rows * 5)
             store.flush()
         Host([Counting(lambda: store), StatusTable(lambda: {"state": "running", "events_lost": 0, "error": ""})]).query(query.sql)
-    assert len(calls) <= 1, f"{query.name} reads network_utility_execs {len(calls)} times"
+    reads = query.sql.count("FROM network_utility_execs")   # the window's rows, and a spread's neighbours
+    assert len(calls) <= reads, f"{query.name} reads network_utility_execs {len(calls)} times, its SQL {reads}"

@@ -13,22 +13,23 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import time
 from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
-from osquery_netutil.catalog import INTERPRETERS, MULTICALL, SHELLS, VERSIONED, Catalog, Utility
+from osquery_netutil.catalog import MULTICALL, Catalog, Utility
 from osquery_netutil.events.containers import CgroupResolver, container_id
 from osquery_netutil.events.content import ContentMatcher
 from osquery_netutil.events.ipargs import ip_columns
 from osquery_netutil.events.loader import LDD, TRACE_ENV, is_loader, loaded
+from osquery_netutil.events.procfs import ProcView, absolute, read, readlink
+from osquery_netutil.events.scripts import with_script
+from osquery_netutil.events.stdio import STREAMS, StdioReader
 from osquery_netutil.locations import FD_PATH_PREFIXES
 from osquery_netutil.kernel.records import A_FORKED, SIZES, AncestryEntry, ExecRecord
 
 MAX_ANCESTORS = 32
-ANCESTOR_ARGV_MAX = 4096   # bytes of an ancestor's argv read from /proc (the kernel keeps less)
 _PATHS_REMEMBERED = 4096
 _ORIGINS_REMEMBERED = 16384   # origins named by later rows: ~300 bytes each
 _PROC_CACHE_S = 10.0
@@ -46,32 +47,6 @@ def cmdline(args: Iterable[bytes]) -> str:
     return " ".join(text(a) for a in args)
 
 
-# An interpreter's command line and the script it runs: sh /tmp/x.sh, bash -x /dev/shm/s,
-# python3 -u /var/tmp/p.py, sh -c '/tmp/x.sh arg' (the first word after the options).
-_NAMES = "|".join(sorted({*(re.escape(n) for n in INTERPRETERS if not n.startswith(tuple(VERSIONED))), *MULTICALL,
-                          *(f"{re.escape(n)}[0-9.]*" for n in VERSIONED)}, key=lambda n: (-len(n), n)))
-_INTERPRETED = re.compile(rf"^[^ ]*\b(?:{_NAMES}) +((?:-[^ ]+ +)*)([^ -][^ ]*)")
-# Options after which the first word is a command string, code or a module, not a file:
-# sh -c and bash -xc, python3 -c and -m, perl and ruby -e or -E, node -e or -p, php -r.
-_NOT_A_FILE = re.compile(r"(?:^| )-(?:[a-zA-Z]*c|[eEmpr]) ")
-_SHELL_NOT_A_FILE = re.compile(r"(?:^| )-[a-zA-Z]*c ")   # a shell's -e is errexit
-_SHELLS = frozenset({*SHELLS, *MULTICALL})
-
-
-def with_script(node: dict[str, Any], cwd: str = "") -> dict[str, Any]:
-    """An ancestor with "script" added when it is an interpreter started on one: a fact
-    found once, at exec time, so that the packs compare it with LIKE instead of running
-    a regex over every ancestor of every row in every query. A relative script is joined
-    to the interpreter's cwd, when known (`cd /tmp/w && sh x.sh`)."""
-    found = _INTERPRETED.match(str(node.get("cmdline") or ""))
-    if not found:
-        return node
-    options, script = found.groups()
-    shell = os.path.basename(str(node["cmdline"]).split(" ", 1)[0]) in _SHELLS
-    code = (_SHELL_NOT_A_FILE if shell else _NOT_A_FILE).search(options)
-    return {**node, "script": script if code else absolute(script, cwd)}
-
-
 @lru_cache(maxsize=1024)
 def username(uid: int) -> str:
     try:
@@ -80,37 +55,15 @@ def username(uid: int) -> str:
         return ""
 
 
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _readlink(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return ""
-
-
-def absolute(path: str, cwd: str) -> str:
-    """path with cwd applied when it is relative and cwd is known; else as given."""
-    if path.startswith("/") or not cwd:
-        return path
-    return os.path.normpath(os.path.join(cwd, path))
-
-
 def own_ancestry() -> dict[int, int]:
     """The ancestors of this process, up to init: pid -> start time
     (clock ticks since boot, /proc/PID/stat). They are the host's base: whatever started
     the sensor (init, osqueryd, a supervisor, a CI runner or sandbox launcher) is no
     evidence against the processes it also started."""
     base: dict[int, int] = {}
-    pid = _ProcView(os.getpid()).ppid()
+    pid = ProcView(os.getpid()).ppid()
     while pid > 0 and pid not in base and len(base) < MAX_ANCESTORS:
-        view = _ProcView(pid)
+        view = ProcView(pid)
         started = view.start_time()
         if started < 0:
             break
@@ -145,10 +98,11 @@ class Enricher:
         self._origins: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
         self._from_proc: dict[int, tuple[float, dict[str, Any], int]] = {}
         self._chains: dict[int, tuple[tuple[int, int], float, list[dict[str, Any]], str]] = {}
+        self._stdio = StdioReader(self._forked)
 
     def row(self, rec: ExecRecord) -> Row | None:
         """The row for rec, or None when rec is not a network utility (a script, say)."""
-        cwd = _readlink(f"/proc/{rec.pid}/cwd")   # first: the process may be about to exit
+        cwd = readlink(f"/proc/{rec.pid}/cwd")   # first: the process may be about to exit
         path = absolute(text(rec.filename), cwd)
         argv = [text(a) for a in rec.argv]
         if rec.is_origin:
@@ -172,7 +126,7 @@ class Enricher:
         """The row of a utility run through the dynamic loader: the program it loads,
         by name, else by content; None when that is no utility (or ldd is asking)."""
         run = loaded(argv)
-        if run is None or TRACE_ENV in (_read(f"/proc/{rec.pid}/environ") or b"").split(b"\0"):
+        if run is None or TRACE_ENV in (read(f"/proc/{rec.pid}/environ") or b"").split(b"\0"):
             return None
         # ldd, whose loader has listed and gone: the first ancestor that exec'd, past
         # the subshells it forks (gone too, so known by pid only), is ldd (the kernel's
@@ -222,9 +176,22 @@ class Enricher:
             "parent_cmdline": chain[0]["cmdline"] if chain else "",
             "ancestors": chain_json,
             "origin": self._origin(rec),
+            **self._stdio_columns(rec),
             "container_id": container_id(cgroup_path),
             "cgroup_path": cgroup_path,
         }
+
+    def _stdio_columns(self, rec: ExecRecord) -> dict[str, str]:
+        """stdin, stdout, stderr and pipe_peers, while the utility lives."""
+        stdio = self._stdio.read(rec.pid, rec.ppid)
+        return {**dict(zip(STREAMS, stdio.kinds)), "pipe_peers": json.dumps(stdio.peers) if stdio.peers else "[]"}
+
+    def _forked(self, pid: int) -> bool | None:
+        """Whether pid has not exec'd since its fork, by the kernel; None when it does not know."""
+        entry = self._ancestry(pid)
+        if entry is None or not entry.file:
+            return None
+        return bool(entry.flags & A_FORKED)
 
     def _chain(self, ppid: int) -> tuple[list[dict[str, Any]], str]:
         """The chain above a process (parent first, up to init or MAX_ANCESTORS levels)
@@ -243,7 +210,7 @@ class Enricher:
         pid, known = ppid, entry
         while pid > 0 and len(chain) < MAX_ANCESTORS and all(a["pid"] != pid for a in chain):
             node, parent = self._ancestor(pid, known if pid == ppid else self._ancestry(pid))
-            if pid in self._base and _ProcView(pid).start_time() == self._base[pid]:
+            if pid in self._base and ProcView(pid).start_time() == self._base[pid]:
                 node = {**node, "base": True}   # the same process the sensor descends from
             chain.append(node)
             pid = parent
@@ -260,7 +227,7 @@ class Enricher:
         else from /proc."""
         if entry is None or not entry.file:
             return self._ancestor_from_proc(pid, entry.ppid if entry is not None else 0)
-        proc = _ProcView(pid)
+        proc = ProcView(pid)
         path = text(entry.file)
         if not path.startswith("/"):
             path = self._resolved.get((entry.ktime_ns, entry.file)) or absolute(path, proc.cwd())
@@ -269,7 +236,7 @@ class Enricher:
             full = proc.argv()
             if full and full[: len(args) - 1] == args[:-1] and full[len(args) - 1].startswith(args[-1]):
                 args = full   # the same exec's argv, longer than the kernel kept
-        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid}, proc.cwd())
+        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid}, proc.cwd(), proc.fd)
         return node, entry.ppid or proc.ppid()
 
     def _ancestor_from_proc(self, pid: int, ppid: int) -> tuple[dict[str, Any], int]:
@@ -280,8 +247,8 @@ class Enricher:
         cached = self._from_proc.get(pid)
         if cached is not None and now - cached[0] < _PROC_CACHE_S:
             return cached[1], ppid or cached[2]
-        proc = _ProcView(pid)
-        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()}, proc.cwd())
+        proc = ProcView(pid)
+        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()}, proc.cwd(), proc.fd)
         parent = ppid or proc.ppid()
         if len(self._from_proc) >= _PATHS_REMEMBERED:
             self._from_proc.clear()
@@ -290,7 +257,7 @@ class Enricher:
 
     def _remember_origin(self, rec: ExecRecord, path: str, cwd: str) -> None:
         node = with_script({"pid": rec.pid, "path": path, "cmdline": cmdline(rec.argv), "uid": rec.uid,
-                            "time": int(rec.time)}, cwd)
+                            "time": int(rec.time)}, cwd, ProcView(rec.pid).fd)
         self._origins[(rec.pid, rec.ktime_ns)] = node
         if len(self._origins) > _ORIGINS_REMEMBERED:
             self._origins.popitem(last=False)
@@ -300,7 +267,7 @@ class Enricher:
         node remembered when it was forwarded, else what the kernel's slot still holds,
         else its pid and time alone (the row still says there was one)."""
         pid, ktime_ns = rec.origin_pid, rec.origin_ktime_ns
-        if not ktime_ns or (pid in self._base and _ProcView(pid).start_time() == self._base[pid]):
+        if not ktime_ns or (pid in self._base and ProcView(pid).start_time() == self._base[pid]):
             return ""
         node = self._origins.get((pid, ktime_ns))
         if node is None:
@@ -334,48 +301,3 @@ class Enricher:
 
 def _head_may_be_cut(head: tuple[bytes, ...]) -> bool:
     return len(head) >= SIZES["HEAD_ARGS"] or sum(len(a) + 1 for a in head) >= SIZES["HEAD_LEN"] - 1
-
-
-class _ProcView:
-    """Lazy reads of /proc/<pid>: each file at most once, '' / () / -1 when gone."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._status: dict[str, str] | None = None
-
-    def cwd(self) -> str:
-        return _readlink(f"/proc/{self.pid}/cwd")
-
-    def exe(self) -> str:
-        return _readlink(f"/proc/{self.pid}/exe")
-
-    def argv(self) -> tuple[bytes, ...]:
-        raw = (_read(f"/proc/{self.pid}/cmdline") or b"")[:ANCESTOR_ARGV_MAX]
-        return tuple(raw.rstrip(b"\0").split(b"\0")) if raw else ()
-
-    def _fields(self) -> dict[str, str]:
-        if self._status is None:
-            raw = _read(f"/proc/{self.pid}/status") or b""
-            self._status = {}
-            for line in raw.decode(errors="replace").splitlines():
-                key, _, value = line.partition(":")
-                if key in ("PPid", "Uid"):
-                    self._status[key] = value
-                    if len(self._status) == 2:
-                        break
-        return self._status
-
-    def ppid(self) -> int:
-        return int(self._fields().get("PPid", "0").strip() or 0)
-
-    def start_time(self) -> int:
-        """Clock ticks since boot when the process started (stat field 22); -1 when gone.
-        With the pid, it names one process: a reused pid starts later."""
-        raw = _read(f"/proc/{self.pid}/stat")
-        if not raw:
-            return -1
-        return int(raw.rsplit(b")", 1)[1].split()[19])
-
-    def uid(self) -> int:
-        uids = self._fields().get("Uid", "").split()
-        return int(uids[0]) if uids else -1

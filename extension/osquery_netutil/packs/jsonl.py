@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, TextIO
 
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.events.enrich import with_script
+from osquery_netutil.events.scripts import with_script
 from osquery_netutil.events.ipargs import ip_columns
 from osquery_netutil.schema import EXECS
 
@@ -49,7 +49,7 @@ def parse_line(line: str, now: int | None = None) -> Row:
     unknown = sorted(set(obj) - {c.name for c in _DATA_COLUMNS})
     if unknown:
         raise ValueError(f"unknown column {unknown[0]!r}")
-    for name, shape in (("ancestors", list), ("json_cmdline", list), ("origin", dict)):
+    for name, shape in (("ancestors", list), ("json_cmdline", list), ("origin", dict), ("pipe_peers", list)):
         if isinstance(obj.get(name), shape):
             obj[name] = json.dumps(obj[name])
     row: Row = {}
@@ -98,6 +98,12 @@ def _fill_defaults(row: Row, now: int | None) -> None:
         origin = _decoded(row, "origin", dict)
         if "script" not in origin:
             row["origin"] = json.dumps(with_script(origin))
+    default("pipe_peers", "[]")
+    if row["pipe_peers"]:   # '' in rows stored before the column existed
+        peers = _decoded(row, "pipe_peers", list)
+        derived = [with_script(p) if isinstance(p, dict) and "script" not in p else p for p in peers]
+        if derived != peers:
+            row["pipe_peers"] = json.dumps(derived)
     for c in _DATA_COLUMNS:
         default(c.name, "" if c.python_type is str else 0)
 

@@ -3,7 +3,7 @@
 Each detection is one file, `packs/<name>.sql`: a header of `-- key: value` lines, then
 one SQL statement. The statement may start `WITH {{common}}` to use the shared CTEs in
 `packs/lib/common.sql` (the suspicious-location test, the ancestry walk, the exceptions,
-the triage columns), `{{writable_dirs}}` stands for the list in locations.py and
+the triage columns), `{{writable_dirs}}` and `{{shells}}` stand for the lists in locations.py and catalog.py, and
 `{{recent}}` for the rows a run looks at: each is written once and inlined
 here, never pasted into the queries.
 
@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from osquery_netutil import faults
 
+from osquery_netutil.catalog import SHELLS
 from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.schema import EXECS
 
@@ -87,9 +88,21 @@ def window_s(interval: int) -> int:
     return WINDOW_RUNS * interval
 
 
+def _values(items: Iterable[str]) -> str:
+    return ", ".join("('" + d.replace("'", "''") + "')" for d in items)
+
+
 def writable_values() -> str:
     """`{{writable_dirs}}`: the VALUES rows of locations.WRITABLE_DIRS."""
-    return ", ".join("('" + d.replace("'", "''") + "')" for d in WRITABLE_DIRS)
+    return _values(WRITABLE_DIRS)
+
+
+# The lists a detection names by placeholder: each written once, in Python, for the
+# kernel filter, enrichment and the packs alike.
+LISTS: dict[str, Callable[[], str]] = {
+    "writable_dirs": writable_values,
+    "shells": lambda: _values(SHELLS),   # catalog.SHELLS: the shells, by file name
+}
 
 
 def _fragment(directory: Path, name: str) -> str:
@@ -103,14 +116,14 @@ def expand(source: str, directory: Path = PACKS_DIR, where: str = "", recent: st
     recent: the condition on the rows a run judges."""
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name == "writable_dirs":
-            return writable_values()
+        if name in LISTS:
+            return LISTS[name]()
         if name == "recent":
             return recent
         if (directory / "lib" / f"{name}.sql").is_file():
             return expand(_fragment(directory, name), directory, where, recent)
         known = sorted(p.stem for p in (directory / "lib").glob("*.sql"))
-        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use writable_dirs, recent or one of {', '.join(known)}")
+        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use {', '.join(LISTS)}, recent or one of {', '.join(known)}")
     return _PLACEHOLDER.sub(replace, source)
 
 

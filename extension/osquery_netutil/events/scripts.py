@@ -1,0 +1,82 @@
+"""Which script an interpreter runs, however its command line hides the place.
+
+An ancestor's "script" is found once, when its row is made, so that the packs compare
+it with LIKE instead of running a regex over every ancestor of every row in every
+query. The ways a script's place is given (docs/threat-model.md, "Scripts that hide
+their place"):
+
+    sh /tmp/x.sh, python3 -u ./p.py     the first word after the options, joined to the
+                                        interpreter's cwd when relative (and there)
+    sh -c '/tmp/x.sh arg'               the command string's first word, as written
+    bash -c 'cd /tmp; . ./x.sh'         the file the string sources (`.` or `source`)
+    bash /dev/fd/3 3</tmp/x.sh          the file behind the fd, while the interpreter lives
+    bash < /tmp/x.sh                    stdin, when it is a file (the interpreter has no
+                                        script word and reads its commands from there)
+
+What stays hidden: a script piped in (`cat x | sh`, `bash <(cat x)`: the pipe's writer
+has usually exited) and one expanded into the command string (`sh -c "$(cat x)"`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable
+
+from osquery_netutil.catalog import INTERPRETERS, MULTICALL, SHELLS, VERSIONED
+from osquery_netutil.events.procfs import absolute
+
+_NAMES = "|".join(sorted({*(re.escape(n) for n in INTERPRETERS if not n.startswith(tuple(VERSIONED))), *MULTICALL,
+                          *(f"{re.escape(n)}[0-9.]*" for n in VERSIONED)}, key=lambda n: (-len(n), n)))
+_INTERPRETED = re.compile(rf"^[^ ]*\b(?:{_NAMES}) +((?:-[^ ]+ +)*)([^ -][^ ]*)")
+# No script word at all: the interpreter reads its commands from stdin (bash, sh -i, python3 -).
+_READS_STDIN = re.compile(rf"^[^ ]*\b(?:{_NAMES})(?: +-[^ ]*)*$")
+# Options after which the first word is a command string, code or a module, not a file:
+# sh -c and bash -xc, python3 -c and -m, perl and ruby -e or -E, node -e or -p, php -r.
+_NOT_A_FILE = re.compile(r"(?:^| )-(?:[a-zA-Z]*c|[eEmpr]) ")
+_SHELL_NOT_A_FILE = re.compile(r"(?:^| )-[a-zA-Z]*c ")   # a shell's -e is errexit
+_SHELLS = frozenset({*SHELLS, *MULTICALL})
+# A file a shell's command string sources, where a command starts: `. f`, `x; source f`.
+_SOURCED = re.compile(r"(?:^|[;&|({]\s*)(?:\.|source)\s+([^\s;&|)}]+)")
+_FD_PATH = re.compile(r"^/(?:dev|proc/self)/fd/([0-9]+)$")
+
+Fd = Callable[[int], str]   # what the interpreter's fd n is open on ('' when gone)
+
+
+def with_script(node: dict[str, Any], cwd: str = "", fd: Fd | None = None) -> dict[str, Any]:
+    """node (an ancestor: pid, path, cmdline) with "script" added when it is an interpreter
+    running one. cwd and fd are the interpreter's, while it lives (a fixture has neither)."""
+    line = str(node.get("cmdline") or "")
+    found = _INTERPRETED.match(line)
+    if found is None:
+        if fd is not None and _READS_STDIN.match(line):
+            stdin = fd(0)
+            if stdin.startswith("/") and not stdin.startswith("/dev/"):
+                return {**node, "script": stdin}
+        return node
+    options, script = found.groups()
+    shell = os.path.basename(line.split(" ", 1)[0]) in _SHELLS
+    if not (_SHELL_NOT_A_FILE if shell else _NOT_A_FILE).search(options):
+        return {**node, "script": _behind_fd(_placed(script, cwd), fd)}
+    sourced = _SOURCED.search(line[found.start(2):]) if shell else None
+    if sourced is not None:
+        return {**node, "script": absolute(sourced.group(1), cwd)}
+    return {**node, "script": script}
+
+
+def _placed(script: str, cwd: str) -> str:
+    """A relative script joined to the interpreter's cwd, when it is there: an interpreter
+    that cd'd before its cwd was read (`cd /tmp/w && exec sh x.sh`, whose x.sh does
+    `cd /`) would otherwise be given a place it never had. Left relative then: its place
+    is unknown, which the packs count as a relative path."""
+    placed = absolute(script, cwd)
+    return placed if placed == script or os.path.exists(placed) else script
+
+
+def _behind_fd(script: str, fd: Fd | None) -> str:
+    """The file an fd path stands for (`bash /dev/fd/3`), when it is one; else script."""
+    found = _FD_PATH.match(script)
+    if found is None or fd is None:
+        return script
+    target = fd(int(found.group(1)))
+    return target if target.startswith("/") else script
