@@ -28,6 +28,7 @@ bench:
 	$(PY) bench/syscall_tax.py
 	$(PY) bench/judge_rate.py
 	$(PY) bench/pack_cost.py
+	$(PY) bench/verdicts.py
 	$(PY) bench/report.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext

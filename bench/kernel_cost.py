@@ -1,6 +1,7 @@
 """2. Kernel cost per exec: run time of each probe program per exec, from the kernel's
 own BPF statistics (sysctl kernel.bpf_stats_enabled), for non-catalog execs (the common
-case: the filter drops them), execs of an interpreter's name (judged for a script
+case: the filter drops them; in btf mode after one lookup of the image's content
+verdict, as the sensor runs it), execs of an interpreter's name (judged for a script
 argument, then dropped) and catalog execs (forwarded to user space), in each probe mode
 (btf, tracepoint).
 
@@ -17,6 +18,7 @@ from common import WORK, save, spawn, static_binary
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.kernel.probe import Probe
+from osquery_netutil.kernel.records import F_UNJUDGED, ExecRecord
 from testkit.support import tiny_elf, write_executable
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -33,6 +35,12 @@ def measure(probe: Probe, binary: str, count: int) -> dict[str, dict[str, float]
         short = name.removeprefix("tracepoint__").removeprefix("raw_tracepoint__").removeprefix("kfunc__").replace("__", ":")
         programs[short] = {"runs": r, "ns_per_run": t / max(r, 1), "ns_per_exec": t / count}
     return programs
+
+
+def judge(probe: Probe, rec: ExecRecord) -> None:
+    """The sensor's part in the content verdicts: every image judged no utility."""
+    if rec.flags & F_UNJUDGED:
+        probe.remember_verdict(rec, False)
 
 
 def report(mode: str, rounds: dict[str, list[dict[str, dict[str, float]]]], execs: int) -> dict[str, object]:
@@ -67,8 +75,12 @@ def main() -> int:
     STATS.write_text("1")
     result: dict[str, object] = {"execs": args.execs, "rounds": args.rounds}
     try:
-        for mode in ("btf", "tracepoint"):
-            probe = Probe(Catalog.load().basenames(), lambda rec: None, mode=mode)
+        # btf mode as the sensor runs it: content verdicts on, each image judged once (here:
+        # no utility), so the rounds measure the steady state's lookup; then without them
+        # (a bare probe), for what the verdicts cost.
+        for mode in ("btf", "btf_without_verdicts", "tracepoint"):
+            probe = Probe(Catalog.load().basenames(), lambda rec: judge(probe, rec), mode=mode.split("_")[0],
+                          content_verdicts=mode == "btf")
             probe.start()
             rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in kinds}
             try:

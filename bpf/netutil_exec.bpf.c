@@ -39,6 +39,8 @@
 #define F_PATH_RELATIVE 64   // with F_MATCH_PATH or F_MATCH_SCRIPT: the path is relative (its directory is not known here)
 #define F_MATCH_SCRIPT 128   // forwarded because an interpreter was started on a script by a path that
                              // F_MATCH_PATH would forward (sh /tmp/x.sh, bash x.sh): an origin
+#define F_UNJUDGED 256       // btf mode: forwarded because the image has no content verdict yet
+#define F_MATCH_CONTENT 512  // btf mode: forwarded because the image's verdict says it is a utility
 
 // catalog_comms values: a catalog name (or busybox, a loader), an interpreter (sh, python3...)
 #define N_CATALOG 1
@@ -67,6 +69,10 @@ struct exec_event {
     u64 cgroup_id;
     u64 origin_ktime_ns;   // the lineage's origin (see above): its exec time, 0 for none
     u64 ino;          // btf mode: the executed image's inode, as the exec opened it; 0 otherwise
+    u64 image_sb;     // btf mode: its superblock, a kernel address: half of its verdict's key
+    u64 ctime_sec;    // btf mode: its change time, which its verdict is given for
+    u32 ctime_nsec;
+    u32 pad;
     u32 dev;          // btf mode: its superblock's device (kernel encoding: major << 20 | minor)
     u32 origin_pid;
     u32 pid;          // tgid after exec
@@ -395,6 +401,51 @@ static __always_inline u32 read_head(char *head, const char *const *argv)
         }                                                    \
     } while (0)
 
+// Several members of one struct in one read (each read is a helper call): the span
+// NAME_SPAN bytes from NAME_LO that probe.py found to cover them, then each member by
+// its offset in the copy.
+#define SPAN_READ(buf, base, NAME) bpf_probe_read_kernel(buf, NAME##_SPAN, (void *)(base) + NAME##_LO)
+#define SPAN_FIELD(dst, buf, NAME, off) __builtin_memcpy(&(dst), &(buf)[(off) - NAME##_LO], sizeof(dst))
+
+// The executed image (bprm->file's inode; for a #! script, its interpreter's), as this
+// exec opened it: so that no later exec of the pid and no file put at the path can
+// relabel it, and the key of its content verdict.
+struct image_key { u64 ino; u64 sb; };
+struct verdict { u64 ctime_sec; u32 ctime_nsec; u32 utility; };
+
+static __always_inline void read_image(void *file, struct image_key *key, struct verdict *seen)
+{
+    void *inode = 0;
+    char span[INODE_SPAN];
+    FIELD(inode, file, OFF_FILE_INODE);
+    SPAN_READ(span, inode, INODE);
+    SPAN_FIELD(key->sb, span, INODE, OFF_INODE_SB);
+    SPAN_FIELD(key->ino, span, INODE, OFF_INODE_INO);
+    SPAN_FIELD(seen->ctime_sec, span, INODE, OFF_INODE_CTIME_SEC);
+    SPAN_FIELD(seen->ctime_nsec, span, INODE, OFF_INODE_CTIME_NSEC);
+    seen->ctime_nsec &= 0x7fffffff;   // 6.13+: the top bit says a stat saw it (multigrain timestamps)
+}
+
+#if CONTENT_VERDICTS
+// Content verdicts: every executable judged once by content, wherever it lives. The first
+// exec of an image with no verdict for its current content is forwarded (F_UNJUDGED);
+// user space compares it with the installed utilities and writes the verdict back with
+// the change time it judged. Later execs cost this lookup: forwarded only when the
+// verdict is a utility (F_MATCH_CONTENT). Any write, rename, link or chmod of the file
+// moves its ctime (which no system call sets back), so a verdict never outlives the
+// content it was given for. A plain hash, not an LRU: an LRU lookup cost 250 ns more per
+// exec here (bench/kernel_cost.py); user space empties the map when it is full.
+BPF_HASH(verdicts, struct image_key, struct verdict, VERDICTS_MAX);
+
+static __always_inline u32 verdict_match(struct image_key *key, struct verdict *seen)
+{
+    struct verdict *v = verdicts.lookup(key);
+    if (!v || v->ctime_sec != seen->ctime_sec || v->ctime_nsec != seen->ctime_nsec)
+        return F_UNJUDGED;
+    return v->utility ? F_MATCH_CONTENT : 0;
+}
+#endif
+
 // The exec succeeded and the new image is in place but has not run: its argv, on its own
 // stack between mm->arg_start and mm->arg_end, is what the caller passed (for a #! script,
 // as the kernel rewrote it: interpreter [arg] script args...). Commit the image of every
@@ -412,8 +463,16 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     if (!p)
         return 0;
     // The file goes straight into the slot, where the filter looks it up: no copy.
-    const char *names[2] = {};   // bprm->filename, bprm->interp (differ for a #! script)
-    FIELD_PAIR(names, bprm, OFF_BPRM_FILENAME, OFF_BPRM_INTERP);
+    // bprm's file, argc, filename and interp (filename and interp differ for a #! script)
+    char bspan[BPRM_SPAN];
+    const char *names[2] = {};
+    void *file = 0;
+    int argc = 0;
+    SPAN_READ(bspan, bprm, BPRM);
+    SPAN_FIELD(names[0], bspan, BPRM, OFF_BPRM_FILENAME);
+    SPAN_FIELD(names[1], bspan, BPRM, OFF_BPRM_INTERP);
+    SPAN_FIELD(file, bspan, BPRM, OFF_BPRM_FILE);
+    SPAN_FIELD(argc, bspan, BPRM, OFF_BPRM_ARGC);
     int script = names[0] != names[1];
     int len = bpf_probe_read_kernel_str(p->file, FILENAME_LEN, names[0]);
     if (len <= 0) {
@@ -422,6 +481,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     }
     u32 nbits = name_bits(p->file, len);
     u32 match = name_match(nbits) | path_match((struct path_buf *)&p->file_key);
+    struct image_key key = {};
+    struct verdict seen = {};
+#if CONTENT_VERDICTS
+    read_image(file, &key, &seen);
+#endif
 
     void *mm = 0;
     unsigned long range[2] = {};   // arg_start, arg_end
@@ -443,6 +507,10 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         if (buf)
             match = script_match(head, head_len, buf);
     }
+#if CONTENT_VERDICTS
+    if (!match)
+        match = verdict_match(&key, &seen);   // after the script test: an interpreter is one image
+#endif
     struct exec_event *ev = match ? event_heap.lookup(&zero) : 0;
     if (ev) {
         // One read for the whole argv, as far as it fits; the head is its start.
@@ -450,18 +518,16 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         bpf_probe_read_user(ev->args, n, (void *)range[0]);
         ev->args_size = n;
         ev->flags = (n < size ? F_ARGS_TRUNCATED : 0) | (script ? F_SCRIPT : 0);
-        int argc = 0;
-        FIELD(argc, bprm, OFF_BPRM_ARGC);
         ev->argc = argc;
         bpf_probe_read_kernel(head, HEAD_LEN, ev->args);
-        // The image's identity as this exec opened it (for a #! script, its interpreter),
-        // so that no later exec of the pid and no file put at the path can relabel it.
-        void *file = 0, *inode = 0, *sb = 0;
-        FIELD(file, bprm, OFF_BPRM_FILE);
-        FIELD(inode, file, OFF_FILE_INODE);
-        FIELD(ev->ino, inode, OFF_INODE_INO);
-        FIELD(sb, inode, OFF_INODE_SB);
-        FIELD(ev->dev, sb, OFF_SB_DEV);
+#if !CONTENT_VERDICTS
+        read_image(file, &key, &seen);
+#endif
+        ev->ino = key.ino;
+        ev->image_sb = key.sb;
+        ev->ctime_sec = seen.ctime_sec;
+        ev->ctime_nsec = seen.ctime_nsec;
+        FIELD(ev->dev, key.sb, OFF_SB_DEV);
     } else if (!head_read) {
         bpf_probe_read_user(head, head_len, (void *)range[0]);
     }

@@ -1,4 +1,4 @@
--- description: Renamed network utility: a file in a writable directory whose content is an installed network utility (cp /usr/bin/nc /tmp/upd), found by hash; every name-based rule misses it
+-- description: Renamed network utility: a file whose content is an installed network utility under another name (cp /usr/bin/nc /tmp/upd, or /usr/local/sbin/upd where btf mode judges every executable once by content), found by hash; every name-based rule misses it
 -- interval: 60
 -- platform: linux
 -- technique: T1036.003

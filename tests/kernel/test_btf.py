@@ -187,7 +187,7 @@ def test_the_fentry_program_compiles_and_a_kernel_that_refuses_it_is_noted_not_f
     load it (this VM answers EPERM), so that its C is checked here too."""
     need(probe_unavailable())
     btf = _kernel_btf()
-    bpf = Probe._compile(btf_defines(btf, btf_offsets(btf), fentry=True))
+    bpf = Probe._compile(btf_defines(btf, btf_offsets(btf), fentry=True, verdicts=True))
     try:
         loaded = {name.decode() for name in bpf.funcs}
         assert {"raw_tracepoint__sched_process_exec", "raw_tracepoint__task_newtask"} <= loaded

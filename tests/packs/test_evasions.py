@@ -176,3 +176,27 @@ def test_a_script_handed_to_an_interpreter_is_an_origin(sensor: Sensor, workdir:
         placed = ("relative path", name)
     assert (hit["reason"], hit["suspicious_path"]) == placed
     assert json.loads(row["origin"])["script"] == placed[1]
+
+
+def test_a_renamed_copy_outside_the_writable_directories_is_found_by_content(
+        sensor: Sensor, sealed: Path, probe_mode: str) -> None:
+    """Root copies nc to a directory no path rule forwards, under a name the catalog does
+    not know. btf mode judges every executable once by content (the kernel's verdicts);
+    tracepoint mode reads no kernel structs, so it cannot, and says so in the README."""
+    tag = uuid.uuid4().hex[:10]
+    copy, benign = sealed / "sysupd", sealed / "sysinfo"
+    shutil.copy(NC, copy)
+    shutil.copy("/usr/bin/true", benign)
+    for _ in range(2):   # the second exec of each: known to the kernel by then
+        subprocess.run([str(copy), "-h", tag], capture_output=True, timeout=30)
+        subprocess.run([str(benign), tag], capture_output=True, timeout=30)
+    hits = detections(sensor, "netutil_renamed_utility", tag, timeout=10 if probe_mode == "btf" else 2)
+    if probe_mode == "tracepoint":
+        assert hits == []
+        return
+    assert [(h["path"], h["utility"], h["matched_by"]) for h in hits] == [(str(copy), "netcat", "content")] * 2
+    assert [r["path"] for r in stored(sensor, tag)] == [str(copy)] * 2   # the benign copy is no row
+    shutil.copy("/usr/bin/true", copy)   # new content under the judged name: judged again, no utility now
+    subprocess.run([str(copy), f"{tag}-after"], capture_output=True, timeout=30)
+    time.sleep(1)
+    assert stored(sensor, f"{tag}-after", timeout=1) == []

@@ -45,6 +45,20 @@ def is_image(st: os.stat_result, identity: Identity | None) -> bool:
     return st.st_ino == ino and (st.st_dev == dev or os.major(dev) == 0)
 
 
+def unchanged_image(paths: Iterable[str], identity: Identity | None, ctime_ns: int) -> bool:
+    """Whether the first of paths that is the exec's image still has the change time the
+    kernel saw at exec: then what was judged since is what ran, and a content verdict may
+    be given for that time (ctime moves at every write, rename or chmod, never back)."""
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if is_image(st, identity):
+            return st.st_ctime_ns == ctime_ns
+    return False
+
+
 def _key(st: os.stat_result) -> _Key:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 

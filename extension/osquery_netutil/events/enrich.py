@@ -20,14 +20,14 @@ from typing import Any, Callable, Iterable
 
 from osquery_netutil.catalog import MULTICALL, Catalog, Utility
 from osquery_netutil.events.containers import CgroupResolver, container_id
-from osquery_netutil.events.content import ContentMatcher
+from osquery_netutil.events.content import ContentMatcher, unchanged_image
 from osquery_netutil.events.ipargs import ip_columns
 from osquery_netutil.events.loader import LDD, TRACE_ENV, is_loader, loaded
 from osquery_netutil.events.procfs import ProcView, absolute, read, readlink
 from osquery_netutil.events.scripts import with_script
 from osquery_netutil.events.stdio import STREAMS, StdioReader
 from osquery_netutil.locations import FD_PATH_PREFIXES
-from osquery_netutil.kernel.records import A_FORKED, SIZES, AncestryEntry, ExecRecord
+from osquery_netutil.kernel.records import A_FORKED, F_UNJUDGED, SIZES, AncestryEntry, ExecRecord
 
 MAX_ANCESTORS = 32
 _PATHS_REMEMBERED = 4096
@@ -82,8 +82,11 @@ class Enricher:
         cgroups: CgroupResolver | None = None,
         content: ContentMatcher | None = None,
         base: dict[int, int] | None = None,
+        verdict: Callable[[ExecRecord, bool], None] | None = None,
     ) -> None:
-        """base: the host's base processes (own_ancestry()), marked in every chain."""
+        """base: the host's base processes (own_ancestry()), marked in every chain.
+        verdict(rec, is_utility): told the content verdict on an F_UNJUDGED image (the
+        probe's remember_verdict), when it was judged on the content that ran."""
         self.catalog = catalog
         self._ancestry = ancestry
         self._base = own_ancestry() if base is None else base
@@ -99,6 +102,7 @@ class Enricher:
         self._from_proc: dict[int, tuple[float, dict[str, Any], int]] = {}
         self._chains: dict[int, tuple[tuple[int, int], float, list[dict[str, Any]], str]] = {}
         self._stdio = StdioReader(self._forked)
+        self._verdict = verdict
 
     def row(self, rec: ExecRecord) -> Row | None:
         """The row for rec, or None when rec is not a network utility (a script, say)."""
@@ -116,6 +120,10 @@ class Enricher:
         if utility is None:
             self._remember(rec.ktime_ns, rec.filename, path)
             utility = self._match_content(rec, path)
+            if rec.flags & F_UNJUDGED and self._verdict is not None:
+                paths = (path, f"/proc/{rec.pid}/exe") if path.startswith("/") else (f"/proc/{rec.pid}/exe",)
+                if unchanged_image(paths, rec.identity, rec.ctime_ns):
+                    self._verdict(rec, utility is not None)
             if utility is None:
                 return None
             matched_by = "content"

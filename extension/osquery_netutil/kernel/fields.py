@@ -4,7 +4,7 @@ headers (btf.py says why)."""
 
 from __future__ import annotations
 
-from osquery_netutil.kernel.btf import Btf
+from osquery_netutil.kernel.btf import Btf, BtfError
 
 BTF_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_TASK_MM": ("task_struct", "mm"),
@@ -34,14 +34,52 @@ FENTRY_CONSTANTS = {"NR_EXECVE": 59, "NR_EXECVEAT": 322}
 NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the ancestry"
 
 
+# The image's change time, which content verdicts are given for: its members have moved
+# (6.11: i_ctime_sec and i_ctime_nsec; 6.6: __i_ctime; before: i_ctime, a timespec64
+# whose tv_sec and tv_nsec come first and at 8).
+CTIME_MEMBERS = (("i_ctime_sec", "i_ctime_nsec"), ("__i_ctime.tv_sec", "__i_ctime.tv_nsec"),
+                 ("i_ctime.tv_sec", "i_ctime.tv_nsec"))
+# Members read in one span each (one helper call instead of one per member, ~60 ns
+# each), with their sizes: bprm's (the file, argc, filename and interp) and the inode's
+# (i_sb, i_ino and the ctime). The C program takes them from <NAME>_LO, <NAME>_SPAN bytes.
+SPANS: dict[str, dict[str, int]] = {
+    "BPRM": {"OFF_BPRM_FILE": 8, "OFF_BPRM_ARGC": 4, "OFF_BPRM_FILENAME": 8, "OFF_BPRM_INTERP": 8},
+    "INODE": {"OFF_INODE_SB": 8, "OFF_INODE_INO": 8, "OFF_INODE_CTIME_SEC": 8, "OFF_INODE_CTIME_NSEC": 4},
+}
+SPAN_MAX = 160   # bytes of the BPF stack one span may take
+
+
 def btf_offsets(btf: Btf) -> dict[str, int]:
     """The member offsets btf mode needs, from the kernel's BTF. Raises BtfError."""
-    return {name: btf.offset(struct, member) for name, (struct, member) in BTF_FIELDS.items()}
+    offsets = {name: btf.offset(struct, member) for name, (struct, member) in BTF_FIELDS.items()}
+    for sec, nsec in CTIME_MEMBERS:
+        try:
+            offsets |= {"OFF_INODE_CTIME_SEC": btf.offset("inode", sec), "OFF_INODE_CTIME_NSEC": btf.offset("inode", nsec)}
+            break
+        except BtfError:
+            continue
+    else:
+        raise BtfError("struct inode has none of " + ", ".join(sec.split(".")[0] for sec, _ in CTIME_MEMBERS))
+    return offsets
 
 
-def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool) -> dict[str, int]:
-    """The -D flags of btf mode: its offsets, and the fentry's when it is wanted."""
-    defines = {"PROBE_BTF": 1, **offsets}
+def spans(offsets: dict[str, int]) -> dict[str, int]:
+    """<NAME>_LO and <NAME>_SPAN of each of SPANS. Raises BtfError when members are too
+    far apart for the BPF stack (a kernel that moved them)."""
+    defines = {}
+    for name, members in SPANS.items():
+        lo = min(offsets[m] for m in members)
+        span = max(offsets[m] + size for m, size in members.items()) - lo
+        if span > SPAN_MAX:
+            raise BtfError(f"the members {', '.join(members)} span {span} bytes, more than {SPAN_MAX}")
+        defines |= {f"{name}_LO": lo, f"{name}_SPAN": span}
+    return defines
+
+
+def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool) -> dict[str, int]:
+    """The -D flags of btf mode: its offsets, content verdicts when wanted (a sensor
+    writes them; a bare probe does not), and the fentry's when it is wanted. Raises BtfError."""
+    defines = {"PROBE_BTF": 1, "CONTENT_VERDICTS": int(verdicts), **offsets, **spans(offsets)}
     if fentry:
         defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
         defines |= {name: btf.offset(*field) for name, field in FENTRY_FIELDS.items()}

@@ -64,14 +64,20 @@ class Probe:
         mode: str = "auto",
         btf_offsets: dict[str, int] | None = None,
         interpreters: Iterable[str] = interpreter_names(),
+        content_verdicts: bool = False,
     ) -> None:
         """comm_names: forwarded by name. interpreters: their script argument is judged by
         its place (an origin). mode: one of MODES. btf_offsets: the struct offsets btf
-        mode uses, instead of the kernel's (to prove that wrong ones are caught)."""
+        mode uses, instead of the kernel's (to prove that wrong ones are caught).
+        content_verdicts: btf mode forwards every image once (F_UNJUDGED) until on_exec's
+        owner gives its verdict (remember_verdict); a bare probe leaves them off."""
         if mode not in MODES:
             raise ProbeError(f"unknown probe mode {mode!r}: use one of {', '.join(MODES)}")
         self._requested = mode
         self._btf_offsets = btf_offsets
+        self._content_verdicts = content_verdicts
+        self._verdicts: Any = None   # the kernel's map, in btf mode with content verdicts
+        self.verdicts_cleared = 0    # times it was full and emptied
         self.mode = ""        # the mode in force once started: btf or tracepoint
         self.mode_note = ""   # why btf mode was refused, or what it cannot see on this kernel
         self._check_pid = 0
@@ -124,14 +130,16 @@ class Probe:
             raise BtfRefused(str(exc)) from exc
         no_fentry = fentry_problem(btf)
         try:
-            self._bpf = self._compile(btf_defines(btf, offsets, fentry=no_fentry is None))
-        except ProbeError as exc:
+            self._bpf = self._compile(btf_defines(btf, offsets, fentry=no_fentry is None, verdicts=self._content_verdicts))
+        except (ProbeError, BtfError) as exc:
             raise BtfRefused(str(exc)) from exc
         no_fentry = no_fentry or self._bpf.fentry_error
         if no_fentry:
             self.mode_note = f"{NOT_NAMED_WITHOUT_FENTRY} ({no_fentry})"
         try:
             self._prepare()
+            if self._content_verdicts:
+                self._verdicts = self._bpf[b"verdicts"]
             self._self_check()
         except BtfRefused:
             self._bpf.cleanup()
@@ -203,6 +211,7 @@ class Probe:
                         ("ancestry head", slot.head if slot else None, argv),
                         ("inode", rec.ino, image.st_ino),
                         ("device", rec.dev, image.st_dev),
+                        ("change time", rec.ctime_ns, image.st_ctime_ns),
                         ("origin", (rec.origin_pid, rec.origin_ktime_ns), (rec.pid, rec.ktime_ns)),
                     )
                     if got != want
@@ -236,6 +245,7 @@ class Probe:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self._verdicts = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -252,6 +262,25 @@ class Probe:
         table = self._bpf[b"counters"]
         values = [sum(table[ctypes.c_int(i)]) for i in range(len(COUNTERS))]
         return Counters(*values)
+
+    def remember_verdict(self, rec: ExecRecord, utility: bool) -> None:
+        """The content verdict on rec's image (F_UNJUDGED), for the change time the kernel
+        saw: its later execs are forwarded only when it is a utility, until the file
+        changes. The caller judged that very content (content.unchanged_image). Nothing
+        to do without the map (tracepoint mode, a bare probe) or the image."""
+        if self._verdicts is None or not rec.image_sb:
+            return
+        seconds, nanoseconds = divmod(rec.ctime_ns, 1_000_000_000)
+        key = self._verdicts.Key(rec.ino, rec.image_sb)
+        leaf = self._verdicts.Leaf(seconds, nanoseconds, int(utility))
+        try:
+            self._verdicts[key] = leaf
+        except Exception:   # bcc raises bare Exception: the map is full (E2BIG)
+            # More distinct executables than VERDICTS_MAX: start again, as at start-up
+            # (each is judged once more; bench/verdicts.py measures that cold start).
+            self._verdicts.clear()
+            self.verdicts_cleared += 1
+            self._verdicts[key] = leaf
 
     def ancestry(self, pid: int) -> AncestryEntry | None:
         """What the kernel remembers of pid, alive or exited; None if never seen/evicted.
@@ -371,4 +400,6 @@ class Probe:
             origin_ktime_ns=ev.origin_ktime_ns,
             dev=user_dev(ev.dev) if ev.ino else 0,
             ino=ev.ino,
+            image_sb=ev.image_sb,
+            ctime_ns=ev.ctime_sec * 1_000_000_000 + ev.ctime_nsec if ev.ino else 0,
         )

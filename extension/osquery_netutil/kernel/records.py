@@ -25,6 +25,7 @@ SIZES: dict[str, int] = {
     "RINGBUF_PAGES": 2048,   # 8 MiB ring buffer
     "ANCESTRY_MAX": 32768,   # processes remembered, alive or exited: the last this many pids (a power of 2)
     "PENDING_MAX": 8192,     # execs between syscall entry and completion
+    "VERDICTS_MAX": 16384,   # btf mode: executables whose content verdict is kept (emptied when full)
 }
 
 # Event flags (mirrors the F_* defines in the C program).
@@ -36,6 +37,8 @@ F_ARGC_CAPPED = 16
 F_SCRIPT = 32          # btf mode: a #! script, argv as the kernel rewrote it (interpreter first)
 F_PATH_RELATIVE = 64   # with F_MATCH_PATH or F_MATCH_SCRIPT: the path is relative, a weak origin
 F_MATCH_SCRIPT = 128   # an interpreter started on a script by a placed or relative path: an origin
+F_UNJUDGED = 256       # btf mode: the image has no content verdict yet: judge it, write it back
+F_MATCH_CONTENT = 512  # btf mode: the image's verdict says it is a utility
 
 # Values of the kernel's name filter (catalog_comms, name_heads), OR'd.
 N_CATALOG = 1          # a catalog name, busybox or a loader: forwarded
@@ -79,6 +82,10 @@ class ExecRecord:
     # in tracepoint mode. For a #! script, its interpreter.
     dev: int = 0
     ino: int = 0
+    # btf mode: the image's superblock (a kernel address, its verdict's key with ino) and
+    # change time (ns), which a content verdict is given for; 0 in tracepoint mode.
+    image_sb: int = 0
+    ctime_ns: int = 0
 
     @property
     def args_truncated(self) -> bool:
