@@ -86,3 +86,19 @@ def test_a_real_fifo_and_pipe_are_told_apart(tmp_path) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_pipe_is_followed_to_the_file_its_writer_read() -> None:
+    """cat /tmp/x.sh | sh (stdin) and bash <(cat /tmp/x.sh) (an fd): the writer's file;
+    only the second may be the interpreter's own child."""
+    asked: list[bool] = []
+
+    def piped(substituted: bool) -> str:
+        asked.append(substituted)
+        return "/tmp/w/fed.sh"
+    fds = {0: "pipe:[9]", 63: "pipe:[10]"}
+    node = {"pid": 9, "path": "/usr/bin/bash"}
+    assert with_script({**node, "cmdline": "bash"}, "/", fds.get, piped)["script"] == "/tmp/w/fed.sh"
+    assert with_script({**node, "cmdline": "bash /dev/fd/63"}, "/", fds.get, piped)["script"] == "/tmp/w/fed.sh"
+    assert asked == [False, True]
+    assert "script" not in with_script({**node, "cmdline": "bash"}, "/", fds.get, lambda _: "")   # no writer found

@@ -28,11 +28,14 @@ pytestmark = pytest.mark.probe
     "bash -c '. {script}'",
     "cd {dir} && bash -c 'true; source ./x.sh'",
     "bash /dev/fd/3 3< {script}",
-], ids=["stdin", "dot-in-c", "source-relative", "dev-fd"])
+    "cat {script} | bash",
+    "bash -c 'bash <(cat {script})'",
+], ids=["stdin", "dot-in-c", "source-relative", "dev-fd", "piped", "process-substitution"])
 def test_a_script_whose_place_is_not_in_argv_is_found(sensor: Sensor, workdir: Path, how: str) -> None:
     """The interpreter's argv names no file in a writable directory: its stdin, the file
-    its -c string sources, or the fd it reads is the script. Read while the interpreter
-    lives: the script sleeps after nc, as any script doing more than one thing would."""
+    its -c string sources, the fd it reads, or the file its pipe's writer read is the
+    script. Read while the interpreter lives: the script sleeps after nc, as any script
+    doing more than one thing would."""
     tag = uuid.uuid4().hex[:10]
     script = workdir / "x.sh"
     script.write_text(f"nc -h {tag} 2>/dev/null\nsleep 1\n")
@@ -41,19 +44,20 @@ def test_a_script_whose_place_is_not_in_argv_is_found(sensor: Sensor, workdir: P
     assert (hit["reason"], hit["suspicious_path"]) == ("script in a writable directory", str(script))
 
 
-def test_an_interpreter_on_a_terminal_or_a_pipe_has_no_script(sensor: Sensor, workdir: Path) -> None:
-    """bash reading a pipe (cat x | bash: what stays hidden) or /dev/null names no script."""
+def test_an_interpreter_on_a_terminal_a_builtins_pipe_or_null_has_no_script(sensor: Sensor, workdir: Path) -> None:
+    """bash reading what a builtin writes (echo … | bash: no file behind it; and
+    `sh -c "$(cat x)"`, whose string is the text, stays as hidden) or /dev/null names no script."""
     tag = uuid.uuid4().hex[:10]
     script = workdir / "x.sh"
-    script.write_text(f"nc -h {tag}-pipe 2>/dev/null\nsleep 1\n")
-    subprocess.run(["/bin/sh", "-c", f"cat {script} | bash"], capture_output=True, timeout=30)
+    script.write_text(f"nc -h {tag}-subst 2>/dev/null; sleep 1\n")
+    subprocess.run(["/bin/sh", "-c", f"echo 'nc -h {tag}-echo 2>/dev/null; sleep 1' | bash"], capture_output=True, timeout=30)
+    subprocess.run(["/bin/sh", "-c", f'sh -c "$(cat {script})"'], capture_output=True, timeout=30)
     subprocess.run(["bash", "-c", f"nc -h {tag}-null 2>/dev/null; sleep 1"], stdin=subprocess.DEVNULL, timeout=30)
+    rows = stored(sensor, f"{tag}-null")   # the last: the others are there by then
     rows = stored(sensor, tag)
-    while len(rows) < 2:
-        rows = stored(sensor, f"{tag}-null")   # both are there once the second is
-    assert len(rows) == 2
+    assert len(rows) == 3
     for row in rows:
-        assert not any(a.get("script", "").startswith(str(workdir)) for a in json.loads(row["ancestors"]))
+        assert not any(a.get("script", "").startswith(str(workdir)) for a in json.loads(row["ancestors"])), row["ancestors"]
 
 
 class _Listener:

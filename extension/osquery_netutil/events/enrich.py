@@ -34,6 +34,8 @@ _PATHS_REMEMBERED = 4096
 _ORIGINS_REMEMBERED = 16384   # origins named by later rows: ~300 bytes each
 _PROC_CACHE_S = 10.0
 _CHAIN_CACHE_S = 1.0
+_PIPE_WRITER_PIDS = 8   # pids around an interpreter reading a pipe where its writer is looked for
+_PIPE_WRITER_S = 0.5    # and how close to the interpreter's exec the writer's was
 
 Row = dict[str, Any]
 
@@ -189,6 +191,30 @@ class Enricher:
             "cgroup_path": cgroup_path,
         }
 
+    def _piped(self, pid: int, ppid: int, substituted: bool) -> str:
+        """The file that the writer of pid's pipe read, found in the kernel's map though it
+        has exited, by its arguments naming an existing file (cat /tmp/x.sh | sh,
+        bash <(base64 -d /tmp/x)). The writer is a sibling forked just before pid (a shell
+        forks a pipeline's writer first, and a process substitution before the command)
+        or, for a process substitution, pid's own child (the shell exec'd the command in
+        its own pid); it exec'd within _PIPE_WRITER_S of pid. '' when none."""
+        own = self._ancestry(pid)
+        if own is None or not own.ktime_ns:
+            return ""
+        nearby = [(c, ppid) for c in range(pid - 1, max(pid - _PIPE_WRITER_PIDS, 1) - 1, -1)]
+        if substituted:
+            nearby += [(c, pid) for c in range(pid + 1, pid + _PIPE_WRITER_PIDS)]
+        for candidate, parent in nearby:
+            entry = self._ancestry(candidate)
+            if (entry is None or entry.ppid != parent or not entry.file or entry.flags & A_FORKED
+                    or abs(entry.ktime_ns - own.ktime_ns) > _PIPE_WRITER_S * 1e9):
+                continue
+            for arg in entry.head[1:]:
+                word = text(arg)
+                if word.startswith("/") and os.path.isfile(word):
+                    return word
+        return ""
+
     def _stdio_columns(self, rec: ExecRecord) -> dict[str, str]:
         """stdin, stdout, stderr and pipe_peers, while the utility lives."""
         stdio = self._stdio.read(rec.pid, rec.ppid)
@@ -244,7 +270,8 @@ class Enricher:
             full = proc.argv()
             if full and full[: len(args) - 1] == args[:-1] and full[len(args) - 1].startswith(args[-1]):
                 args = full   # the same exec's argv, longer than the kernel kept
-        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid}, proc.cwd(), proc.fd)
+        node = with_script({"pid": pid, "path": path, "cmdline": cmdline(args), "uid": entry.uid}, proc.cwd(), proc.fd,
+                           lambda substituted: self._piped(pid, entry.ppid, substituted))
         return node, entry.ppid or proc.ppid()
 
     def _ancestor_from_proc(self, pid: int, ppid: int) -> tuple[dict[str, Any], int]:
@@ -256,7 +283,8 @@ class Enricher:
         if cached is not None and now - cached[0] < _PROC_CACHE_S:
             return cached[1], ppid or cached[2]
         proc = ProcView(pid)
-        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()}, proc.cwd(), proc.fd)
+        node = with_script({"pid": pid, "path": proc.exe(), "cmdline": cmdline(proc.argv()), "uid": proc.uid()}, proc.cwd(), proc.fd,
+                           lambda substituted: self._piped(pid, ppid or proc.ppid(), substituted))
         parent = ppid or proc.ppid()
         if len(self._from_proc) >= _PATHS_REMEMBERED:
             self._from_proc.clear()

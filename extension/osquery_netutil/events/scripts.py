@@ -12,9 +12,12 @@ their place"):
     bash /dev/fd/3 3</tmp/x.sh          the file behind the fd, while the interpreter lives
     bash < /tmp/x.sh                    stdin, when it is a file (the interpreter has no
                                         script word and reads its commands from there)
+    cat /tmp/x.sh | sh, bash <(cat x)   a pipe: the file its writer read, the writer being
+                                        the sibling forked just before (`piped`, from the
+                                        kernel's map: it has usually exited)
 
-What stays hidden: a script piped in (`cat x | sh`, `bash <(cat x)`: the pipe's writer
-has usually exited) and one expanded into the command string (`sh -c "$(cat x)"`).
+What stays hidden: a script expanded into the command string (`sh -c "$(cat x)"`: the
+string holds its text, not its place).
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ _SOURCED = re.compile(r"(?:^|[;&|({]\s*)(?:\.|source)\s+([^\s;&|)}]+)")
 _FD_PATH = re.compile(r"^/(?:dev|proc/self)/fd/([0-9]+)$")
 
 Fd = Callable[[int], str]   # what the interpreter's fd n is open on ('' when gone)
+# The file the writer of the interpreter's pipe read ('' when unknown); True: the pipe is a
+# process substitution's (its writer may be the interpreter's own child).
+Piped = Callable[[bool], str]
 
 
-def with_script(node: dict[str, Any], cwd: str = "", fd: Fd | None = None) -> dict[str, Any]:
+def with_script(node: dict[str, Any], cwd: str = "", fd: Fd | None = None, piped: Piped | None = None) -> dict[str, Any]:
     """node (an ancestor: pid, path, cmdline) with "script" added when it is an interpreter
-    running one. cwd and fd are the interpreter's, while it lives (a fixture has neither)."""
+    running one. cwd, fd and piped are the interpreter's, while it lives (a fixture has none)."""
     line = str(node.get("cmdline") or "")
     found = _INTERPRETED.match(line)
     if found is None:
@@ -53,11 +59,14 @@ def with_script(node: dict[str, Any], cwd: str = "", fd: Fd | None = None) -> di
             stdin = fd(0)
             if stdin.startswith("/") and not stdin.startswith("/dev/"):
                 return {**node, "script": stdin}
+            fed = piped(False) if piped is not None and stdin.startswith("pipe:") else ""
+            if fed:
+                return {**node, "script": fed}
         return node
     options, script = found.groups()
     shell = os.path.basename(line.split(" ", 1)[0]) in _SHELLS
     if not (_SHELL_NOT_A_FILE if shell else _NOT_A_FILE).search(options):
-        return {**node, "script": _behind_fd(_placed(script, cwd), fd)}
+        return {**node, "script": _behind_fd(_placed(script, cwd), fd, piped)}
     sourced = _SOURCED.search(line[found.start(2):]) if shell else None
     if sourced is not None:
         return {**node, "script": absolute(sourced.group(1), cwd)}
@@ -73,10 +82,14 @@ def _placed(script: str, cwd: str) -> str:
     return placed if placed == script or os.path.exists(placed) else script
 
 
-def _behind_fd(script: str, fd: Fd | None) -> str:
-    """The file an fd path stands for (`bash /dev/fd/3`), when it is one; else script."""
+def _behind_fd(script: str, fd: Fd | None, piped: Piped | None) -> str:
+    """The file an fd path stands for (`bash /dev/fd/3`), or its pipe's writer read
+    (`bash <(cat x)`), when known; else script."""
     found = _FD_PATH.match(script)
     if found is None or fd is None:
         return script
     target = fd(int(found.group(1)))
-    return target if target.startswith("/") else script
+    if target.startswith("/"):
+        return target
+    fed = piped(True) if piped is not None and target.startswith("pipe:") else ""
+    return fed or script

@@ -66,7 +66,7 @@ def btf_offsets(btf: Btf) -> dict[str, int]:
 def spans(offsets: dict[str, int]) -> dict[str, int]:
     """<NAME>_LO and <NAME>_SPAN of each of SPANS. Raises BtfError when members are too
     far apart for the BPF stack (a kernel that moved them)."""
-    defines = {}
+    defines: dict[str, int] = {}
     for name, members in SPANS.items():
         lo = min(offsets[m] for m in members)
         span = max(offsets[m] + size for m, size in members.items()) - lo
