@@ -77,19 +77,25 @@ def main() -> int:
     try:
         # btf mode as the sensor runs it: content verdicts on, each image judged once (here:
         # no utility), so the rounds measure the steady state's lookup; then without them
-        # (a bare probe), for what the verdicts cost.
-        for mode in ("btf", "btf_without_verdicts", "tracepoint"):
-            probe = Probe(Catalog.load().basenames(), lambda rec: judge(probe, rec), mode=mode.split("_")[0],
-                          content_verdicts=mode == "btf")
-            probe.start()
-            rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in kinds}
-            try:
-                for _ in range(args.rounds):
+        # (a bare probe), for what the verdicts cost. The modes take turns round by round,
+        # each first in one round, so that a machine that slows down meanwhile (or a
+        # probe's start after another's stop) weighs on all of them alike.
+        modes = ("btf", "btf_without_verdicts", "tracepoint")
+        rounds: dict[str, dict[str, list[dict[str, dict[str, float]]]]] = {mode: {k: [] for k in kinds} for mode in modes}
+        for r in range(args.rounds):
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:   # each mode first once
+                probe = Probe(Catalog.load().basenames(), lambda rec: judge(probe, rec), mode=mode.split("_")[0],
+                              content_verdicts=mode == "btf")
+                probe.start()
+                try:
+                    spawn(kinds["non_catalog"], 100)   # the images' first execs: judged before measuring
+                    spawn(kinds["interpreter"], 100)
                     for kind, binary in kinds.items():
-                        rounds[kind].append(measure(probe, binary, args.execs))
-            finally:
-                probe.stop()
-            result[mode] = report(mode, rounds, args.execs)
+                        rounds[mode][kind].append(measure(probe, binary, args.execs))
+                finally:
+                    probe.stop()
+        for mode in modes:
+            result[mode] = report(mode, rounds[mode], args.execs)
     finally:
         STATS.write_text(previous)
     print(f"  written to {save('kernel_cost', result)}")

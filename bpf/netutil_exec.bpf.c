@@ -430,19 +430,23 @@ static __always_inline void read_image(void *file, struct image_key *key, struct
 // Content verdicts: every executable judged once by content, wherever it lives. The first
 // exec of an image with no verdict for its current content is forwarded (F_UNJUDGED);
 // user space compares it with the installed utilities and writes the verdict back with
-// the change time it judged. Later execs cost this lookup: forwarded only when the
+// the change time it judged. Later execs cost one slot check: forwarded only when the
 // verdict is a utility (F_MATCH_CONTENT). Any write, rename, link or chmod of the file
 // moves its ctime (which no system call sets back), so a verdict never outlives the
-// content it was given for. A plain hash, not an LRU: an LRU lookup cost 250 ns more per
-// exec here (bench/kernel_cost.py); user space empties the map when it is full.
-BPF_HASH(verdicts, struct image_key, struct verdict, VERDICTS_MAX);
+// content it was given for. A direct-mapped array, as `procs` is: a hash lookup cost
+// ~250 ns more per exec here (an LRU's more still), a slot a bounds check; two images
+// that share a slot take turns, each judged again when it comes back.
+struct verdict_slot { struct image_key key; struct verdict v; };
+BPF_ARRAY(verdicts, struct verdict_slot, VERDICTS_MAX);
 
 static __always_inline u32 verdict_match(struct image_key *key, struct verdict *seen)
 {
-    struct verdict *v = verdicts.lookup(key);
-    if (!v || v->ctime_sec != seen->ctime_sec || v->ctime_nsec != seen->ctime_nsec)
+    u32 slot = (key->ino ^ (key->sb >> 8)) & (VERDICTS_MAX - 1);   // mirrored in probe.py
+    struct verdict_slot *s = verdicts.lookup(&slot);
+    if (!s || s->key.ino != key->ino || s->key.sb != key->sb
+            || s->v.ctime_sec != seen->ctime_sec || s->v.ctime_nsec != seen->ctime_nsec)
         return F_UNJUDGED;
-    return v->utility ? F_MATCH_CONTENT : 0;
+    return s->v.utility ? F_MATCH_CONTENT : 0;
 }
 #endif
 

@@ -77,7 +77,6 @@ class Probe:
         self._btf_offsets = btf_offsets
         self._content_verdicts = content_verdicts
         self._verdicts: Any = None   # the kernel's map, in btf mode with content verdicts
-        self.verdicts_cleared = 0    # times it was full and emptied
         self.mode = ""        # the mode in force once started: btf or tracepoint
         self.mode_note = ""   # why btf mode was refused, or what it cannot see on this kernel
         self._check_pid = 0
@@ -271,16 +270,11 @@ class Probe:
         if self._verdicts is None or not rec.image_sb:
             return
         seconds, nanoseconds = divmod(rec.ctime_ns, 1_000_000_000)
-        key = self._verdicts.Key(rec.ino, rec.image_sb)
-        leaf = self._verdicts.Leaf(seconds, nanoseconds, int(utility))
-        try:
-            self._verdicts[key] = leaf
-        except Exception:   # bcc raises bare Exception: the map is full (E2BIG)
-            # More distinct executables than VERDICTS_MAX: start again, as at start-up
-            # (each is judged once more; bench/verdicts.py measures that cold start).
-            self._verdicts.clear()
-            self.verdicts_cleared += 1
-            self._verdicts[key] = leaf
+        slot = (rec.ino ^ (rec.image_sb >> 8)) & (SIZES["VERDICTS_MAX"] - 1)   # verdict_match's
+        leaf = self._verdicts.Leaf()
+        leaf.key.ino, leaf.key.sb = rec.ino, rec.image_sb
+        leaf.v.ctime_sec, leaf.v.ctime_nsec, leaf.v.utility = seconds, nanoseconds, int(utility)
+        self._verdicts[ctypes.c_uint32(slot)] = leaf
 
     def ancestry(self, pid: int) -> AncestryEntry | None:
         """What the kernel remembers of pid, alive or exited; None if never seen/evicted.

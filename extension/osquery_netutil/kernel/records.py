@@ -25,7 +25,7 @@ SIZES: dict[str, int] = {
     "RINGBUF_PAGES": 2048,   # 8 MiB ring buffer
     "ANCESTRY_MAX": 32768,   # processes remembered, alive or exited: the last this many pids (a power of 2)
     "PENDING_MAX": 8192,     # execs between syscall entry and completion
-    "VERDICTS_MAX": 16384,   # btf mode: executables whose content verdict is kept (emptied when full)
+    "VERDICTS_MAX": 16384,   # btf mode: slots of content verdicts, one image each (a power of 2)
 }
 
 # Event flags (mirrors the F_* defines in the C program).
