@@ -76,6 +76,7 @@ def main() -> int:
             run_all(paths[:50])                      # warm the page cache for the baseline
             rounds["none"].append(run_all(paths))
             paths = copies(args.images)              # new inodes: no verdicts yet
+            time.sleep(2.5)                          # older than enrich._SETTLED_S: verdicts are given
             judged: list[int] = []
             probe: Probe
 

@@ -441,6 +441,8 @@ BPF_ARRAY(verdicts, struct verdict_slot, VERDICTS_MAX);
 
 static __always_inline u32 verdict_match(struct image_key *key, struct verdict *seen)
 {
+    if (!key->sb)
+        return F_UNJUDGED;   // the image could not be read: never the zeroed slot's "no"
     u32 slot = (key->ino ^ (key->sb >> 8)) & (VERDICTS_MAX - 1);   // mirrored in probe.py
     struct verdict_slot *s = verdicts.lookup(&slot);
     if (!s || s->key.ino != key->ino || s->key.sb != key->sb

@@ -1,4 +1,4 @@
--- description: Low-and-slow DNS exfiltration over many execs: ten or more distinct encoded-looking labels (hex, base32, base64, each too short for the per-exec shapes of netutil_dns_exfiltration) asked under one parent domain by one process tree within five minutes (no peer ships this)
+-- description: Low-and-slow DNS exfiltration over many execs: ten or more distinct encoded-looking labels (hex, base32, base64, each too short for the per-exec shapes of netutil_dns_exfiltration) asked under one parent domain by one process tree (a script, a job, a session) among the rows judged and the five minutes before them (no peer ships this)
 -- interval: 60
 -- platform: linux
 -- technique: T1048.003
@@ -18,11 +18,13 @@ asked AS MATERIALIZED (
   WHERE e.time >= (SELECT min(time) FROM recent) - 300 AND e.time <= (SELECT max(time) FROM recent)
     AND e.category = 'dns' AND e.utility <> 'whois'
 ),
--- Per name (with a digit: data has them): its parent domain (the last two labels, three under a two-letter country code's
--- short second level: evil.co.uk), what is left of it (dots dropped), and the process
--- tree that asked: the outermost ancestor that is neither the host's base nor init.
+-- Per name (with a digit: data has them): its parent domain (the last two labels, three under a
+-- country code's generic second level: evil.co.uk), what is left of it (dots dropped), and
+-- the process tree that asked: the ancestor just below the outermost one that is neither
+-- the host's base nor init (that one is a service such as cron, sshd or a container shim,
+-- whose jobs and sessions are trees of their own), else the parent.
 domains AS MATERIALIZED (
-  SELECT a.*, regex_match(a.name, '([^.]+\.[^.]{2,3}\.[a-zA-Z]{2}|[^.]+\.[^.]+)$', 0) AS domain
+  SELECT a.*, regex_match(a.name, '([^.]+\.(co|com|net|org|gov|edu|ac|or|ne|go|gv|mil|nic)\.[a-zA-Z]{2}|[^.]+\.[^.]+)$', 0) AS domain
   FROM asked a WHERE a.name GLOB '*[0-9]*'
 ),
 split AS MATERIALIZED (
@@ -30,7 +32,7 @@ split AS MATERIALIZED (
          replace(substr(d.name, 1, length(d.name) - length(d.domain) - 1), '.', '') AS leaf,
          coalesce((SELECT json_extract(n.value, '$.pid') FROM json_each(d.ancestors) n
                    WHERE coalesce(json_extract(n.value, '$.base'), 0) = 0 AND json_extract(n.value, '$.pid') <> 1
-                   ORDER BY n.key DESC LIMIT 1), d.parent) AS tree
+                   ORDER BY n.key DESC LIMIT 1 OFFSET 1), d.parent) AS tree
   FROM domains d
   WHERE d.domain IS NOT NULL AND length(d.name) > length(d.domain) + 1
 ),
@@ -49,7 +51,7 @@ spread AS (
   FROM encoded GROUP BY tree, domain HAVING count(DISTINCT lower(leaf)) >= 10
 )
 SELECT r.*, s.domain AS parent_domain, s.labels,
-  printf('%s (%s) was executed by %s, one of %d execs asking %d distinct encoded-looking labels under %s from one process tree (pid %d) within five minutes, each too short to alert alone: data leaving through DNS a few bytes at a time. Command: %s. Chain: %s',
+  printf('%s (%s) was executed by %s, one of %d execs asking %d distinct encoded-looking labels under %s from one process tree (pid %d) in the window, each too short to alert alone: data leaving through DNS a few bytes at a time. Command: %s. Chain: %s',
          r.path, r.utility, r.username, (SELECT count(*) FROM encoded x WHERE x.tree = s.tree AND x.domain = s.domain),
          s.labels, s.domain, s.tree, r.cmdline, r.chain) AS message
 FROM report r JOIN encoded e ON e.eid = r.eid JOIN spread s ON s.tree = e.tree AND s.domain = e.domain;

@@ -16,7 +16,7 @@ FDS = {0: "/tmp/w/stdin.sh", 3: "/var/tmp/fd3.sh", 63: "pipe:[4242]"}
 
 def script(cmdline: str, cwd: str = "/tmp/w", fds: dict[int, str] | None = None) -> str | None:
     table = FDS if fds is None else fds
-    return with_script({"pid": 9, "path": "/usr/bin/bash", "cmdline": cmdline}, cwd, lambda n: table.get(n, "")).get("script")
+    return with_script({"pid": os.getpid(), "path": "/usr/bin/bash", "cmdline": cmdline}, cwd, lambda n: table.get(n, "")).get("script")
 
 
 @pytest.fixture
@@ -31,7 +31,10 @@ def cwd(tmp_path: Path) -> str:
     ("sh /tmp/x.sh", "/tmp/x.sh"),
     ("sh -c /tmp/x.sh arg", "/tmp/x.sh"),                      # a command string's first word, as written
     ("bash -c . /dev/shm/x.sh", "/dev/shm/x.sh"),              # sourced
-    ("bash -c cd /opt; source ./x.sh", "/tmp/w/x.sh"),         # sourced after a cd (the cwd is the shell's now)
+    ("bash -c cd /opt; source ./x.sh", "./x.sh"),              # sourced, not where the cwd says: left relative
+    ("bash -c . /etc/profile; . /tmp/x.sh", "/tmp/x.sh"),      # the first in a writable directory
+    ("bash -c source ~/.bashrc", "source"),                    # a word the shell expands: not taken
+    ("sh /dev/stdin", "/tmp/w/stdin.sh"),                      # /dev/stdin is fd 0
     ("bash -c echo hi && . /var/tmp/y", "/var/tmp/y"),
     ("bash /dev/fd/3", "/var/tmp/fd3.sh"),                     # the file behind the fd
     ("bash /dev/fd/63", "/dev/fd/63"),                         # a pipe: the place stays hidden
@@ -52,7 +55,7 @@ def test_a_relative_script_is_joined_to_the_cwd_where_it_is(cwd: str, cmdline: s
     assert script(cmdline, "/") == cmdline.split()[-2 if cmdline.endswith(" arg") else -1]   # not there: left relative
 
 
-@pytest.mark.parametrize("stdin", ["/dev/pts/0", "/dev/null", "pipe:[12]", "socket:[3]", ""])
+@pytest.mark.parametrize("stdin", ["/dev/pts/0", "/dev/null", "pipe:[12]", "socket:[3]", "", "/tmp/sh-thd.1234 (deleted)"])
 def test_a_terminal_a_pipe_or_nothing_on_stdin_is_no_script(stdin: str) -> None:
     assert script("bash", fds={0: stdin}) is None
 

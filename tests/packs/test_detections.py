@@ -57,8 +57,12 @@ def test_a_script_in_a_writable_directory_is_detected(sensor: Sensor, dropdir: P
     script = write_executable(dropdir / "x.sh", f"#!/bin/sh\nnc -h {tag} 2>/dev/null\n")
     subprocess.run(["/bin/sh", "-c", how.format(script=script, dir=dropdir)], timeout=30)
     (hit,) = detections(sensor, "netutil_host_suspicious_location", tag)
-    assert hit["utility"] == "netcat" and hit["suspicious_path"] == str(script) and str(script) in hit["message"]
-    assert hit["reason"] == ("script in a writable directory" if how.startswith("sh ") else "writable directory")
+    placed = (str(script), "script in a writable directory" if how.startswith("sh ") else "writable directory")
+    if how.startswith("cd ") and hit["suspicious_path"] == "./x.sh":
+        # x.sh (exec'd in the shell's pid, then nc in its own) had exited when its cwd was
+        # to be read (a loaded host): its place is unknown, and it still fires, as relative.
+        placed = ("./x.sh", "relative path")
+    assert hit["utility"] == "netcat" and (hit["suspicious_path"], hit["reason"]) == placed and placed[0] in hit["message"]
     assert hit["chain"].endswith(" > /usr/bin/nc") and hit["container_id"] == ""
 
 

@@ -20,6 +20,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Iterable
 
 from osquery_netutil.catalog import Catalog, Utility
@@ -45,20 +46,6 @@ def is_image(st: os.stat_result, identity: Identity | None) -> bool:
     return st.st_ino == ino and (st.st_dev == dev or os.major(dev) == 0)
 
 
-def unchanged_image(paths: Iterable[str], identity: Identity | None, ctime_ns: int) -> bool:
-    """Whether the first of paths that is the exec's image still has the change time the
-    kernel saw at exec: then what was judged since is what ran, and a content verdict may
-    be given for that time (ctime moves at every write, rename or chmod, never back)."""
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if is_image(st, identity):
-            return st.st_ctime_ns == ctime_ns
-    return False
-
-
 def _key(st: os.stat_result) -> _Key:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -74,6 +61,11 @@ class ContentMatcher:
         self._by_size: dict[int, list[tuple[str, Utility]]] = {}
         self._hashes: dict[_Key, bytes] = {}
         self._scanned_at = float("-inf")
+        # (st_ino, st_ctime_ns) of the files whose content was read and decided (an installed
+        # utility's inode, no catalog size, or hashes compared): only those may be given a
+        # verdict, never a file that could not be opened or read.
+        self.decided: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self.generation = 0   # grows when the installed utilities change: earlier verdicts are void
 
     def match_path(self, path: str, identity: Identity | None = None) -> Utility | None:
         """The utility `path` is, or is a copy of. A symlink or hard link to an installed
@@ -116,15 +108,23 @@ class ContentMatcher:
                 self._rescan_if_old()
                 hit = self._installed.get((st.st_dev, st.st_ino))
                 if hit is not None or st.st_size not in self._by_size:
+                    self._decide(st)
                     return hit
                 candidates = list(self._by_size[st.st_size])
             digest = self._digest_fd(fd, st)
         finally:
             os.close(fd)
-        for known_path, utility in candidates:
-            if digest is not None and self._digest_path(known_path) == digest:
-                return utility
-        return None
+        if digest is None:
+            return None
+        known = [(self._digest_path(path), utility) for path, utility in candidates]
+        if all(d is not None for d, _ in known):
+            self._decide(st)
+        return next((utility for d, utility in known if d == digest), None)
+
+    def _decide(self, st: os.stat_result) -> None:
+        self.decided[(st.st_ino, st.st_ctime_ns)] = None
+        if len(self.decided) > _CACHE_MAX:
+            self.decided.popitem(last=False)
 
     def _rescan_if_old(self) -> None:
         if time.monotonic() - self._scanned_at < _RESCAN_AFTER_S:
@@ -144,6 +144,8 @@ class ContentMatcher:
                         continue
                     installed[(st.st_dev, st.st_ino)] = utility
                     by_size.setdefault(st.st_size, []).append((path, utility))
+        if installed.keys() != self._installed.keys() and self._installed:
+            self.generation += 1
         self._installed, self._by_size = installed, by_size
 
     def _digest_path(self, path: str) -> bytes | None:

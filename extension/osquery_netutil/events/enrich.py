@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from osquery_netutil.catalog import MULTICALL, Catalog, Utility
 from osquery_netutil.events.containers import CgroupResolver, container_id
-from osquery_netutil.events.content import ContentMatcher, unchanged_image
+from osquery_netutil.events.content import ContentMatcher
 from osquery_netutil.events.ipargs import ip_columns
 from osquery_netutil.events.loader import LDD, TRACE_ENV, is_loader, loaded
 from osquery_netutil.events.procfs import ProcView, absolute, read, readlink
@@ -36,6 +36,7 @@ _PROC_CACHE_S = 10.0
 _CHAIN_CACHE_S = 1.0
 _PIPE_WRITER_PIDS = 8   # pids around an interpreter reading a pipe where its writer is looked for
 _PIPE_WRITER_S = 0.5    # and how close to the interpreter's exec the writer's was
+_SETTLED_S = 2.0        # a file's ctime this old, or older, before a verdict is given for it
 
 Row = dict[str, Any]
 
@@ -85,10 +86,12 @@ class Enricher:
         content: ContentMatcher | None = None,
         base: dict[int, int] | None = None,
         verdict: Callable[[ExecRecord, bool], None] | None = None,
+        forget: Callable[[], None] = lambda: None,
     ) -> None:
         """base: the host's base processes (own_ancestry()), marked in every chain.
         verdict(rec, is_utility): told the content verdict on an F_UNJUDGED image (the
-        probe's remember_verdict), when it was judged on the content that ran."""
+        probe's remember_verdict), when it was judged on the content that ran; forget():
+        all verdicts given are void (the probe's forget_verdicts)."""
         self.catalog = catalog
         self._ancestry = ancestry
         self._base = own_ancestry() if base is None else base
@@ -105,11 +108,13 @@ class Enricher:
         self._chains: dict[int, tuple[tuple[int, int], float, list[dict[str, Any]], str]] = {}
         self._stdio = StdioReader(self._forked)
         self._verdict = verdict
+        self._forget = forget
+        self._generation = self._content.generation
 
     def row(self, rec: ExecRecord) -> Row | None:
         """The row for rec, or None when rec is not a network utility (a script, say)."""
         cwd = readlink(f"/proc/{rec.pid}/cwd")   # first: the process may be about to exit
-        path = absolute(text(rec.filename), cwd)
+        path = absolute(text(rec.filename), cwd) if cwd else self._placed_by_parent(rec)
         argv = [text(a) for a in rec.argv]
         if rec.is_origin:
             self._remember_origin(rec, path, cwd)
@@ -122,15 +127,22 @@ class Enricher:
         if utility is None:
             self._remember(rec.ktime_ns, rec.filename, path)
             utility = self._match_content(rec, path)
-            if rec.flags & F_UNJUDGED and self._verdict is not None:
-                paths = (path, f"/proc/{rec.pid}/exe") if path.startswith("/") else (f"/proc/{rec.pid}/exe",)
-                if unchanged_image(paths, rec.identity, rec.ctime_ns):
-                    self._verdict(rec, utility is not None)
+            if rec.flags & F_UNJUDGED:
+                self._give_verdict(rec, utility is not None)
             if utility is None:
                 return None
             matched_by = "content"
         own_argv = argv[1:] if matched_by == "name" and text(rec.comm) in MULTICALL else argv
         return self._row(rec, utility, matched_by, path, argv, own_argv, cwd)
+
+    def _placed_by_parent(self, rec: ExecRecord) -> str:
+        """The exec'd file of a process already gone: a relative one (`cd /tmp/w && ./x.sh`,
+        a script that exits at once) joined to the parent's cwd, where the exec that
+        started it resolved it, when the file is there; else as given."""
+        given = text(rec.filename)
+        parent_cwd = readlink(f"/proc/{rec.ppid}/cwd") if rec.ppid > 0 and not given.startswith("/") else ""
+        placed = absolute(given, parent_cwd)
+        return placed if parent_cwd and os.path.isfile(f"/proc/{rec.ppid}/root{placed}") else given
 
     def _loaded_row(self, rec: ExecRecord, argv: list[str], cwd: str) -> Row | None:
         """The row of a utility run through the dynamic loader: the program it loads,
@@ -159,6 +171,7 @@ class Enricher:
         (after busybox or the loader); None when the entry does not count these args."""
         if not utility.counts(own_argv):
             return None   # openssl version, iptables -A: not this entry's business
+        stdio = self._stdio_columns(rec)   # first: the fds change as the utility runs
         ip_args, public_ip_args = ip_columns(utility.name, own_argv)
         chain, chain_json = self._chain(rec.ppid)
         cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id, rec.ppid)
@@ -186,7 +199,7 @@ class Enricher:
             "parent_cmdline": chain[0]["cmdline"] if chain else "",
             "ancestors": chain_json,
             "origin": self._origin(rec),
-            **self._stdio_columns(rec),
+            **stdio,
             "container_id": container_id(cgroup_path),
             "cgroup_path": cgroup_path,
         }
@@ -194,24 +207,25 @@ class Enricher:
     def _piped(self, pid: int, ppid: int, substituted: bool) -> str:
         """The file that the writer of pid's pipe read, found in the kernel's map though it
         has exited, by its arguments naming an existing file (cat /tmp/x.sh | sh,
-        bash <(base64 -d /tmp/x)). The writer is a sibling forked just before pid (a shell
-        forks a pipeline's writer first, and a process substitution before the command)
-        or, for a process substitution, pid's own child (the shell exec'd the command in
-        its own pid); it exec'd within _PIPE_WRITER_S of pid. '' when none."""
+        bash <(base64 -d /tmp/x)). The writer is the nearest sibling forked before pid (a
+        shell forks a pipeline's writer first, and a process substitution before the
+        command) or, for a process substitution, pid's nearest child (the shell exec'd the
+        command in its own pid); it must have exec'd within _PIPE_WRITER_S of pid. A
+        subshell running a builtin (echo "$x" | sh) names nothing: '' then."""
         own = self._ancestry(pid)
         if own is None or not own.ktime_ns:
             return ""
-        nearby = [(c, ppid) for c in range(pid - 1, max(pid - _PIPE_WRITER_PIDS, 1) - 1, -1)]
+        groups = [[(c, ppid) for c in range(pid - 1, max(pid - _PIPE_WRITER_PIDS, 1) - 1, -1)]]
         if substituted:
-            nearby += [(c, pid) for c in range(pid + 1, pid + _PIPE_WRITER_PIDS)]
-        for candidate, parent in nearby:
-            entry = self._ancestry(candidate)
-            if (entry is None or entry.ppid != parent or not entry.file or entry.flags & A_FORKED
+            groups.append([(c, pid) for c in range(pid + 1, pid + _PIPE_WRITER_PIDS)])
+        for group in groups:
+            entry = next((e for c, parent in group if (e := self._ancestry(c)) is not None and e.ppid == parent), None)
+            if (entry is None or not entry.file or entry.flags & A_FORKED
                     or abs(entry.ktime_ns - own.ktime_ns) > _PIPE_WRITER_S * 1e9):
                 continue
             for arg in entry.head[1:]:
                 word = text(arg)
-                if word.startswith("/") and os.path.isfile(word):
+                if word.startswith("/") and os.path.isfile(f"/proc/{pid}/root{word}"):   # its mount namespace
                     return word
         return ""
 
@@ -319,6 +333,20 @@ class Enricher:
             self._resolved[(ktime_ns, filename)] = path
             if len(self._resolved) > _PATHS_REMEMBERED:
                 self._resolved.popitem(last=False)
+
+    def _give_verdict(self, rec: ExecRecord, utility: bool) -> None:
+        """Tell the kernel the verdict on rec's image, when its content was read and decided
+        with the very change time the exec saw (what was read is what ran), and that time
+        is older than _SETTLED_S: a coarse clock (one jiffy, whole seconds on some file
+        systems) could give a rewrite in the same tick the same ctime. Else the image is
+        judged again at its next exec."""
+        if self._verdict is None:
+            return
+        if self._content.generation != self._generation:
+            self._generation = self._content.generation
+            self._forget()   # utilities were installed or removed: earlier "no" may be wrong
+        if (rec.ino, rec.ctime_ns) in self._content.decided and time.time_ns() - rec.ctime_ns > _SETTLED_S * 1e9:
+            self._verdict(rec, utility)
 
     def _match_content(self, rec: ExecRecord, path: str) -> Utility | None:
         """A renamed copy: by the file at path, else (fd execs, symlinks, deleted or

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from osquery_netutil.catalog import INTERPRETERS, MULTICALL, SHELLS, VERSIONED
 from osquery_netutil.events.procfs import absolute
+from osquery_netutil.locations import WRITABLE_DIRS
 
 _NAMES = "|".join(sorted({*(re.escape(n) for n in INTERPRETERS if not n.startswith(tuple(VERSIONED))), *MULTICALL,
                           *(f"{re.escape(n)}[0-9.]*" for n in VERSIONED)}, key=lambda n: (-len(n), n)))
@@ -41,7 +42,7 @@ _SHELL_NOT_A_FILE = re.compile(r"(?:^| )-[a-zA-Z]*c ")   # a shell's -e is errex
 _SHELLS = frozenset({*SHELLS, *MULTICALL})
 # A file a shell's command string sources, where a command starts: `. f`, `x; source f`.
 _SOURCED = re.compile(r"(?:^|[;&|({]\s*)(?:\.|source)\s+([^\s;&|)}]+)")
-_FD_PATH = re.compile(r"^/(?:dev|proc/self)/fd/([0-9]+)$")
+_FD_PATH = re.compile(r"^/(?:dev|proc/self)/fd/([0-9]+)$|^/dev/std(in)$")
 
 Fd = Callable[[int], str]   # what the interpreter's fd n is open on ('' when gone)
 # The file the writer of the interpreter's pipe read ('' when unknown); True: the pipe is a
@@ -57,8 +58,8 @@ def with_script(node: dict[str, Any], cwd: str = "", fd: Fd | None = None, piped
     if found is None:
         if fd is not None and _READS_STDIN.match(line):
             stdin = fd(0)
-            if stdin.startswith("/") and not stdin.startswith("/dev/"):
-                return {**node, "script": stdin}
+            if stdin.startswith("/") and not stdin.startswith("/dev/") and not stdin.endswith(" (deleted)"):
+                return {**node, "script": stdin}   # (a deleted temp file is a heredoc: bash < 5.1, zsh, ksh)
             fed = piped(False) if piped is not None and stdin.startswith("pipe:") else ""
             if fed:
                 return {**node, "script": fed}
@@ -66,20 +67,23 @@ def with_script(node: dict[str, Any], cwd: str = "", fd: Fd | None = None, piped
     options, script = found.groups()
     shell = os.path.basename(line.split(" ", 1)[0]) in _SHELLS
     if not (_SHELL_NOT_A_FILE if shell else _NOT_A_FILE).search(options):
-        return {**node, "script": _behind_fd(_placed(script, cwd), fd, piped)}
-    sourced = _SOURCED.search(line[found.start(2):]) if shell else None
-    if sourced is not None:
-        return {**node, "script": absolute(sourced.group(1), cwd)}
+        return {**node, "script": _behind_fd(_placed(script, cwd, node.get("pid")), fd, piped)}
+    sourced = [_placed(m.group(1), cwd, node.get("pid")) for m in _SOURCED.finditer(line[found.start(2):]) if m.group(1)[0] not in "~$'\"`"]
+    if sourced:   # the first in a writable directory, else the first (. /etc/profile; . /tmp/x.sh)
+        return {**node, "script": next((p for p in sourced if p.startswith(WRITABLE_DIRS)), sourced[0])}
     return {**node, "script": script}
 
 
-def _placed(script: str, cwd: str) -> str:
+def _placed(script: str, cwd: str, pid: Any = None) -> str:
     """A relative script joined to the interpreter's cwd, when it is there: an interpreter
     that cd'd before its cwd was read (`cd /tmp/w && exec sh x.sh`, whose x.sh does
     `cd /`) would otherwise be given a place it never had. Left relative then: its place
     is unknown, which the packs count as a relative path."""
     placed = absolute(script, cwd)
-    return placed if placed == script or os.path.exists(placed) else script
+    if placed == script:
+        return script
+    there = f"/proc/{pid}/root{placed}" if isinstance(pid, int) else placed   # in its mount namespace
+    return placed if os.path.exists(there) else script
 
 
 def _behind_fd(script: str, fd: Fd | None, piped: Piped | None) -> str:
@@ -88,7 +92,7 @@ def _behind_fd(script: str, fd: Fd | None, piped: Piped | None) -> str:
     found = _FD_PATH.match(script)
     if found is None or fd is None:
         return script
-    target = fd(int(found.group(1)))
+    target = fd(0 if found.group(2) else int(found.group(1)))
     if target.startswith("/"):
         return target
     fed = piped(True) if piped is not None and target.startswith("pipe:") else ""

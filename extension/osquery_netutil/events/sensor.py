@@ -66,7 +66,8 @@ class Sensor:
         try:
             probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes,
                           mode=self._probe_mode, btf_offsets=self._btf_offsets, content_verdicts=True)
-            self._enricher = Enricher(self.catalog, probe.ancestry, verdict=probe.remember_verdict)
+            self._enricher = Enricher(self.catalog, probe.ancestry, verdict=probe.remember_verdict,
+                                      forget=probe.forget_verdicts)
             probe.start()
         except ProbeError as exc:
             self._failure = str(exc)

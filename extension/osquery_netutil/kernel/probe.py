@@ -265,16 +265,23 @@ class Probe:
     def remember_verdict(self, rec: ExecRecord, utility: bool) -> None:
         """The content verdict on rec's image (F_UNJUDGED), for the change time the kernel
         saw: its later execs are forwarded only when it is a utility, until the file
-        changes. The caller judged that very content (content.unchanged_image). Nothing
+        changes. The caller judged that very content (ContentMatcher.decided). Nothing
         to do without the map (tracepoint mode, a bare probe) or the image."""
-        if self._verdicts is None or not rec.image_sb:
+        verdicts = self._verdicts   # stop() may clear it meanwhile
+        if verdicts is None or not rec.image_sb:
             return
         seconds, nanoseconds = divmod(rec.ctime_ns, 1_000_000_000)
         slot = (rec.ino ^ (rec.image_sb >> 8)) & (SIZES["VERDICTS_MAX"] - 1)   # verdict_match's
-        leaf = self._verdicts.Leaf()
+        leaf = verdicts.Leaf()
         leaf.key.ino, leaf.key.sb = rec.ino, rec.image_sb
         leaf.v.ctime_sec, leaf.v.ctime_nsec, leaf.v.utility = seconds, nanoseconds, int(utility)
-        self._verdicts[ctypes.c_uint32(slot)] = leaf
+        verdicts[ctypes.c_uint32(slot)] = leaf
+
+    def forget_verdicts(self) -> None:
+        """Void every verdict given (zeroed slots match no image): each is judged again."""
+        verdicts = self._verdicts
+        if verdicts is not None:
+            verdicts.clear()
 
     def ancestry(self, pid: int) -> AncestryEntry | None:
         """What the kernel remembers of pid, alive or exited; None if never seen/evicted.
