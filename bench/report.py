@@ -234,8 +234,8 @@ def verdicts_section(data: dict[str, Any]) -> list[str]:
             f"{data['cold_kernel_ns_per_exec']:,.0f} |",
             f"| steady: each image known to the kernel | {data['steady_exec_ratio']:.3f} | "
             f"{data['steady_kernel_ns_per_exec']:,.0f} |", "",
-            f"User CPU per judged image in the cold pass: **{data['cold_cpu_ms_per_image']:.2f} ms** (this process, the "
-            "spawner's share included). Steady-state cost per non-catalog exec is in section 2 (btf against "
+            f"The sensor's CPU (probe reader and enrichment) per judged image in the cold pass: "
+            f"**{data['cold_cpu_ms_per_image']:.2f} ms**. Steady-state cost per non-catalog exec is in section 2 (btf against "
             "btf_without_verdicts).", ""]
 
 
