@@ -110,12 +110,17 @@ STATUS = Table(
 )
 
 
+def cell(text: str) -> str:
+    """text as one cell of a Markdown table: its pipes (nc … | sh) escaped."""
+    return text.replace("|", "\\|")
+
+
 def reference_markdown() -> str:
     """The README's column reference (a test keeps the README equal to this)."""
     parts = []
     for table in (EXECS, STATUS):
         parts.append(f"### `{table.name}`\n\n{table.description}\n\n| column | type | meaning |\n|---|---|---|")
-        parts.extend(f"| `{c.name}` | {c.type} | {c.description} |" for c in table.columns)
+        parts.extend(f"| `{c.name}` | {c.type} | {cell(c.description)} |" for c in table.columns)
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 

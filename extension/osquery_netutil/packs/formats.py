@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from osquery_netutil.schema import cell
 from osquery_netutil.packs.source import PACKS_DIR, Query, load
 
 PACK_NAME = "netutil"
@@ -177,5 +178,5 @@ def reference_markdown(directory: Path = PACKS_DIR) -> str:
     """The README's list of detections (a test keeps the README equal to this)."""
     lines = ["| detection | severity | technique | every | finds |", "|---|---|---|---|---|"]
     for q in load(directory):
-        lines.append(f"| `{q.name}` | {q.severity} | {q.technique} | {q.interval} s | {q.description} |")
+        lines.append(f"| `{q.name}` | {q.severity} | {q.technique} | {q.interval} s | {cell(q.description)} |")
     return "\n".join(lines) + "\n"
