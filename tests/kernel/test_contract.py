@@ -9,7 +9,7 @@ import re
 
 from osquery_netutil.kernel import fields, probe, records
 
-SOURCE = probe.BPF_SOURCE.read_text()
+SOURCE = probe.bpf_source()
 DEFINES = {name: int(value) for name, value in re.findall(r"^#define ([A-Z][A-Z0-9_]*) (\d+)\b", SOURCE, re.M)}
 
 

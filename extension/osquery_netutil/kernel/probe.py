@@ -38,14 +38,18 @@ from osquery_netutil.locations import FD_PATH_PREFIXES, WRITABLE_DIRS
 
 # The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
 # as package data.
-BPF_SOURCE = Path(__file__).resolve().parents[3] / "bpf" / "netutil_exec.bpf.c"
+BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+# The C program, in the order compiled: what both modes share, then each mode's programs.
+BPF_SOURCES = ("netutil_exec.bpf.c", "netutil_exec_btf.bpf.c", "netutil_exec_tracepoint.bpf.c")
 
 
 def bpf_source() -> str:
-    """The C program's text: from the repository, else from the package (the .ext)."""
-    if BPF_SOURCE.is_file():
-        return BPF_SOURCE.read_text()
-    return resources.files("osquery_netutil").joinpath("data", BPF_SOURCE.name).read_text()
+    """The C program's text, its files joined: from the repository, else from the package
+    (the .ext)."""
+    if (BPF_DIR / BPF_SOURCES[0]).is_file():
+        return "\n".join((BPF_DIR / name).read_text() for name in BPF_SOURCES)
+    data = resources.files("osquery_netutil").joinpath("data")
+    return "\n".join(data.joinpath(name).read_text() for name in BPF_SOURCES)
 
 
 class Probe:
