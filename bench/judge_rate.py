@@ -26,7 +26,7 @@ from osquery_netutil.packs.runner import PackRunner
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import ExecsTable
-from osquery_netutil.events.enrich import with_script
+from osquery_netutil.events.scripts import with_script
 from testkit.rows import make_row
 
 ANCESTORS = json.dumps([with_script(a) for a in (

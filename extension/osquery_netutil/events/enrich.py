@@ -16,14 +16,14 @@ import pwd
 import time
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from osquery_netutil.catalog import MULTICALL, Catalog, Utility
 from osquery_netutil.events.containers import CgroupResolver, container_id
 from osquery_netutil.events.content import ContentMatcher
 from osquery_netutil.events.ipargs import ip_columns
 from osquery_netutil.events.loader import LDD, TRACE_ENV, is_loader, loaded
-from osquery_netutil.events.procfs import ProcView, absolute, read, readlink
+from osquery_netutil.events.procfs import ProcView, absolute, cmdline, read, readlink, text
 from osquery_netutil.events.scripts import with_script
 from osquery_netutil.events.stdio import STREAMS, StdioReader
 from osquery_netutil.locations import FD_PATH_PREFIXES
@@ -39,15 +39,6 @@ _PIPE_WRITER_S = 0.5    # and how close to the interpreter's exec the writer's w
 _SETTLED_S = 2.0        # a file's ctime this old, or older, before a verdict is given for it
 
 Row = dict[str, Any]
-
-
-def text(raw: bytes) -> str:
-    """Bytes from the kernel as text; undecodable bytes become \\xNN escapes, not lost."""
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def cmdline(args: Iterable[bytes]) -> str:
-    return " ".join(text(a) for a in args)
 
 
 @lru_cache(maxsize=1024)
@@ -142,7 +133,7 @@ class Enricher:
         given = text(rec.filename)
         parent_cwd = readlink(f"/proc/{rec.ppid}/cwd") if rec.ppid > 0 and not given.startswith("/") else ""
         placed = absolute(given, parent_cwd)
-        return placed if parent_cwd and os.path.isfile(f"/proc/{rec.ppid}/root{placed}") else given
+        return placed if parent_cwd and os.path.isfile(ProcView(rec.ppid).sees(placed)) else given
 
     def _loaded_row(self, rec: ExecRecord, argv: list[str], cwd: str) -> Row | None:
         """The row of a utility run through the dynamic loader: the program it loads,
@@ -225,7 +216,7 @@ class Enricher:
                 continue
             for arg in entry.head[1:]:
                 word = text(arg)
-                if word.startswith("/") and os.path.isfile(f"/proc/{pid}/root{word}"):   # its mount namespace
+                if word.startswith("/") and os.path.isfile(ProcView(pid).sees(word)):
                     return word
         return ""
 
@@ -258,7 +249,7 @@ class Enricher:
         pid, known = ppid, entry
         while pid > 0 and len(chain) < MAX_ANCESTORS and all(a["pid"] != pid for a in chain):
             node, parent = self._ancestor(pid, known if pid == ppid else self._ancestry(pid))
-            if pid in self._base and ProcView(pid).start_time() == self._base[pid]:
+            if self._is_base(pid):
                 node = {**node, "base": True}   # the same process the sensor descends from
             chain.append(node)
             pid = parent
@@ -269,6 +260,10 @@ class Enricher:
         encoded = json.dumps(chain)
         self._chains[ppid] = (key, now, chain, encoded)
         return chain, encoded
+
+    def _is_base(self, pid: int) -> bool:
+        """pid is one of the host's base processes (not a later process given its pid)."""
+        return pid in self._base and ProcView(pid).start_time() == self._base[pid]
 
     def _ancestor(self, pid: int, entry: AncestryEntry | None) -> tuple[dict[str, Any], int]:
         """({pid, path, cmdline, uid}, its parent's pid or 0) from the kernel's entry,
@@ -317,7 +312,7 @@ class Enricher:
         node remembered when it was forwarded, else what the kernel's slot still holds,
         else its pid and time alone (the row still says there was one)."""
         pid, ktime_ns = rec.origin_pid, rec.origin_ktime_ns
-        if not ktime_ns or (pid in self._base and ProcView(pid).start_time() == self._base[pid]):
+        if not ktime_ns or self._is_base(pid):
             return ""
         node = self._origins.get((pid, ktime_ns))
         if node is None:

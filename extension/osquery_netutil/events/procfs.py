@@ -7,8 +7,18 @@ live; every read here may lose that race, so none raises.
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 ANCESTOR_ARGV_MAX = 4096   # bytes of an ancestor's argv read from /proc (the kernel keeps less)
+
+
+def text(raw: bytes) -> str:
+    """Bytes from the kernel as text; undecodable bytes become \\xNN escapes, not lost."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def cmdline(args: Iterable[bytes]) -> str:
+    return " ".join(text(a) for a in args)
 
 
 def read(path: str) -> bytes | None:
@@ -45,6 +55,11 @@ class ProcView:
 
     def exe(self) -> str:
         return readlink(f"/proc/{self.pid}/exe")
+
+    def sees(self, path: str) -> str:
+        """Where the sensor finds path as this process sees it (its mount namespace: a
+        container's /app is not the host's)."""
+        return f"/proc/{self.pid}/root{path}"
 
     def fd(self, n: int) -> str:
         """What fd n is open on: a path, 'pipe:[ino]', 'socket:[ino]', ...; '' when closed or gone."""

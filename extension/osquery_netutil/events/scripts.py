@@ -27,7 +27,7 @@ import re
 from typing import Any, Callable
 
 from osquery_netutil.catalog import INTERPRETERS, MULTICALL, SHELLS, VERSIONED
-from osquery_netutil.events.procfs import absolute
+from osquery_netutil.events.procfs import ProcView, absolute
 from osquery_netutil.locations import WRITABLE_DIRS
 
 _NAMES = "|".join(sorted({*(re.escape(n) for n in INTERPRETERS if not n.startswith(tuple(VERSIONED))), *MULTICALL,
@@ -82,7 +82,7 @@ def _placed(script: str, cwd: str, pid: Any = None) -> str:
     placed = absolute(script, cwd)
     if placed == script:
         return script
-    there = f"/proc/{pid}/root{placed}" if isinstance(pid, int) else placed   # in its mount namespace
+    there = ProcView(pid).sees(placed) if isinstance(pid, int) else placed
     return placed if os.path.exists(there) else script
 
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from osquery_netutil.events.procfs import ProcView, read
+from osquery_netutil.events.procfs import ProcView, cmdline, read
 from osquery_netutil.events.scripts import with_script
 
 STREAMS = ("stdin", "stdout", "stderr")
@@ -114,9 +114,7 @@ class StdioReader:
         peers = []
         for c, fd in holders.items():
             view = ProcView(c)
-            argv = view.argv()
-            node = {"fd": fd, "pid": c, "path": view.exe(),
-                    "cmdline": " ".join(a.decode("utf-8", "backslashreplace") for a in argv),
+            node = {"fd": fd, "pid": c, "path": view.exe(), "cmdline": cmdline(view.argv()),
                     "forked": c != ppid and self._still_forked(c, parent)}
             peers.append(with_script(node, view.cwd(), view.fd))   # a shell on a script feeds, one without reads
         return peers

@@ -85,10 +85,7 @@ def _fill_defaults(row: Row, now: int | None) -> None:
     default("ip_args", ip_args)
     default("public_ip_args", public_ip_args)
     default("ancestors", "[]")
-    chain = _decoded(row, "ancestors", list)
-    derived = [with_script(a) if isinstance(a, dict) and "script" not in a else a for a in chain]
-    if derived != chain:
-        row["ancestors"] = json.dumps(derived)
+    chain = _with_scripts(row, "ancestors")
     parent = chain[0] if chain and isinstance(chain[0], dict) else {}
     default("parent_path", str(parent.get("path", "")))
     default("parent_cmdline", str(parent.get("cmdline", "")))
@@ -100,12 +97,19 @@ def _fill_defaults(row: Row, now: int | None) -> None:
             row["origin"] = json.dumps(with_script(origin))
     default("pipe_peers", "[]")
     if row["pipe_peers"]:   # '' in rows stored before the column existed
-        peers = _decoded(row, "pipe_peers", list)
-        derived = [with_script(p) if isinstance(p, dict) and "script" not in p else p for p in peers]
-        if derived != peers:
-            row["pipe_peers"] = json.dumps(derived)
+        _with_scripts(row, "pipe_peers")
     for c in _DATA_COLUMNS:
         default(c.name, "" if c.python_type is str else 0)
+
+
+def _with_scripts(row: Row, name: str) -> list[Any]:
+    """Column name's JSON array of processes (ancestors, pipe_peers), each given the
+    "script" enrichment would have found from its command line; the array as it was read."""
+    nodes = _decoded(row, name, list)
+    derived = [with_script(n) if isinstance(n, dict) and "script" not in n else n for n in nodes]
+    if derived != nodes:
+        row[name] = json.dumps(derived)
+    return nodes
 
 
 def _decoded(row: Row, name: str, shape: type) -> Any:
