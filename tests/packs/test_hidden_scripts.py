@@ -8,9 +8,10 @@ import json
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -58,6 +59,17 @@ def test_an_interpreter_on_a_terminal_a_builtins_pipe_or_null_has_no_script(sens
     assert len(rows) == 3
     for row in rows:
         assert not any(a.get("script", "").startswith(str(workdir)) for a in json.loads(row["ancestors"])), row["ancestors"]
+
+
+def to_port(sensor: Sensor, port: int) -> list[dict[str, Any]]:
+    """The rows of execs whose last argument is port (`nc … 127.0.0.1 PORT`): a port that
+    is the start of another's (3456, 34567) is not theirs."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [r for r in stored(sensor, f"127.0.0.1 {port}") if r["cmdline"].endswith(f" {port}")]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
 
 
 class _Listener:
@@ -110,7 +122,7 @@ def test_a_reverse_shell_assembled_in_a_script_file_is_caught(
                               f"#!/bin/sh\ncd {workdir}\nrm -f f; mkfifo f\n{pipeline.format(port=listener.port)}\n")
     subprocess.run([str(script)], capture_output=True, timeout=30)
     assert b"pwned" in listener.received   # the shell did run what the listener sent
-    rows = [r for r in stored(sensor, str(listener.port)) if r["utility"] == "netcat"]
+    rows = [r for r in to_port(sensor, listener.port) if r["utility"] == "netcat"]
     (row,) = rows
     (hit,) = [h for h in detections(sensor, "netutil_piped_shell", str(listener.port)) if h["eid"] == row["eid"]]
     peers = json.loads(row["pipe_peers"])
@@ -130,8 +142,8 @@ def test_a_script_piping_data_into_nc_is_no_shell(sensor: Sensor, workdir: Path,
             f"#!/bin/sh\nprintf 'stats\\n' | nc -q1 127.0.0.1 {listener.port}\n"
             f"bash {collect} | nc -q1 127.0.0.1 {second.port}\n"))
         subprocess.run([str(script)], capture_output=True, timeout=30)
-        (fed,) = stored(sensor, f"127.0.0.1 {second.port}")
-        (printed,) = stored(sensor, f"127.0.0.1 {listener.port}")
+        (fed,) = to_port(sensor, second.port)
+        (printed,) = to_port(sensor, listener.port)
         assert fed["stdin"] == printed["stdin"] == "pipe"
         assert [p["script"] for p in json.loads(fed["pipe_peers"])] == [str(collect)]   # bash lives 0.5 s
         for port in (listener.port, second.port):
