@@ -64,7 +64,10 @@
 #define C_FORWARDED 1
 #define C_LOST 2
 #define C_FAILED 3
-#define C_COUNT 4
+#define C_SOCK_EVENTS 4   // socket events handed over (netutil_sock.bpf.c)
+#define C_SOCK_LOST 5     // socket events dropped: their ring buffer was full
+#define C_SOCK_OVER_BUDGET 6     // socket events not sent: the process had spent its budget
+#define C_COUNT 7
 
 struct exec_event {
     u64 ktime_ns;
@@ -77,6 +80,10 @@ struct exec_event {
     u32 pad;
     u32 dev;          // btf mode: its superblock's device (kernel encoding: major << 20 | minor)
     u32 origin_pid;
+    u64 track_ktime_ns;       // the lineage's tracked exec after this one (see `track` below)
+    u64 track_prev_ktime_ns;  // and before it: user space links a row-less exec to the one it inherited
+    u32 track_pid;
+    u32 track_prev_pid;
     u32 pid;          // tgid after exec
     u32 old_tid;      // thread that called exec (differs when a non-leader thread execs)
     u32 ppid;         // parent as recorded at fork; 0 when unknown
@@ -125,6 +132,9 @@ struct proc {
     u32 pend_tid;                  // thread whose exec is pending; 0: none
     u32 pend_match;                // F_MATCH_* of the pending exec; 0: not forwarded
     u32 cur;                       // head cur & 1 of the two is the image's, the other the pending exec's
+    u32 sock_budget;               // socket events this process may still send (netutil_sock.bpf.c)
+    u64 track_ktime_ns;            // the lineage's tracked exec, inherited at fork; 0: none
+    u32 track_pid;
     u32 pad;
     // First arguments, NUL-separated. Committing an exec swaps the two (cur ^= 1) instead
     // of copying. HEAD_LEN of slack each, for constant-size reads.
@@ -185,6 +195,9 @@ static __always_inline void claim(struct proc *p, u32 pid, u32 ppid, u64 fork_kt
     p->origin_ktime_ns = 0;
     p->origin_pid = 0;
     p->origin_weak = 0;
+    p->track_ktime_ns = 0;
+    p->track_pid = 0;
+    p->sock_budget = 0;
 }
 
 // The slot of pid, claimed (parent unknown) for a process older than the probe, or one
@@ -297,6 +310,13 @@ static __always_inline u32 script_match(const char *head, u32 head_len, struct p
     return 0;
 }
 
+// What a tracked process contacts is reported (netutil_sock.bpf.c). A process is tracked
+// from an exec forwarded for what it is (a catalog name or content) or for its place (an
+// origin), and its children from their fork: `track` names that exec, (pid, exec time),
+// the key user space joins socket events to the exec's row by. An exec forwarded only to
+// be judged (F_UNJUDGED) tracks nothing.
+#define F_TRACKS (F_MATCH_COMM | F_MATCH_PATH | F_MATCH_SCRIPT | F_MATCH_CONTENT)
+
 // Hand a forwarded exec to user space: the fields both modes fill the same way, from the
 // slot the exec just committed (comm, file, time) and from the current task.
 static __always_inline void forward(struct exec_event *ev, struct proc *p, u32 old_tid, u32 match, u64 uid_gid)
@@ -311,6 +331,15 @@ static __always_inline void forward(struct exec_event *ev, struct proc *p, u32 o
     ev->flags |= match;
     ev->origin_ktime_ns = p->origin_ktime_ns;
     ev->origin_pid = p->origin_pid;
+    ev->track_prev_ktime_ns = p->track_ktime_ns;
+    ev->track_prev_pid = p->track_pid;
+    if (match & F_TRACKS) {
+        p->track_ktime_ns = p->ktime_ns;
+        p->track_pid = p->pid;
+        p->sock_budget = SOCK_BUDGET;
+    }
+    ev->track_ktime_ns = p->track_ktime_ns;
+    ev->track_pid = p->track_pid;
     __builtin_memcpy(ev->comm, p->comm, 16);
     bpf_probe_read_kernel(ev->filename, FILENAME_LEN, p->file);
     u32 size = ev->args_size;
@@ -331,8 +360,8 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
         return 0;
     u32 caller = bpf_get_current_pid_tgid() >> 32;
     u32 ppid = caller;
-    u64 origin_ktime_ns = 0;
-    u32 origin_pid = 0, origin_weak = 0;
+    u64 origin_ktime_ns = 0, track_ktime_ns = 0;
+    u32 origin_pid = 0, origin_weak = 0, track_pid = 0;
     struct proc *up = slot_of(caller);
     if (up && up->pid == caller) {
         // The child inherits the caller's origin, also with CLONE_PARENT (it becomes a
@@ -340,6 +369,8 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
         origin_ktime_ns = up->origin_ktime_ns;
         origin_pid = up->origin_pid;
         origin_weak = up->origin_weak;
+        track_ktime_ns = up->track_ktime_ns;
+        track_pid = up->track_pid;
         if (clone_flags & CLONE_PARENT)
             ppid = up->ppid;
     } else if (clone_flags & CLONE_PARENT) {
@@ -352,6 +383,9 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
     p->origin_ktime_ns = origin_ktime_ns;
     p->origin_pid = origin_pid;
     p->origin_weak = origin_weak;
+    p->track_ktime_ns = track_ktime_ns;
+    p->track_pid = track_pid;
+    p->sock_budget = track_ktime_ns || origin_ktime_ns ? SOCK_BUDGET : 0;
     return 0;
 }
 

@@ -81,6 +81,36 @@ EXECS = Table(
     ),
 )
 
+SOCKETS = Table(
+    "network_utility_socket_events",
+    "One row per socket action of a tracked process (a network utility's, or anything run from a writable "
+    "directory, an fd or memfd, and their descendants), seen by the probe's cgroup socket programs: JOIN it to "
+    "network_utility_execs ON exec_eid = eid.",
+    (
+        Column("eid", "BIGINT", "Event id of this row: strictly increasing, never reused", indexed=True),
+        Column("exec_eid", "BIGINT", "eid of the network_utility_execs row of the exec that made this process tracked (its own, or its nearest ancestor's that is a row); 0 when that exec is no row (a script from /tmp: see origin)", indexed=True),
+        Column("time", "BIGINT", "Unix time (seconds) of the action (of the first, when count > 1)", indexed=True),
+        Column("action", "TEXT", "connect, send (an unconnected UDP datagram), bind, listen or accept (a peer connected to this process's listener)", indexed=True),
+        Column("status", "TEXT", "Of a TCP connect: succeeded, refused, timed out, unreachable (no packet could leave: no route) or in progress (no answer within 3 s); '' otherwise"),
+        Column("pid", "BIGINT", "Process id (of an accept: the listener's)", indexed=True),
+        Column("uid", "BIGINT", "User id of the process"),
+        Column("comm", "TEXT", "Kernel comm of the process"),
+        Column("path", "TEXT", "The file the process exec'd (a script's own path), as the kernel recorded it; '' when unknown"),
+        Column("family", "INTEGER", "2 (AF_INET) or 10 (AF_INET6)"),
+        Column("protocol", "INTEGER", "6 (TCP) or 17 (UDP)"),
+        Column("local_address", "TEXT", "Local address (bind, listen, accept); '' when not known at the action"),
+        Column("local_port", "INTEGER", "Local port (bind, listen, accept); 0 otherwise"),
+        Column("remote_address", "TEXT", "Remote address (connect, send, accept), as the process gave it: an IPv4-mapped IPv6 address as its IPv4", indexed=True),
+        Column("remote_port", "INTEGER", "Remote port (connect, send, accept)"),
+        Column("remote_public", "INTEGER", "1 when remote_address is globally routable (not loopback, private, link-local, CGNAT or documentation)"),
+        Column("dns_name", "TEXT", "Of a DNS question: the name asked; '' otherwise"),
+        Column("dns_type", "TEXT", "Of a DNS question: its type (A, AAAA, TXT, ...)"),
+        Column("count", "BIGINT", "Identical actions of this process folded into this row (within a second)"),
+        Column("origin", "TEXT", "JSON {pid, path, cmdline, uid, time, script} of the lineage's origin, as in network_utility_execs (the exec from a writable directory, fd or memfd this process descends from); '' when none"),
+        Column("container_id", "TEXT", "Container id from the cgroup; '' on the host", indexed=True),
+    ),
+)
+
 STATUS = Table(
     "network_utility_probe_status",
     "One row: the state of the eBPF probe and the event store behind network_utility_execs.",
@@ -98,6 +128,10 @@ STATUS = Table(
         Column("execs_seen", "BIGINT", "Successful execs on the host since the probe was attached"),
         Column("events_matched", "BIGINT", "Execs reported as network utility rows since start"),
         Column("events_lost", "BIGINT", "Execs the kernel could not hand over (ring buffer full) since start"),
+        Column("network_mode", "TEXT", "cgroup (socket events of tracked processes: cgroup v2 socket programs, attached with BPF links) or '' when socket events are off (see network_note)"),
+        Column("network_note", "TEXT", "Why socket events are off ('' when on)"),
+        Column("socket_events", "BIGINT", "Socket events of tracked processes the kernel handed over since start"),
+        Column("socket_events_lost", "BIGINT", "Socket events dropped since start: their ring buffer was full, or the process had spent its budget of socket events"),
         Column("judge_backlog", "BIGINT", "watch: rows stored that the detections have not judged yet (0 elsewhere: osquery schedules the packs)"),
         Column("judge_delay_s", "BIGINT", "watch: seconds since the oldest row not judged yet was executed (0 when none waits)"),
         Column("rows_evicted", "BIGINT", "Rows the store evicted since start (over --max-rows or --max-age; plain rows first, never one not judged yet)"),
@@ -118,7 +152,7 @@ def cell(text: str) -> str:
 def reference_markdown() -> str:
     """The README's column reference (a test keeps the README equal to this)."""
     parts = []
-    for table in (EXECS, STATUS):
+    for table in (EXECS, SOCKETS, STATUS):
         parts.append(f"### `{table.name}`\n\n{table.description}\n\n| column | type | meaning |\n|---|---|---|")
         parts.extend(f"| `{c.name}` | {c.type} | {cell(c.description)} |" for c in table.columns)
         parts.append("")

@@ -36,7 +36,7 @@ from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.packs import formats, jsonl, source as packs, verify
 from osquery_netutil.store.errors import StoreError, StoreMissing
 from osquery_netutil.store.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store
-from osquery_netutil.tables.plugins import ExecsTable, StatusTable
+from osquery_netutil.tables.plugins import StatusTable, stored_tables
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -135,7 +135,7 @@ def _reading_host(args: argparse.Namespace) -> tuple[Host, Store | None]:
                  + (f" (until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(newest))})" if newest else ""))
     except StoreMissing as exc:
         say(f"{exc}; the tables are empty")
-    host = Host([ExecsTable(lambda: store), StatusTable(lambda: stored_status(store, catalog))])
+    host = Host([*stored_tables(lambda: store), StatusTable(lambda: stored_status(store, catalog))])
     return host, store
 
 

@@ -33,7 +33,7 @@ from osquery_netutil.kernel.preflight import ProbeError, probe_mode_option
 from osquery_netutil.events.sensor import Sensor, stored_status
 from osquery_netutil.store.errors import StoreBusy, StoreError
 from osquery_netutil.store.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_ROWS, DEFAULT_PATH, Store
-from osquery_netutil.tables.plugins import DEFAULT_MAX_ANSWER_MB, ExecsTable, StatusTable, TablePlugin
+from osquery_netutil.tables.plugins import DEFAULT_MAX_ANSWER_MB, StatusTable, TablePlugin, stored_tables
 from osquery_netutil.tables.thrift import NAME, Handler, Processor, Server
 
 SDK_VERSION = "5.0.0"
@@ -187,7 +187,8 @@ def _run(argv: Sequence[str]) -> int:
     def status() -> dict[str, Any]:
         return sensor.status() if writer else stored_status(store, catalog, note)
 
-    tables: dict[str, TablePlugin] = {t.table.name: t for t in (ExecsTable(lambda: store, args.max_answer_mb), StatusTable(status))}
+    plugins = (*stored_tables(lambda: store, args.max_answer_mb), StatusTable(status))
+    tables: dict[str, TablePlugin] = {t.table.name: t for t in plugins}
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

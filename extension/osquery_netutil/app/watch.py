@@ -31,7 +31,7 @@ from osquery_netutil.kernel.preflight import ProbeError
 from osquery_netutil.packs import resultlog, source as packs
 from osquery_netutil.packs.runner import PackRunner, Result, readable
 from osquery_netutil.store.store import Store
-from osquery_netutil.tables.plugins import ExecsTable, StatusTable
+from osquery_netutil.tables.plugins import StatusTable, stored_tables
 
 HUNTING = ("info", "low")   # severities of the hunting queries: their rows are not evidence
 TICK_S = 0.5                # how often the detections look at what was stored
@@ -178,7 +178,7 @@ class Watch:
                 args.pidfile.write_text(f"{os.getpid()}\n")
                 keep.callback(args.pidfile.unlink, missing_ok=True)
             self.sensor = SensorJob(args, self.store)
-            host = Host([ExecsTable(lambda: self.store), StatusTable(self.sensor.sensor.status)])
+            host = Host([*stored_tables(lambda: self.store), StatusTable(self.sensor.sensor.status)])
             self.runner = PackRunner(host, self.queries, every_s=None if args.pack_intervals else args.every,
                                      cursor=self.store.cursor, snapshots="changes" if self.for_person else "log")
             say(f"running {len(self.queries)} detections from {args.packs} "

@@ -189,7 +189,7 @@ class Enricher:
             "parent_path": chain[0]["path"] if chain else "",
             "parent_cmdline": chain[0]["cmdline"] if chain else "",
             "ancestors": chain_json,
-            "origin": self._origin(rec),
+            "origin": self.origin((rec.origin_pid, rec.origin_ktime_ns), rec.time, rec.ktime_ns),
             **stdio,
             "container_id": container_id(cgroup_path),
             "cgroup_path": cgroup_path,
@@ -307,20 +307,22 @@ class Enricher:
         if len(self._origins) > _ORIGINS_REMEMBERED:
             self._origins.popitem(last=False)
 
-    def _origin(self, rec: ExecRecord) -> str:
-        """The lineage's origin as JSON ('' when none, or when it is the host's base): the
-        node remembered when it was forwarded, else what the kernel's slot still holds,
-        else its pid and time alone (the row still says there was one)."""
-        pid, ktime_ns = rec.origin_pid, rec.origin_ktime_ns
+    def origin(self, origin: tuple[int, int], at_time: float, at_ktime_ns: int) -> str:
+        """The origin (pid, exec ktime) of a lineage as JSON, for an event of it at
+        (at_time, at_ktime_ns): '' when none, or when it is the host's base; the node
+        remembered when it was forwarded, else what the kernel's slot still holds, else
+        its pid and time alone (the row still says there was one)."""
+        pid, ktime_ns = origin
         if not ktime_ns or self._is_base(pid):
             return ""
         node = self._origins.get((pid, ktime_ns))
         if node is None:
             entry = self._ancestry(pid)
+            when = int(at_time - (at_ktime_ns - ktime_ns) / 1e9)
             if entry is not None and entry.ktime_ns == ktime_ns and not entry.flags & A_FORKED and entry.file:
-                node = {**self._ancestor(pid, entry)[0], "time": int(rec.time - (rec.ktime_ns - ktime_ns) / 1e9)}
+                node = {**self._ancestor(pid, entry)[0], "time": when}
             else:
-                node = {"pid": pid, "path": "", "cmdline": "", "time": int(rec.time - (rec.ktime_ns - ktime_ns) / 1e9)}
+                node = {"pid": pid, "path": "", "cmdline": "", "time": when}
         return json.dumps(node)
 
     def _remember(self, ktime_ns: int, filename: bytes, path: str) -> None:

@@ -15,10 +15,12 @@ from typing import Any, Callable, Iterable
 from osquery_netutil import __version__
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.events.enrich import Enricher, Row
+from osquery_netutil.events.sockets import SocketRows
 from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.kernel.preflight import ProbeError
 from osquery_netutil.kernel.probe import Probe
 from osquery_netutil.kernel.records import ExecRecord
+from osquery_netutil.kernel.sockets import SockRecord
 from osquery_netutil.schema import STATUS
 from osquery_netutil.store.store import Store
 
@@ -37,7 +39,9 @@ class Sensor:
         problems: Iterable[str] = (),
         probe_mode: str = "auto",
         btf_offsets: dict[str, int] | None = None,
+        sockets: bool = True,
     ) -> None:
+        """sockets: report what tracked processes contact (network_utility_socket_events)."""
         self.catalog = catalog
         self.store = store
         self._on_row = on_row
@@ -48,12 +52,15 @@ class Sensor:
         self._btf_offsets = btf_offsets
         self._probe: Probe | None = None
         self._enricher: Enricher | None = None
+        self._sockets: SocketRows | None = None
+        self._want_sockets = sockets
         self._failure = ""
         self._stopped = False
         self._started = time.time()    # this run: it owns the store from here on
         self._attached = 0.0           # when the probe was attached and its reader polling
         self._lock = threading.Lock()
         self.rows_made = 0
+        self.socket_rows = 0
         self.row_errors = 0
         self.last_row_error = ""
 
@@ -65,9 +72,11 @@ class Sensor:
         self.publish_status()
         try:
             probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes,
-                          mode=self._probe_mode, btf_offsets=self._btf_offsets, content_verdicts=True)
+                          mode=self._probe_mode, btf_offsets=self._btf_offsets, content_verdicts=True,
+                          on_socket=self._on_socket if self._want_sockets else None, on_tick=self._on_tick)
             self._enricher = Enricher(self.catalog, probe.ancestry, verdict=probe.remember_verdict,
                                       forget=probe.forget_verdicts)
+            self._sockets = SocketRows(self._add_socket_row, probe.ancestry, self._enricher.origin)
             probe.start()
         except ProbeError as exc:
             self._failure = str(exc)
@@ -83,6 +92,8 @@ class Sensor:
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
+        if self._sockets is not None:
+            self._sockets.close()   # the poll thread is gone: what it held is handed on here
         if self.store is not None:
             self.store.flush()
             self.publish_status()   # 'stopped': the next run can tell a stop from a kill
@@ -113,14 +124,30 @@ class Sensor:
                 self.row_errors += 1
                 self.last_row_error = f"pid {rec.pid}: {type(exc).__name__}: {exc}"
             return
-        if row is None:
-            return
+        eid = 0
+        if row is not None:
+            with self._lock:
+                self.rows_made += 1
+            if self.store is not None:
+                row["eid"] = eid = self.store.add(row)   # the sink sees the row as stored
+            if self._on_row is not None:
+                self._on_row(row)
+        if self._sockets is not None:
+            self._sockets.exec_seen(rec, eid)
+
+    def _on_socket(self, rec: SockRecord) -> None:
+        assert self._sockets is not None   # made before the probe starts calling
+        self._sockets.take(rec)
+
+    def _on_tick(self) -> None:
+        if self._sockets is not None:
+            self._sockets.tick()
+
+    def _add_socket_row(self, row: Row) -> None:
         with self._lock:
-            self.rows_made += 1
+            self.socket_rows += 1
         if self.store is not None:
-            self.store.add(row)
-        if self._on_row is not None:
-            self._on_row(row)
+            self.store.add_socket(row)
 
     def _restarted(self) -> str:
         return _restart_text(self.store.previous_run if self.store is not None else None)
@@ -133,6 +160,8 @@ class Sensor:
         problems = list(self._problems)
         if counters is not None and counters.lost:
             problems.append(f"{counters.lost} execs lost (ring buffer full): the host ran execs faster than they were read")
+        if self._probe is not None and self._want_sockets and not self._probe.network_mode:
+            problems.append(f"no socket events: {self._probe.network_note}")
         if self.row_errors:
             problems.append(f"{self.row_errors} records could not be enriched; last: {self.last_row_error}")
         if self.store is not None:
@@ -159,6 +188,10 @@ class Sensor:
             "execs_seen": counters.execs_seen if counters else 0,
             "events_matched": self.rows_made,
             "events_lost": counters.lost if counters else 0,
+            "network_mode": self._probe.network_mode if self._probe is not None else "",
+            "network_note": self._probe.network_note if self._probe is not None else "",
+            "socket_events": counters.sock_events if counters else 0,
+            "socket_events_lost": counters.sock_lost + counters.sock_over_budget if counters else 0,
             # watch's judge, when this store has one (its cursor); under osquery, nothing waits here.
             **(cursor.progress() if cursor is not None else {"judge_backlog": 0, "judge_delay_s": 0}),
             "rows_evicted": self.store.evicted if self.store is not None else 0,

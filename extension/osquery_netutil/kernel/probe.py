@@ -29,6 +29,7 @@ from osquery_netutil.kernel.btf import VMLINUX, Btf, BtfError
 from osquery_netutil.kernel.fields import NOT_NAMED_WITHOUT_FENTRY, btf_defines, btf_offsets
 from osquery_netutil.kernel.memory import page_out_compiler, return_freed_memory
 from osquery_netutil.kernel.preflight import MODES, BtfRefused, ProbeError, fentry_problem, preflight, tracepoint_preflight
+from osquery_netutil.kernel.sockets import CgroupLinks, SockRecord, SocketsRefused, parse as parse_sock
 from osquery_netutil.kernel.records import (
     A_FORKED, COUNTERS, F_ARGS_TRUNCATED, F_SCRIPT, SIZES, AncestryEntry, Counters, ExecRecord, comm_key, cstr,
     field_bytes, image_head, split_args, user_dev, N_CATALOG, N_INTERPRETER,
@@ -40,7 +41,7 @@ from osquery_netutil.locations import FD_PATH_PREFIXES, WRITABLE_DIRS
 # as package data.
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 # The C program, in the order compiled: what both modes share, then each mode's programs.
-BPF_SOURCES = ("netutil_exec.bpf.c", "netutil_exec_btf.bpf.c", "netutil_exec_tracepoint.bpf.c")
+BPF_SOURCES = ("netutil_exec.bpf.c", "netutil_exec_btf.bpf.c", "netutil_exec_tracepoint.bpf.c", "netutil_sock.bpf.c")
 
 
 def bpf_source() -> str:
@@ -69,12 +70,17 @@ class Probe:
         btf_offsets: dict[str, int] | None = None,
         interpreters: Iterable[str] = interpreter_names(),
         content_verdicts: bool = False,
+        on_socket: Callable[[SockRecord], None] | None = None,
+        on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         """comm_names: forwarded by name. interpreters: their script argument is judged by
         its place (an origin). mode: one of MODES. btf_offsets: the struct offsets btf
         mode uses, instead of the kernel's (to prove that wrong ones are caught).
         content_verdicts: btf mode forwards every image once (F_UNJUDGED) until on_exec's
-        owner gives its verdict (remember_verdict); a bare probe leaves them off."""
+        owner gives its verdict (remember_verdict); a bare probe leaves them off.
+        on_socket: gets each socket event of a tracked process (the socket programs are
+        attached only then: network_mode says whether they are); on_tick: called on the
+        poll thread after each poll, records or not."""
         if mode not in MODES:
             raise ProbeError(f"unknown probe mode {mode!r}: use one of {', '.join(MODES)}")
         self._requested = mode
@@ -91,6 +97,11 @@ class Probe:
                 self._names[comm_key(name)] = self._names.get(comm_key(name), 0) | bits
         self._prefixes = tuple(dict.fromkeys([*forward_prefixes, *FD_PATH_PREFIXES]))
         self._on_exec = on_exec
+        self._on_socket = on_socket
+        self._on_tick = on_tick
+        self._links: CgroupLinks | None = None
+        self.network_mode = ""   # cgroup once the socket programs are attached
+        self.network_note = "" if on_socket is not None else "socket events not asked for"
         self._poll_ms = poll_ms
         self._bpf: Any = None   # bcc's BPF object (bcc has no type information)
         self._thread: threading.Thread | None = None
@@ -121,6 +132,7 @@ class Probe:
             self._bpf = self._compile({"PROBE_BTF": 0})
             self._prepare()
             self.mode = "tracepoint"
+        self._attach_sockets()
         self._thread = threading.Thread(target=self._poll, name="netutil-probe", daemon=True)
         self._thread.start()
 
@@ -186,6 +198,20 @@ class Probe:
         self._args_offset = self._event_type.args.offset
         self._bpf[b"events"].open_ring_buffer(self._on_sample)
 
+    def _attach_sockets(self) -> None:
+        """Link the socket programs to the cgroup v2 root and read their ring buffer; where
+        that is refused, exec events go on and network_note says why."""
+        if self._on_socket is None:
+            return
+        try:
+            self._links = CgroupLinks(self._bpf)
+        except SocketsRefused as exc:
+            self.network_note = str(exc)
+            return
+        self._sock_type = self._bpf[b"sock_event_type"].Leaf._type_   # per-CPU: an array of them
+        self._bpf[b"sock_events"].open_ring_buffer(self._on_sock_sample)
+        self.network_mode = "cgroup"
+
     def _self_check(self, timeout_s: float = 2.0) -> None:
         """Exec known programs by a path the filter forwards (/dev/fd/N) and compare what
         btf mode reports with what ran. Each offset shows in a field: the parent (the
@@ -249,6 +275,9 @@ class Probe:
             self._thread.join(timeout=5)
             self._thread = None
         self._verdicts = None
+        if self._links is not None:
+            self._links.close()
+            self._links = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -364,7 +393,24 @@ class Probe:
     def _poll(self) -> None:
         while not self._stopping.is_set():
             self._bpf.ring_buffer_poll(self._poll_ms)
+            self._tick()
         self._bpf.ring_buffer_consume()
+        self._tick()
+
+    def _tick(self) -> None:
+        try:
+            self._on_tick()
+        except Exception as exc:  # a consumer bug must not kill the poll thread
+            self.callback_errors += 1
+            self.last_callback_error = f"{type(exc).__name__}: {exc}"
+
+    def _on_sock_sample(self, _ctx: object, data: int, size: int) -> None:
+        assert self._on_socket is not None   # the ring is read only then
+        try:
+            self._on_socket(parse_sock(ctypes.string_at(data, size), self._sock_type, self._wall_offset))
+        except Exception as exc:  # a consumer bug must not kill the poll thread
+            self.callback_errors += 1
+            self.last_callback_error = f"{type(exc).__name__}: {exc}"
 
     def _on_sample(self, _ctx: object, data: int, size: int) -> None:
         try:
@@ -403,6 +449,8 @@ class Probe:
             flags=flags,
             origin_pid=ev.origin_pid,
             origin_ktime_ns=ev.origin_ktime_ns,
+            track=(ev.track_pid, ev.track_ktime_ns) if ev.track_ktime_ns else (0, 0),
+            track_before=(ev.track_prev_pid, ev.track_prev_ktime_ns) if ev.track_prev_ktime_ns else (0, 0),
             dev=user_dev(ev.dev) if ev.ino else 0,
             ino=ev.ino,
             image_sb=ev.image_sb,

@@ -26,6 +26,9 @@ SIZES: dict[str, int] = {
     "ANCESTRY_MAX": 32768,   # processes remembered, alive or exited: the last this many pids (a power of 2)
     "PENDING_MAX": 8192,     # execs between syscall entry and completion
     "VERDICTS_MAX": 16384,   # btf mode: slots of content verdicts, one image each (a power of 2)
+    "SOCK_BUDGET": 4096,     # socket events one tracked process may send (reset at a tracked exec)
+    "SOCK_RINGBUF_PAGES": 512,   # 2 MiB ring buffer for socket events, apart from the execs'
+    "LISTENERS_MAX": 4096,   # listening sockets of tracked processes, whose accepts are reported
 }
 
 # Event flags (mirrors the F_* defines in the C program).
@@ -50,7 +53,7 @@ A_FORKED = 2           # the process has not exec'd since its fork: file/head ar
 I_SCRIPT = 4           # btf mode: `file` is a #! script, its head starts with the interpreter
 
 # The per-CPU counters, in the order of the C program's C_* indexes.
-COUNTERS = ("execs_seen", "forwarded", "lost", "failed")
+COUNTERS = ("execs_seen", "forwarded", "lost", "failed", "sock_events", "sock_lost", "sock_over_budget")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class ExecRecord:
     # change time (ns), which a content verdict is given for; 0 in tracepoint mode.
     image_sb: int = 0
     ctime_ns: int = 0
+    # The lineage's tracked exec after this exec and before it, (pid, exec ktime), (0, 0)
+    # for none: the socket events of the process and its children name `track`
+    # (bpf/netutil_sock.bpf.c); an exec that tracks yet is no row leads on to `track_before`.
+    track: tuple[int, int] = (0, 0)
+    track_before: tuple[int, int] = (0, 0)
 
     @property
     def args_truncated(self) -> bool:
@@ -122,6 +130,9 @@ class Counters:
     forwarded: int       # execs that passed the in-kernel filter
     lost: int            # forwarded execs dropped because the ring buffer was full
     failed: int          # exec syscalls that failed (tracepoint mode; btf mode sees only successes)
+    sock_events: int = 0       # socket events of tracked processes handed over
+    sock_lost: int = 0         # socket events dropped because their ring buffer was full
+    sock_over_budget: int = 0  # socket events not sent: the process had spent its SOCK_BUDGET
 
 
 def user_dev(kernel_dev: int) -> int:

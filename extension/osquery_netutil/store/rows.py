@@ -8,7 +8,7 @@ import operator
 import sqlite3
 from typing import Any, Iterator, Sequence
 
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS, Table
 
 OPS = ("=", "<", "<=", ">", ">=")
 PY_OPS = {"=": operator.eq, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -16,10 +16,18 @@ PY_OPS = {"=": operator.eq, "<": operator.lt, "<=": operator.le, ">": operator.g
 Row = dict[str, Any]
 Condition = tuple[str, str, Any]   # (column, one of OPS, value)
 
-COLUMNS = EXECS.names
-DATA_COLUMNS = tuple(c for c in COLUMNS if c != "eid")
-DATA_SET = frozenset(DATA_COLUMNS)
-_AS_TEXT = {c.name: c.name if c.type == "TEXT" else f"CAST({c.name} AS TEXT) AS {c.name}" for c in EXECS.columns}
+# The store's SQLite table of each schema table.
+SQL_NAMES = {EXECS.name: "events", SOCKETS.name: "sockets"}
+
+
+def data_columns(table: Table) -> tuple[str, ...]:
+    """The columns a row brings (eid is the store's)."""
+    return tuple(c for c in table.names if c != "eid")
+
+
+def _as_text(table: Table, name: str) -> str:
+    column = table.column(name)
+    return name if column.type == "TEXT" else f"CAST({name} AS TEXT) AS {name}"
 
 
 def dicts(cursor: sqlite3.Cursor) -> Iterator[Row]:
@@ -28,28 +36,28 @@ def dicts(cursor: sqlite3.Cursor) -> Iterator[Row]:
     return (dict(zip(names, values)) for values in cursor)
 
 
-def where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
-    """The WHERE clause ('' for none) of the rows matching all conditions, and its parameters."""
+def where_sql(table: Table, conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
+    """The WHERE clause ('' for none) of the table's rows matching all conditions, and its parameters."""
     where, params = [], []
     for column, op, value in conditions:
-        if column not in COLUMNS or op not in OPS:
-            raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(COLUMNS)}; ops {OPS}")
+        if column not in table.names or op not in OPS:
+            raise ValueError(f"cannot filter on {column!r} {op!r}: columns are {', '.join(table.names)}; ops {OPS}")
         where.append(f"{column} {op} ?")
         params.append(value)
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def select_sql(where: str, text: bool, columns: Sequence[str] | None = None) -> str:
-    """SELECT of the rows a where_sql clause matches, in eid order: of the given columns
-    (all by default), with text=True each as text."""
-    named = list(columns) if columns is not None else list(COLUMNS)
-    unknown = [c for c in named if c not in _AS_TEXT]
+def select_sql(table: Table, where: str, text: bool, columns: Sequence[str] | None = None) -> str:
+    """SELECT of the table's rows a where_sql clause matches, in eid order: of the given
+    columns (all by default), with text=True each as text."""
+    named = list(columns) if columns is not None else list(table.names)
+    unknown = [c for c in named if c not in table.names]
     if unknown:
-        raise ValueError(f"no column {unknown[0]!r}: columns are {', '.join(COLUMNS)}")
-    selected = ", ".join(_AS_TEXT[c] if text else c for c in named) if columns is not None or text else "*"
+        raise ValueError(f"no column {unknown[0]!r}: columns are {', '.join(table.names)}")
+    selected = ", ".join(_as_text(table, c) if text else c for c in named) if columns is not None or text else "*"
     # "+eid": order the matches, but let SQLite pick the index for the WHERE clause
     # (a plain ORDER BY eid makes it scan the whole table in eid order instead).
-    return f"SELECT {selected} FROM events{where} ORDER BY {'+eid' if where else 'eid'}"
+    return f"SELECT {selected} FROM {SQL_NAMES[table.name]}{where} ORDER BY {'+eid' if where else 'eid'}"
 
 
 class StoredRows:
@@ -58,9 +66,10 @@ class StoredRows:
     on close(), or when the object is dropped."""
 
     def __init__(self, conn: sqlite3.Connection, sql: str, params: list[Any], count: int, held: list[Row],
-                 where: str = "") -> None:
+                 where: str = "", table: Table = EXECS) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._sql, self._params, self._where = sql, params, where
+        self.table = table
         self._count = count
         self.held = held   # rows not yet written to the file (they follow the stored ones)
 
@@ -72,7 +81,7 @@ class StoredRows:
         (before they are read)."""
         if self._conn is None:
             raise RuntimeError("these stored rows were read already")
-        return self._conn.execute(f"SELECT coalesce(sum({expression}), 0) FROM events{self._where}",
+        return self._conn.execute(f"SELECT coalesce(sum({expression}), 0) FROM {SQL_NAMES[self.table.name]}{self._where}",
                                   self._params).fetchone()[0]
 
     def __iter__(self) -> Iterator[Row]:

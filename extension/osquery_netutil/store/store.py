@@ -1,10 +1,13 @@
-"""The event store: rows of network_utility_execs in a local SQLite file.
+"""The event store: rows of network_utility_execs and network_utility_socket_events in a
+local SQLite file.
 
 One writer (the extension or `watch`) appends rows through a background thread that
 commits a batch at least every `flush_s` seconds, so a `kill -9` loses at most that much.
 WAL mode lets any number of readers (`query`, a second extension) read while it writes.
 `eid` is an AUTOINCREMENT key: strictly increasing and never reused, across restarts and
-pruning. Rows are bounded by count and by age.
+pruning; an exec row's eid is given when it is added (the writer continues the sequence),
+so that the socket events of its process can name it before it is written. Rows are
+bounded by count and by age, each table on its own.
 
 The file holds command lines of everything the host ran, so it is created 0600 in a
 root-only directory, and a file or directory that others could write is refused
@@ -22,11 +25,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from osquery_netutil import faults, safety
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS, Table
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.errors import StoreError, StoreMissing
 from osquery_netutil.store.ownership import StatusFile, WriterLock
-from osquery_netutil.store.rows import DATA_COLUMNS, DATA_SET, PY_OPS, Condition, Row, StoredRows, dicts, select_sql, where_sql
+from osquery_netutil.store.rows import (
+    PY_OPS, SQL_NAMES, Condition, Row, StoredRows, data_columns, dicts, select_sql, where_sql,
+)
 
 DEFAULT_PATH = Path("/var/osquery/netutil_events.db")
 DEFAULT_MAX_ROWS = 100_000
@@ -34,20 +39,28 @@ DEFAULT_MAX_AGE_S = 24 * 3600
 FLUSH_S = 0.5
 _PRUNE_EVERY_S = 5.0
 
-_INSERT = f"INSERT INTO events ({', '.join(DATA_COLUMNS)}) VALUES ({', '.join('?' * len(DATA_COLUMNS))})"
+TABLES = (EXECS, SOCKETS)
+# Exec rows come with the eid add() gave them; socket rows get theirs from SQLite.
+_EXEC_COLUMNS = EXECS.names
+_SOCKET_COLUMNS = data_columns(SOCKETS)
+_INSERTS = {EXECS.name: f"INSERT INTO events ({', '.join(_EXEC_COLUMNS)}) VALUES ({', '.join('?' * len(_EXEC_COLUMNS))})",
+            SOCKETS.name: f"INSERT INTO sockets ({', '.join(_SOCKET_COLUMNS)}) VALUES ({', '.join('?' * len(_SOCKET_COLUMNS))})"}
+_INSERTED = {EXECS.name: _EXEC_COLUMNS, SOCKETS.name: _SOCKET_COLUMNS}
 
 
 def _ddl() -> list[str]:
-    cols = ", ".join(
-        "eid INTEGER PRIMARY KEY AUTOINCREMENT" if c.name == "eid" else f"{c.name} {c.type} NOT NULL"
-        for c in EXECS.columns
-    )
-    statements = [f"CREATE TABLE IF NOT EXISTS events ({cols})",
-                  # Rows a detection reported: they outlive the plain ones (Store._prune).
-                  "CREATE TABLE IF NOT EXISTS detected (eid INTEGER PRIMARY KEY)"]
-    for c in EXECS.columns:
-        if c.indexed and c.name != "eid":
-            statements.append(f"CREATE INDEX IF NOT EXISTS events_{c.name} ON events ({c.name})")
+    # Rows a detection reported: they outlive the plain ones (Store._prune).
+    statements = ["CREATE TABLE IF NOT EXISTS detected (eid INTEGER PRIMARY KEY)"]
+    for table in TABLES:
+        name = SQL_NAMES[table.name]
+        cols = ", ".join(
+            "eid INTEGER PRIMARY KEY AUTOINCREMENT" if c.name == "eid" else f"{c.name} {c.type} NOT NULL"
+            for c in table.columns
+        )
+        statements.append(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+        for c in table.columns:
+            if c.indexed and c.name != "eid":
+                statements.append(f"CREATE INDEX IF NOT EXISTS {name}_{c.name} ON {name} ({c.name})")
     return statements
 
 
@@ -91,12 +104,15 @@ class Store:
         # pays per row (a queue.Queue costs it two lock round trips per row, and starves
         # under load).
         self._incoming: list[Row] = []
+        self._incoming_sockets: list[Row] = []
+        self._next_eid = 0                  # the eid add() gives next (writer)
         self._flushes: list[threading.Event] = []
         self._closing = False
         self._wake = threading.Condition()
         self._writer: threading.Thread | None = None
         self._read_lock = threading.Lock()
         self._held: list[Row] = []          # rows the file could not take (disk full)
+        self._held_sockets: list[Row] = []
         self._held_lock = threading.Lock()
         try:
             safety.check(self.path, "store file", directory=True)
@@ -153,25 +169,43 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")   # WAL: a committed batch survives a process kill
             for statement in _ddl():
                 conn.execute(statement)
-            present = {r[1] for r in conn.execute("PRAGMA table_info(events)")}   # (cid, name, ...)
-            for c in EXECS.columns:   # a store written by an older version: add new columns
-                if c.name not in present:
-                    default = "''" if c.type == "TEXT" else "0"
-                    conn.execute(f"ALTER TABLE events ADD COLUMN {c.name} {c.type} NOT NULL DEFAULT {default}")
+            for table in TABLES:
+                name = SQL_NAMES[table.name]
+                present = {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}   # (cid, name, ...)
+                for c in table.columns:   # a store written by an older version: add new columns
+                    if c.name not in present:
+                        default = "''" if c.type == "TEXT" else "0"
+                        conn.execute(f"ALTER TABLE {name} ADD COLUMN {c.name} {c.type} NOT NULL DEFAULT {default}")
+            # AUTOINCREMENT's sequence: the highest eid ever given, kept across pruning.
+            found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            self._next_eid = (found[0] if found else 0) + 1
         except sqlite3.DatabaseError:
             conn.close()
             raise
         return conn
 
-    def add(self, row: Row) -> None:
-        """Queue a row (every column but eid); it is committed within flush_s."""
+    def add(self, row: Row) -> int:
+        """Queue an exec row (every column but eid); it is committed within flush_s.
+        Returns the eid it is given."""
+        self._check(EXECS, row)
+        with self._wake:
+            eid = self._next_eid
+            self._next_eid += 1
+            self._incoming.append({**row, "eid": eid})
+        return eid
+
+    def add_socket(self, row: Row) -> None:
+        """Queue a socket event row (every column but eid); it is committed within flush_s."""
+        self._check(SOCKETS, row)
+        with self._wake:
+            self._incoming_sockets.append(row)
+
+    def _check(self, table: Table, row: Row) -> None:
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only: rows cannot be added")
-        missing = DATA_SET - row.keys()
+        missing = set(data_columns(table)) - row.keys()
         if missing:
-            raise ValueError(f"row lacks columns {sorted(missing)}")
-        with self._wake:
-            self._incoming.append(row)
+            raise ValueError(f"{table.name} row lacks columns {sorted(missing)}")
 
     def add_many(self, rows: Iterable[Row]) -> None:
         for row in rows:
@@ -207,6 +241,7 @@ class Store:
 
     def _write_loop(self) -> None:
         pending: list[Row] = []   # rows the file could not take yet (held, see _commit)
+        pending_sockets: list[Row] = []
         last_prune = 0.0
         stopping = False
         while not stopping:
@@ -214,11 +249,14 @@ class Store:
                 if not (self._flushes or self._closing):
                     self._wake.wait(self.flush_s)
                 batch, self._incoming = self._incoming, []
+                sockets, self._incoming_sockets = self._incoming_sockets, []
                 marks, self._marks = self._marks, []
                 waiters, self._flushes = self._flushes, []
                 stopping = self._closing
             if pending or batch:
-                pending = self._commit(pending + batch)
+                pending = self._commit(EXECS, pending + batch)
+            if pending_sockets or sockets:
+                pending_sockets = self._commit(SOCKETS, pending_sockets + sockets)
             if marks:
                 self._mark(marks)
             if time.monotonic() - last_prune > _PRUNE_EVERY_S or stopping:
@@ -227,23 +265,29 @@ class Store:
             for w in waiters:
                 w.set()
 
-    def _commit(self, rows: list[Row]) -> list[Row]:
-        """Insert rows in one transaction. On failure (a full disk, say) keep them, the
-        newest max_rows, in memory: select() still serves them and the next commit
-        retries. Returns the rows still to write."""
+    def _commit(self, table: Table, rows: list[Row]) -> list[Row]:
+        """Insert a table's rows in one transaction. On failure (a full disk, say) keep
+        them, the newest max_rows, in memory: select() still serves them and the next
+        commit retries. Returns the rows still to write."""
+        columns = _INSERTED[table.name]
         try:
             with self._conn_tx():
-                self._conn.executemany(_INSERT, [tuple(r[c] for c in DATA_COLUMNS) for r in rows])
+                self._conn.executemany(_INSERTS[table.name], [tuple(r[c] for c in columns) for r in rows])
         except sqlite3.Error as exc:
             held = rows[-self.max_rows:]
             self.error = f"cannot write {self.path} ({exc}): {len(held)} rows held in memory until it can"
-            with self._held_lock:
-                self._held = held
+            self._hold(table, held)
             return held
         self.error = ""
-        with self._held_lock:
-            self._held = []
+        self._hold(table, [])
         return []
+
+    def _hold(self, table: Table, rows: list[Row]) -> None:
+        with self._held_lock:
+            if table is EXECS:
+                self._held = rows
+            else:
+                self._held_sockets = rows
 
     def mark_detected(self, eids: Iterable[int]) -> None:
         """Rows a detection reported: they outlive plain rows (written with the next batch)."""
@@ -275,6 +319,10 @@ class Store:
                 gone += self._conn.execute("DELETE FROM events WHERE time < ? AND eid <= ?",
                                            (int(time.time()) - self.max_age_s, judged)).rowcount
                 self._conn.execute("DELETE FROM detected WHERE eid NOT IN (SELECT eid FROM events)")
+                (sockets,) = self._conn.execute("SELECT count(*) FROM sockets").fetchone()
+                self._conn.execute("DELETE FROM sockets WHERE eid IN (SELECT eid FROM sockets ORDER BY eid LIMIT ?)",
+                                   (max(sockets - self.max_rows, 0),))
+                self._conn.execute("DELETE FROM sockets WHERE time < ?", (int(time.time()) - self.max_age_s,))
             self.evicted += gone
         except sqlite3.Error as exc:
             self.error = f"cannot prune {self.path} ({exc})"
@@ -306,47 +354,53 @@ class Store:
         that died is never shown as live)."""
         return self._status.by(self.writer_pid())
 
-    def select(self, conditions: Sequence[Condition] = (), text: bool = False) -> list[Row]:
-        """Rows matching all conditions (each on a schema column, op in OPS), eid order,
-        including rows held in memory while the file cannot be written. With text=True
-        every value is a string, as osquery's wire carries it (SQLite converts)."""
-        where, params = where_sql(conditions)
-        sql = select_sql(where, text)
+    def select(self, conditions: Sequence[Condition] = (), text: bool = False, table: Table = EXECS) -> list[Row]:
+        """The table's rows matching all conditions (each on a schema column, op in OPS),
+        eid order, including rows held in memory while the file cannot be written. With
+        text=True every value is a string, as osquery's wire carries it (SQLite converts)."""
+        where, params = where_sql(table, conditions)
+        sql = select_sql(table, where, text)
         with self._read_lock:
             rows = list(dicts(self._reader.execute(sql, params)))
-        return rows + self._held_matching(conditions, text) if self._held else rows
+        return rows + self._held_matching(table, conditions, text)
 
     def stream(self, conditions: Sequence[Condition] = (), text: bool = False,
-               columns: Sequence[str] | None = None) -> "StoredRows":
+               columns: Sequence[str] | None = None, table: Table = EXECS) -> "StoredRows":
         """The rows select() returns (of the given columns; with text=True each value as
         osquery's wire carries it, a string, converted by SQLite), read one at a time while they
         are sent: how many there are is known first (counted in the same snapshot), so an
         answer of 100,000 rows never sits in memory whole. Iterate once (or close())."""
-        where, params = where_sql(conditions)
-        sql = select_sql(where, text, columns)
+        where, params = where_sql(table, conditions)
+        sql = select_sql(table, where, text, columns)
         conn = _connect(self.path, readonly=True)
         try:
             conn.execute("BEGIN")   # one snapshot for the count, a measure and the rows
-            (count,) = conn.execute(f"SELECT count(*) FROM events{where}", params).fetchone()
+            (count,) = conn.execute(f"SELECT count(*) FROM {SQL_NAMES[table.name]}{where}", params).fetchone()
         except BaseException:
             conn.close()
             raise
-        held = self._held_matching(conditions, text) if self._held else []
+        held = self._held_matching(table, conditions, text)
         if columns is not None:
             held = [{c: row[c] for c in columns} for row in held]
-        return StoredRows(conn, sql, params, count, held, where)
+        return StoredRows(conn, sql, params, count, held, where, table)
 
-    def _held_matching(self, conditions: Sequence[Condition], text: bool) -> list[Row]:
-        """Held rows with the eids they will get (AUTOINCREMENT continues from the highest
-        ever given), filtered in Python."""
+    def _held_matching(self, table: Table, conditions: Sequence[Condition], text: bool) -> list[Row]:
+        """Held rows (exec rows have their eids; socket rows the ones they will get:
+        AUTOINCREMENT continues from the highest ever given), filtered in Python."""
         with self._held_lock:
-            held = list(self._held)
-        with self._read_lock:
-            found = self._reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        next_eid = (found[0] if found else 0) + 1
+            held = list(self._held if table is EXECS else self._held_sockets)
+        if not held:
+            return []
+        next_eid = 0
+        if table is SOCKETS:
+            with self._read_lock:
+                found = self._reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sockets'").fetchone()
+            next_eid = (found[0] if found else 0) + 1
         result = []
         for i, row in enumerate(held):
-            row = {"eid": next_eid + i, **row}
+            if table is SOCKETS:
+                row = {"eid": next_eid + i, **row}
+            row = {c: row[c] for c in table.names}
             try:
                 if all(PY_OPS[op](row[column], value) for column, op, value in conditions):
                     result.append({k: str(v) for k, v in row.items()} if text else row)

@@ -1,4 +1,4 @@
-"""The two tables as osquery table plugins, served to osquery over thrift and to the
+"""The tables as osquery table plugins, served to osquery over thrift and to the
 embedded host alike.
 
 osquery-python's TablePlugin is not used: it is a process-wide singleton (one instance
@@ -31,7 +31,7 @@ import json
 
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
-from osquery_netutil.schema import EXECS, STATUS, Table
+from osquery_netutil.schema import EXECS, SOCKETS, STATUS, Table
 from osquery_netutil.store.rows import Condition, StoredRows
 from osquery_netutil.store.store import Store
 
@@ -62,13 +62,13 @@ def _heap(length: int) -> int:
     return length + HEAP_BYTES if length > INLINE_CHARS else 0
 
 
-def _osqueryd_bytes_sql(columns: list[str]) -> str:
+def _osqueryd_bytes_sql(table: Table, columns: list[str]) -> str:
     """The same model in SQL, over the stored rows of a query: one pass before sending."""
     terms = [f"{COPIES * (ROW_BYTES + len(columns) * ENTRY_BYTES)}"]
     for name in columns:
         if len(name) > INLINE_CHARS:
             terms.append(str(COPIES * (len(name) + HEAP_BYTES)))
-        if EXECS.column(name).type == "TEXT":   # integers print in 20 characters at most: inline
+        if table.column(name).type == "TEXT":   # integers print in 20 characters at most: inline
             size = f"length(CAST({name} AS BLOB))"
             terms.append(f"CASE WHEN {size} > {INLINE_CHARS} THEN {COPIES} * ({size} + {HEAP_BYTES}) ELSE 0 END")
     return " + ".join(terms)
@@ -76,7 +76,7 @@ def _osqueryd_bytes_sql(columns: list[str]) -> str:
 
 def stored_peak(rows: StoredRows, columns: list[str]) -> int:
     """osqueryd's peak for an answer of stored rows of these columns, before it is sent."""
-    return rows.measure(_osqueryd_bytes_sql(columns)) + osqueryd_bytes(rows.held)
+    return rows.measure(_osqueryd_bytes_sql(rows.table, columns)) + osqueryd_bytes(rows.held)
 
 
 class TableError(Exception):
@@ -93,8 +93,8 @@ def as_text(row: dict[str, Any]) -> dict[str, str]:
     return {k: v if type(v) is str else ("" if v is None else str(v)) for k, v in row.items()}
 
 
-def conditions_from(context: dict[str, Any]) -> list[Condition]:
-    """The store conditions osquery's context allows, for indexed columns only.
+def conditions_from(context: dict[str, Any], table: Table = EXECS) -> list[Condition]:
+    """The store conditions osquery's context allows, for the table's indexed columns only.
 
     A value that does not fit the column's type (pid = 'abc') is not pushed down: SQLite
     compares it with the column itself and, as osquery would, returns no row for `=`.
@@ -102,9 +102,9 @@ def conditions_from(context: dict[str, Any]) -> list[Condition]:
     conditions: list[Condition] = []
     for constraint in context.get("constraints", []) or []:
         name = constraint.get("name")
-        if name not in EXECS.names:
+        if name not in table.names:
             continue
-        column = EXECS.column(name)
+        column = table.column(name)
         if not column.indexed:
             continue
         for item in constraint.get("list", []) or []:
@@ -179,23 +179,21 @@ def _failure(message: str) -> ExtensionResponse:
     return ExtensionResponse(status=ExtensionStatus(code=1, message=message), response=[])
 
 
-def columns_used(context: dict[str, Any]) -> list[str]:
+def columns_used(context: dict[str, Any], table: Table = EXECS) -> list[str]:
     """The columns osquery says the query uses (colsUsed), in schema order: osquery sends
     the list for every query (xBestIndex, osquery/sql/virtual_table.cpp), empty for one that
     uses none (SELECT count(*): then eid alone, so rows are still rows). Without the key (an
     older osquery, the embedded host), all of them."""
     used = context.get("colsUsed")
     if not isinstance(used, list):
-        return list(EXECS.names)
+        return list(table.names)
     wanted = set(used)
-    return [name for name in EXECS.names if name in wanted] or ["eid"]
+    return [name for name in table.names if name in wanted] or ["eid"]
 
 
-class ExecsTable(TablePlugin):
-    """network_utility_execs: rows from the event store. With max_answer_mb (the osquery
-    extension), an answer whose peak in osqueryd would pass it is refused."""
-
-    table = EXECS
+class StoredTable(TablePlugin):
+    """A table of the event store. With max_answer_mb (the osquery extension), an answer
+    whose peak in osqueryd would pass it is refused."""
 
     def __init__(self, store: Callable[[], Store | None], max_answer_mb: float | None = None) -> None:
         self._store = store
@@ -211,8 +209,8 @@ class ExecsTable(TablePlugin):
         store = self._store()
         if store is None:
             return []
-        columns = columns_used(context)
-        rows = store.stream(conditions_from(context), text=text, columns=columns)
+        columns = columns_used(context, self.table)
+        rows = store.stream(conditions_from(context, self.table), text=text, columns=columns, table=self.table)
         if self.max_answer_mb is not None:
             try:
                 self._refuse_if_too_large(rows, columns)
@@ -231,11 +229,24 @@ class ExecsTable(TablePlugin):
         size = floor if floor > cap else stored_peak(rows, columns)
         if size > cap:
             raise AnswerTooLarge(
-                f"{EXECS.name}: this answer is {len(rows):,} rows, {'at least ' if size == floor else ''}about "
+                f"{self.table.name}: this answer is {len(rows):,} rows, {'at least ' if size == floor else ''}about "
                 f"{size / 1e6:,.0f} MB in osqueryd's memory, over the extension's --max-answer-mb="
                 f"{self.max_answer_mb:g} (osqueryd's watchdog stops a worker that grows by 200 MB and denylists the "
                 "query for a day): constrain it, e.g. WHERE time > strftime('%s', 'now') - 3600, or eid > N, or "
                 "select fewer columns")
+
+
+class ExecsTable(StoredTable):
+    table = EXECS
+
+
+class SocketsTable(StoredTable):
+    table = SOCKETS
+
+
+def stored_tables(store: Callable[[], Store | None], max_answer_mb: float | None = None) -> list[StoredTable]:
+    """Every table of the event store: what each host serves."""
+    return [ExecsTable(store, max_answer_mb), SocketsTable(store, max_answer_mb)]
 
 
 class StatusTable(TablePlugin):

@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// netutil_sock: what tracked processes contact (docs/design.md, "The socket side"):
+// appended by probe.py after the exec programs, whose `procs` slots say who is tracked.
+//
+// cgroup socket programs, attached to the root of the cgroup v2 hierarchy with BPF links
+// (a killed sensor leaves nothing attached), in both probe modes:
+//   connect4/6     connect() of any socket: the destination as the caller gave it
+//   sendmsg4/6     an unconnected UDP send: its destination
+//   post_bind4/6   bind(): the local address
+//   sock_ops       TCP: the connect's outcome, listen(), and the peers a listener accepts
+// They run in the caller's context (sock_ops' outcomes and accepts in softirq: pid 0), so
+// that an untracked process costs one array lookup (its slot) and nothing else: no
+// syscall hook, kprobe or fentry. sock_ops only asks the kernel for state changes of the
+// sockets of tracked processes (bpf_sock_ops_cb_flags_set).
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define NTOHS(x) ((u16)((((x) & 0xff) << 8) | (((x) >> 8) & 0xff)))
+
+#define A_CONNECT 1
+#define A_SEND 2
+#define A_BIND 3
+#define A_LISTEN 4
+#define A_ACCEPT 5
+#define A_OUTCOME 6   // the outcome of an earlier connect, by socket cookie (status below)
+
+// sock_event.status, of A_OUTCOME
+#define S_SYN_SENT 1      // the SYN left: the connect found a route (a connect with none is unreachable)
+#define S_ESTABLISHED 2
+#define S_CLOSED 3        // SYN_SENT -> CLOSE: refused (no retransmission) or timed out
+
+struct sock_event {
+    u64 ktime_ns;
+    u64 cookie;            // the socket's cookie: an outcome names its connect by it
+    u64 cgroup_id;
+    u64 track_ktime_ns;    // the tracked exec of the process's lineage (exec_event's track)
+    u64 origin_ktime_ns;   // and its origin
+    u32 track_pid;
+    u32 origin_pid;
+    u32 pid;               // 0 for an outcome (softirq); an accept's is its listener's
+    u32 uid;
+    u16 action;
+    u16 family;            // AF_INET or AF_INET6
+    u16 protocol;          // IPPROTO_TCP, IPPROTO_UDP
+    u16 status;
+    u16 local_port;        // host order
+    u16 remote_port;
+    u32 retrans;           // of S_CLOSED: SYNs sent again before the end
+    u32 local_addr[4];     // network order; IPv4 in [0]
+    u32 remote_addr[4];
+    char comm[16];
+};
+
+// A listener of a tracked process, so that what it accepts (in softirq, where no process
+// is current) is attributed to it: by network namespace and port.
+struct listen_key { u64 netns; u32 port; u32 pad; };
+struct listener { u64 track_ktime_ns; u64 origin_ktime_ns; u64 cgroup_id; u32 track_pid; u32 origin_pid;
+                  u32 pid; u32 uid; char comm[16]; };
+
+BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);   // their own: a scan cannot cost exec events
+BPF_PERCPU_ARRAY(sock_event_type, struct sock_event, 1);   // unused: bcc types a ring buffer's records by no map of its own
+BPF_HASH(listeners, struct listen_key, struct listener, LISTENERS_MAX);
+BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
+
+// The current process's slot when it is tracked, with budget left (else counted).
+static __always_inline struct proc *tracked(void)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct proc *p = slot_of(pid);
+    if (!p || p->pid != pid || !(p->track_ktime_ns | p->origin_ktime_ns))
+        return 0;
+    if (!p->sock_budget) {
+        count(C_SOCK_OVER_BUDGET);
+        return 0;
+    }
+    p->sock_budget--;
+    return p;
+}
+
+static __always_inline void from_proc(struct sock_event *ev, struct proc *p, u16 action)
+{
+    ev->ktime_ns = bpf_ktime_get_ns();
+    ev->cgroup_id = bpf_get_current_cgroup_id();
+    ev->track_ktime_ns = p->track_ktime_ns;
+    ev->track_pid = p->track_pid;
+    ev->origin_ktime_ns = p->origin_ktime_ns;
+    ev->origin_pid = p->origin_pid;
+    ev->pid = p->pid;
+    ev->uid = (u32)bpf_get_current_uid_gid();
+    ev->action = action;
+    __builtin_memcpy(ev->comm, p->comm, 16);
+}
+
+static __always_inline void send(struct sock_event *ev)
+{
+    if (sock_events.ringbuf_output(ev, sizeof(*ev), 0))
+        count(C_SOCK_LOST);
+    else
+        count(C_SOCK_EVENTS);
+}
+
+// connect() and unconnected sendmsg(): the destination the caller asked for.
+static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, int v6)
+{
+    struct proc *p = tracked();
+    if (!p)
+        return 1;
+    struct sock_event ev = {};
+    from_proc(&ev, p, action);
+    ev.cookie = bpf_get_socket_cookie(ctx);
+    ev.protocol = ctx->protocol;
+    ev.remote_port = NTOHS((u16)ctx->user_port);
+    if (v6) {
+        ev.family = AF_INET6;
+        ev.remote_addr[0] = ctx->user_ip6[0];
+        ev.remote_addr[1] = ctx->user_ip6[1];
+        ev.remote_addr[2] = ctx->user_ip6[2];
+        ev.remote_addr[3] = ctx->user_ip6[3];
+    } else {
+        ev.family = AF_INET;
+        ev.remote_addr[0] = ctx->user_ip4;
+    }
+    send(&ev);
+    return 1;   // allow: this program only watches
+}
+
+int netutil_connect4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_CONNECT, 0); }
+int netutil_connect6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_CONNECT, 1); }
+int netutil_sendmsg4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_SEND, 0); }
+int netutil_sendmsg6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_SEND, 1); }
+
+static __always_inline int on_bind(struct bpf_sock *sk, int v6)
+{
+    struct proc *p = tracked();
+    if (!p)
+        return 1;
+    struct sock_event ev = {};
+    from_proc(&ev, p, A_BIND);
+    ev.cookie = bpf_get_socket_cookie(sk);
+    ev.protocol = sk->protocol;
+    ev.local_port = sk->src_port;
+    if (v6) {
+        ev.family = AF_INET6;
+        ev.local_addr[0] = sk->src_ip6[0];
+        ev.local_addr[1] = sk->src_ip6[1];
+        ev.local_addr[2] = sk->src_ip6[2];
+        ev.local_addr[3] = sk->src_ip6[3];
+    } else {
+        ev.family = AF_INET;
+        ev.local_addr[0] = sk->src_ip4;
+    }
+    send(&ev);
+    return 1;
+}
+
+int netutil_post_bind4(struct bpf_sock *sk) { return on_bind(sk, 0); }
+int netutil_post_bind6(struct bpf_sock *sk) { return on_bind(sk, 1); }
+
+// The addresses of a TCP socket as sock_ops sees them.
+static __always_inline void tcp_addrs(struct sock_event *ev, struct bpf_sock_ops *skops)
+{
+    ev->family = skops->family;
+    ev->protocol = IPPROTO_TCP;
+    ev->local_port = skops->local_port;                     // host order
+    ev->remote_port = NTOHS(skops->remote_port >> 16);  // network order, in the high half
+    if (skops->family == AF_INET6) {
+        ev->local_addr[0] = skops->local_ip6[0];
+        ev->local_addr[1] = skops->local_ip6[1];
+        ev->local_addr[2] = skops->local_ip6[2];
+        ev->local_addr[3] = skops->local_ip6[3];
+        ev->remote_addr[0] = skops->remote_ip6[0];
+        ev->remote_addr[1] = skops->remote_ip6[1];
+        ev->remote_addr[2] = skops->remote_ip6[2];
+        ev->remote_addr[3] = skops->remote_ip6[3];
+    } else {
+        ev->local_addr[0] = skops->local_ip4;
+        ev->remote_addr[0] = skops->remote_ip4;
+    }
+}
+
+static __always_inline void outcome(struct bpf_sock_ops *skops, u16 status)
+{
+    struct sock_event ev = {};
+    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.action = A_OUTCOME;
+    ev.status = status;
+    ev.cookie = bpf_get_socket_cookie(skops);
+    ev.retrans = skops->total_retrans;
+    tcp_addrs(&ev, skops);
+    send(&ev);
+}
+
+int netutil_sock_ops(struct bpf_sock_ops *skops)
+{
+    u32 op = skops->op;
+    if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+        // In the connecting process, after connect4: the SYN is about to leave.
+        struct proc *p = tracked();
+        if (!p)
+            return 1;
+        bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+        outcome(skops, S_SYN_SENT);
+    } else if (op == BPF_SOCK_OPS_STATE_CB) {
+        // Only sockets whose flags a tracked process set above or below.
+        u32 old = skops->args[0], now = skops->args[1];
+        if (old == BPF_TCP_SYN_SENT && (now == BPF_TCP_ESTABLISHED || now == BPF_TCP_CLOSE)) {
+            outcome(skops, now == BPF_TCP_ESTABLISHED ? S_ESTABLISHED : S_CLOSED);
+            bpf_sock_ops_cb_flags_set(skops, 0);   // nothing more of this socket
+        } else if (old == BPF_TCP_LISTEN) {
+            struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
+            if (listeners.delete(&key) == 0) {
+                u32 port = skops->local_port & 0xffff;
+                u32 *n = listen_ports.lookup(&port);
+                if (n && *n)
+                    __sync_fetch_and_add(n, -1);
+            }
+        }
+    } else if (op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
+        struct proc *p = tracked();
+        if (!p)
+            return 1;
+        struct sock_event ev = {};
+        from_proc(&ev, p, A_LISTEN);
+        ev.cookie = bpf_get_socket_cookie(skops);
+        tcp_addrs(&ev, skops);
+        send(&ev);
+        struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
+        struct listener l = {.track_ktime_ns = p->track_ktime_ns, .origin_ktime_ns = p->origin_ktime_ns,
+                             .cgroup_id = ev.cgroup_id, .track_pid = p->track_pid, .origin_pid = p->origin_pid,
+                             .pid = p->pid, .uid = ev.uid};
+        __builtin_memcpy(l.comm, p->comm, 16);
+        if (listeners.lookup(&key) == 0) {
+            u32 port = skops->local_port & 0xffff;
+            u32 *n = listen_ports.lookup(&port);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+        }
+        listeners.update(&key, &l);
+        bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);   // to forget it when it closes
+    } else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        // A connection a listener accepted (softirq): one array lookup unless it is a tracked one's.
+        u32 port = skops->local_port & 0xffff;
+        u32 *n = listen_ports.lookup(&port);
+        if (!n || !*n)
+            return 1;
+        struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
+        struct listener *l = listeners.lookup(&key);
+        if (!l)
+            return 1;
+        struct sock_event ev = {};
+        ev.ktime_ns = bpf_ktime_get_ns();
+        ev.action = A_ACCEPT;
+        ev.cookie = bpf_get_socket_cookie(skops);
+        ev.cgroup_id = l->cgroup_id;
+        ev.track_ktime_ns = l->track_ktime_ns;
+        ev.track_pid = l->track_pid;
+        ev.origin_ktime_ns = l->origin_ktime_ns;
+        ev.origin_pid = l->origin_pid;
+        ev.pid = l->pid;
+        ev.uid = l->uid;
+        __builtin_memcpy(ev.comm, l->comm, 16);
+        tcp_addrs(&ev, skops);
+        send(&ev);
+    }
+    return 1;
+}

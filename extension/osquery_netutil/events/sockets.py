@@ -1,0 +1,191 @@
+"""Socket records -> rows of network_utility_socket_events.
+
+Every call runs on the probe's poll thread (exec records, socket records and ticks alike),
+so what this module keeps needs no lock:
+
+* which exec row each tracked exec became (`exec_seen`), to give a socket event the
+  `exec_eid` of the exec its process was tracked from; an exec that tracks but is no row
+  (a script from /tmp) leads on to the tracked exec it inherited, so a utility's child
+  (`ssh`'s ProxyCommand, a renamed copy run by `nc -e`) is joined to the utility's row;
+* a TCP connect until its outcome: sock_ops says when its SYN left (none: unreachable,
+  the connect failed before a packet could), then whether it was answered;
+* identical actions of one process within FOLD_S, folded into one row with a count.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from osquery_netutil.events.containers import CgroupResolver, container_id
+from osquery_netutil.events.ipargs import is_public
+from osquery_netutil.events.procfs import text
+from osquery_netutil.kernel.records import AncestryEntry, ExecRecord
+from osquery_netutil.kernel.sockets import (
+    A_CONNECT, A_OUTCOME, ACTIONS, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
+)
+
+Row = dict[str, Any]
+Key = tuple[int, int]   # (pid, exec ktime) of a tracked exec
+
+SYN_WAIT_S = 0.25      # a TCP connect whose SYN has not left by then found no route: unreachable
+ANSWER_WAIT_S = 3.0    # and one not answered by then is reported as in progress
+FOLD_S = 1.0           # identical actions of a process within this are one row with a count
+_TRACKED_REMEMBERED = 65536
+_CONNECTS_HELD = 16384
+_CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row
+IPPROTO_TCP = 6
+
+
+@dataclass
+class _Connect:
+    """A TCP connect waiting for its outcome."""
+
+    rec: SockRecord
+    row: Row
+    syn_sent: bool = False
+
+
+@dataclass
+class _Folding:
+    row: Row
+    since: float = field(default_factory=time.monotonic)
+
+
+class SocketRows:
+    """Turns SockRecords into rows, handed to emit(row) once final (within FOLD_S, or
+    ANSWER_WAIT_S for a connect)."""
+
+    def __init__(self, emit: Callable[[Row], None], ancestry: Callable[[int], AncestryEntry | None],
+                 origin: Callable[[Key, float, int], str], cgroups: CgroupResolver | None = None) -> None:
+        """ancestry: the probe's (a process's exec'd file); origin(key, time, ktime): the
+        enricher's origin column for a lineage's origin (pid, exec ktime)."""
+        self._emit = emit
+        self._ancestry = ancestry
+        self._origin = origin
+        self._cgroups = cgroups or CgroupResolver()
+        # tracked exec -> the eid of its row, or the tracked exec it inherited (no row)
+        self._tracked: OrderedDict[Key, int | Key] = OrderedDict()
+        self._connects: OrderedDict[int, _Connect] = OrderedDict()   # by socket cookie
+        self._folding: dict[tuple[Any, ...], _Folding] = {}
+
+    def exec_seen(self, rec: ExecRecord, eid: int) -> None:
+        """rec was forwarded and became row eid (0: no row)."""
+        if rec.track != (rec.pid, rec.ktime_ns):
+            return   # it tracks nothing of its own
+        self._tracked[rec.track] = eid or rec.track_before
+        if len(self._tracked) > _TRACKED_REMEMBERED:
+            self._tracked.popitem(last=False)
+
+    def exec_eid(self, key: Key) -> int:
+        """The eid of the row of the tracked exec key, or of the nearest one it inherited; 0 for none."""
+        for _ in range(_CHAIN_MAX):
+            found = self._tracked.get(key)
+            if found is None or isinstance(found, int):
+                return found or 0
+            key = found
+        return 0
+
+    def take(self, rec: SockRecord) -> None:
+        """One record from the kernel."""
+        if rec.action == A_OUTCOME:
+            self._outcome(rec)
+        elif rec.action == A_CONNECT and rec.protocol == IPPROTO_TCP:
+            self._connects[rec.cookie] = _Connect(rec, self._row(rec))
+            if len(self._connects) > _CONNECTS_HELD:
+                self._settle(self._connects.popitem(last=False)[1])
+        else:
+            self._fold(self._row(rec))
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Settle the connects that waited long enough and hand on the folded rows that are due."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        for cookie, pending in list(self._connects.items()):
+            waited = (now_ns - pending.rec.ktime_ns) / 1e9
+            if waited >= (ANSWER_WAIT_S if pending.syn_sent else SYN_WAIT_S):
+                del self._connects[cookie]
+                self._settle(pending)
+        self.flush(time.monotonic() - FOLD_S)
+
+    def flush(self, before: float = float("inf")) -> None:
+        """Hand on the folded rows begun before `before` (all by default)."""
+        for key, folding in list(self._folding.items()):
+            if folding.since < before:
+                del self._folding[key]
+                self._emit(folding.row)
+
+    def close(self) -> None:
+        """Hand on everything held: connects as they stand, folded rows."""
+        for pending in self._connects.values():
+            self._settle(pending)
+        self._connects.clear()
+        self.flush()
+
+    def _outcome(self, rec: SockRecord) -> None:
+        pending = self._connects.get(rec.cookie)
+        if pending is None:
+            return   # its connect was not reported (over budget) or was settled already
+        if rec.status == S_SYN_SENT:
+            pending.syn_sent = True
+            return
+        del self._connects[rec.cookie]
+        if rec.status == S_ESTABLISHED:
+            pending.row["status"] = "succeeded"
+        elif rec.status == S_CLOSED:
+            # A RST answers at once; a SYN sent again and again went unanswered.
+            pending.row["status"] = "timed out" if rec.retrans else "refused"
+        self._fold(pending.row)
+
+    def _settle(self, pending: _Connect) -> None:
+        """A connect with no final outcome: no SYN left (no route), or no answer yet."""
+        pending.row["status"] = "in progress" if pending.syn_sent else "unreachable"
+        self._fold(pending.row)
+
+    def _fold(self, row: Row) -> None:
+        key = tuple(v for k, v in row.items() if k not in ("time", "count"))
+        folding = self._folding.get(key)
+        if folding is None:
+            self._folding[key] = _Folding(row)
+        else:
+            folding.row["count"] += 1
+
+    def _row(self, rec: SockRecord) -> Row:
+        entry = self._ancestry(rec.pid) if rec.pid else None
+        cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id)
+        return {
+            "exec_eid": self.exec_eid(rec.track),
+            "time": int(rec.time),
+            "action": ACTIONS.get(rec.action, str(rec.action)),
+            "status": "",
+            "pid": rec.pid,
+            "uid": rec.uid,
+            "comm": text(rec.comm),
+            "path": text(entry.file) if entry is not None else "",
+            "family": rec.family,
+            "protocol": rec.protocol,
+            "local_address": _address(rec.local_address, rec.local_port),
+            "local_port": rec.local_port,
+            "remote_address": _address(rec.remote_address, rec.remote_port),
+            "remote_port": rec.remote_port,
+            "remote_public": int(_public(rec.remote_address)),
+            "dns_name": "",
+            "dns_type": "",
+            "count": 1,
+            "origin": self._origin(rec.origin, rec.time, rec.ktime_ns) if rec.origin != (0, 0) else "",
+            "container_id": container_id(cgroup_path),
+        }
+
+
+def _address(address: str, port: int) -> str:
+    """'' for an address the action did not have (unspecified, port 0)."""
+    return "" if port == 0 and address in ("0.0.0.0", "::") else address
+
+
+def _public(address: str) -> bool:
+    try:
+        return is_public(ipaddress.ip_address(address))
+    except ValueError:
+        return False

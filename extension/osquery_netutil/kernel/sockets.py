@@ -1,0 +1,163 @@
+"""The socket side of the probe (bpf/netutil_sock.bpf.c): its programs, attached to the
+root of the cgroup v2 hierarchy with BPF links, and the records it hands over.
+
+bcc 0.26 attaches cgroup programs with the legacy BPF_PROG_ATTACH, which outlives the
+process that attached them (a killed sensor would leave its programs taxing the host).
+A BPF link (BPF_LINK_CREATE) lives as long as its file descriptor: this process's, so a
+`kill -9` detaches everything. bcc loads the programs; the links are made here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import platform
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# sock_event.action and .status (mirrors the A_* and S_* defines in the C program).
+A_CONNECT, A_SEND, A_BIND, A_LISTEN, A_ACCEPT, A_OUTCOME = 1, 2, 3, 4, 5, 6
+S_SYN_SENT, S_ESTABLISHED, S_CLOSED = 1, 2, 3
+ACTIONS = {A_CONNECT: "connect", A_SEND: "send", A_BIND: "bind", A_LISTEN: "listen", A_ACCEPT: "accept"}
+
+AF_INET, AF_INET6 = 2, 10
+
+# bcc's program types and the kernel's attach types (enum bpf_prog_type, bpf_attach_type).
+_CGROUP_SKB, _CGROUP_SOCK, _SOCK_OPS, _CGROUP_SOCK_ADDR = 8, 9, 13, 18
+# (function, program type, attach type)
+PROGRAMS = (
+    ("netutil_connect4", _CGROUP_SOCK_ADDR, 10),
+    ("netutil_connect6", _CGROUP_SOCK_ADDR, 11),
+    ("netutil_sendmsg4", _CGROUP_SOCK_ADDR, 14),
+    ("netutil_sendmsg6", _CGROUP_SOCK_ADDR, 15),
+    ("netutil_post_bind4", _CGROUP_SOCK, 12),
+    ("netutil_post_bind6", _CGROUP_SOCK, 13),
+    ("netutil_sock_ops", _SOCK_OPS, 3),
+)
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+_BPF_LINK_CREATE = 28
+
+
+class SocketsRefused(Exception):
+    """The socket side cannot run here; the message says why (exec rows go on)."""
+
+
+@dataclass(frozen=True)
+class SockRecord:
+    """One socket event of a tracked process, as the kernel reported it."""
+
+    time: float            # unix time
+    ktime_ns: int
+    cookie: int            # the socket's cookie: an outcome (A_OUTCOME) names its connect by it
+    action: int            # A_*
+    status: int            # S_* of an outcome
+    pid: int               # 0 for an outcome
+    uid: int
+    comm: bytes
+    cgroup_id: int
+    track: tuple[int, int]    # (pid, exec ktime) of the lineage's tracked exec; (0, 0): none
+    origin: tuple[int, int]   # (pid, exec ktime) of the lineage's origin; (0, 0): none
+    family: int
+    protocol: int
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    retrans: int
+
+
+def cgroup2_root(mounts: Path = Path("/proc/self/mounts")) -> Path:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified
+    on hybrid hosts). Raises SocketsRefused when it is not mounted."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError as exc:
+        raise SocketsRefused(f"cannot read {mounts}: {exc.strerror}") from exc
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1].replace("\\040", " "))
+    raise SocketsRefused("cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup/unified): "
+                         "socket events need it")
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """A BPF link of the program to the cgroup: its fd, which detaches it when closed."""
+    attr = (ctypes.c_uint8 * 144)()
+    struct.pack_into("<IIII", attr, 0, prog_fd, target_fd, attach_type, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(_BPF_SYSCALL.get(platform.machine(), -1), _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise SocketsRefused(f"the kernel refused a BPF link ({errno.errorcode.get(err, err)}: {os.strerror(err)})")
+    return int(fd)
+
+
+class CgroupLinks:
+    """The socket programs of a loaded probe, linked to the cgroup v2 root until close()."""
+
+    def __init__(self, bpf: Any, root: Path | None = None) -> None:
+        """bpf: bcc's BPF object of the probe's program. Raises SocketsRefused."""
+        self.root = root or cgroup2_root()
+        self._fds: list[int] = []
+        try:
+            cgroup = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise SocketsRefused(f"cannot open {self.root}: {exc.strerror}") from exc
+        try:
+            for name, prog_type, attach_type in PROGRAMS:
+                try:
+                    fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
+                except Exception as exc:   # bcc raises bare Exception with the verifier's log
+                    raise SocketsRefused(f"{name} did not load: {str(exc).strip()[:500]}") from exc
+                self._fds.append(link_create(fn.fd, cgroup, attach_type))
+        except SocketsRefused:
+            self.close()
+            raise
+        finally:
+            os.close(cgroup)
+
+    def close(self) -> None:
+        """Detach every program (closing a link detaches it). Safe to call twice."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+def address(family: int, words: Any) -> str:
+    """The text of an address the kernel gave as four network-order words (IPv4 in the
+    first); an IPv4-mapped IPv6 address as its IPv4."""
+    raw = b"".join(struct.pack("<I", w) for w in words)
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    v6 = ipaddress.IPv6Address(raw)
+    return str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6)
+
+
+def parse(raw: bytes, event_type: Any, wall_offset: float) -> SockRecord:
+    """A sock_event's bytes as a SockRecord."""
+    ev = event_type.from_buffer_copy(raw[: ctypes.sizeof(event_type)].ljust(ctypes.sizeof(event_type), b"\0"))
+    return SockRecord(
+        time=wall_offset + ev.ktime_ns / 1e9,
+        ktime_ns=ev.ktime_ns,
+        cookie=ev.cookie,
+        action=ev.action,
+        status=ev.status,
+        pid=ev.pid,
+        uid=ev.uid,
+        comm=bytes(ev.comm).split(b"\0", 1)[0],
+        cgroup_id=ev.cgroup_id,
+        track=(ev.track_pid, ev.track_ktime_ns) if ev.track_ktime_ns else (0, 0),
+        origin=(ev.origin_pid, ev.origin_ktime_ns) if ev.origin_ktime_ns else (0, 0),
+        family=ev.family,
+        protocol=ev.protocol,
+        local_address=address(ev.family, ev.local_addr) if ev.family in (AF_INET, AF_INET6) else "",
+        local_port=ev.local_port,
+        remote_address=address(ev.family, ev.remote_addr) if ev.family in (AF_INET, AF_INET6) else "",
+        remote_port=ev.remote_port,
+        retrans=ev.retrans,
+    )
