@@ -9,14 +9,18 @@
 //   sendmsg4/6     an unconnected UDP send: its destination
 //   post_bind4/6   bind(): the local address
 //   sock_ops       TCP: the connect's outcome, listen(), and the peers a listener accepts
+//   egress         (cgroup_skb) the DNS questions of tracked sockets: port-53 payloads
 // They run in the caller's context (sock_ops' outcomes and accepts in softirq: pid 0), so
 // that an untracked process costs one array lookup (its slot) and nothing else: no
 // syscall hook, kprobe or fentry. sock_ops only asks the kernel for state changes of the
-// sockets of tracked processes (bpf_sock_ops_cb_flags_set).
+// sockets of tracked processes (bpf_sock_ops_cb_flags_set). egress runs on every packet
+// the host sends and costs two loads from the socket for all but port-53 traffic and
+// unconnected UDP (bench/sockets.py; docs/design.md says why it is this hook).
 
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 #define NTOHS(x) ((u16)((((x) & 0xff) << 8) | (((x) >> 8) & 0xff)))
 
 #define A_CONNECT 1
@@ -25,6 +29,8 @@
 #define A_LISTEN 4
 #define A_ACCEPT 5
 #define A_OUTCOME 6   // the outcome of an earlier connect, by socket cookie (status below)
+#define A_DNS 7       // a port-53 payload of a tracked socket: its first DNS_MAX bytes follow the event
+#define DNS_PORT 53
 
 // sock_event.status, of A_OUTCOME
 #define S_SYN_SENT 1      // the SYN left: the connect found a route (a connect with none is unreachable)
@@ -53,15 +59,24 @@ struct sock_event {
     char comm[16];
 };
 
-// A listener of a tracked process, so that what it accepts (in softirq, where no process
-// is current) is attributed to it: by network namespace and port.
+// A DNS question as it left: the event, then the payload (UDP's, or TCP's with its length prefix).
+struct dns_event {
+    struct sock_event ev;
+    u32 payload_len;
+    u8 payload[DNS_MAX];
+};
+
+// The tracked process a socket belongs to, for what happens where no process (or another
+// one) is current: a listener's accepts (softirq), a DNS socket's packets.
+struct owner { u64 track_ktime_ns; u64 origin_ktime_ns; u64 cgroup_id; u32 track_pid; u32 origin_pid;
+               u32 pid; u32 uid; char comm[16]; };
+// A listener of a tracked process: by network namespace and port.
 struct listen_key { u64 netns; u32 port; u32 pad; };
-struct listener { u64 track_ktime_ns; u64 origin_ktime_ns; u64 cgroup_id; u32 track_pid; u32 origin_pid;
-                  u32 pid; u32 uid; char comm[16]; };
 
 BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);   // their own: a scan cannot cost exec events
-BPF_PERCPU_ARRAY(sock_event_type, struct sock_event, 1);   // unused: bcc types a ring buffer's records by no map of its own
-BPF_HASH(listeners, struct listen_key, struct listener, LISTENERS_MAX);
+BPF_PERCPU_ARRAY(dns_heap, struct dns_event, 1);       // too big for the stack; also the records' type for user space
+BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
+BPF_SK_STORAGE(dns_socks, struct owner);   // sockets a tracked process sent to port 53 with (freed with the socket)
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 
 // The current process's slot when it is tracked, with budget left (else counted).
@@ -91,6 +106,32 @@ static __always_inline void from_proc(struct sock_event *ev, struct proc *p, u16
     ev->uid = (u32)bpf_get_current_uid_gid();
     ev->action = action;
     __builtin_memcpy(ev->comm, p->comm, 16);
+}
+
+static __always_inline void own(struct owner *o, struct sock_event *ev, struct proc *p)
+{
+    o->track_ktime_ns = p->track_ktime_ns;
+    o->origin_ktime_ns = p->origin_ktime_ns;
+    o->cgroup_id = ev->cgroup_id;
+    o->track_pid = p->track_pid;
+    o->origin_pid = p->origin_pid;
+    o->pid = p->pid;
+    o->uid = ev->uid;
+    __builtin_memcpy(o->comm, p->comm, 16);
+}
+
+static __always_inline void from_owner(struct sock_event *ev, struct owner *o, u16 action)
+{
+    ev->ktime_ns = bpf_ktime_get_ns();
+    ev->action = action;
+    ev->cgroup_id = o->cgroup_id;
+    ev->track_ktime_ns = o->track_ktime_ns;
+    ev->track_pid = o->track_pid;
+    ev->origin_ktime_ns = o->origin_ktime_ns;
+    ev->origin_pid = o->origin_pid;
+    ev->pid = o->pid;
+    ev->uid = o->uid;
+    __builtin_memcpy(ev->comm, o->comm, 16);
 }
 
 static __always_inline void send(struct sock_event *ev)
@@ -123,6 +164,12 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
         ev.remote_addr[0] = ctx->user_ip4;
     }
     send(&ev);
+    if (ev.remote_port == DNS_PORT && ctx->sk) {
+        // Its questions are read as they leave (egress below).
+        struct owner *o = dns_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (o)
+            own(o, &ev, p);
+    }
     return 1;   // allow: this program only watches
 }
 
@@ -227,10 +274,8 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         tcp_addrs(&ev, skops);
         send(&ev);
         struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
-        struct listener l = {.track_ktime_ns = p->track_ktime_ns, .origin_ktime_ns = p->origin_ktime_ns,
-                             .cgroup_id = ev.cgroup_id, .track_pid = p->track_pid, .origin_pid = p->origin_pid,
-                             .pid = p->pid, .uid = ev.uid};
-        __builtin_memcpy(l.comm, p->comm, 16);
+        struct owner l = {};
+        own(&l, &ev, p);
         if (listeners.lookup(&key) == 0) {
             u32 port = skops->local_port & 0xffff;
             u32 *n = listen_ports.lookup(&port);
@@ -246,23 +291,98 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         if (!n || !*n)
             return 1;
         struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
-        struct listener *l = listeners.lookup(&key);
+        struct owner *l = listeners.lookup(&key);
         if (!l)
             return 1;
         struct sock_event ev = {};
-        ev.ktime_ns = bpf_ktime_get_ns();
-        ev.action = A_ACCEPT;
+        from_owner(&ev, l, A_ACCEPT);
         ev.cookie = bpf_get_socket_cookie(skops);
-        ev.cgroup_id = l->cgroup_id;
-        ev.track_ktime_ns = l->track_ktime_ns;
-        ev.track_pid = l->track_pid;
-        ev.origin_ktime_ns = l->origin_ktime_ns;
-        ev.origin_pid = l->origin_pid;
-        ev.pid = l->pid;
-        ev.uid = l->uid;
-        __builtin_memcpy(ev.comm, l->comm, 16);
         tcp_addrs(&ev, skops);
         send(&ev);
     }
+    return 1;
+}
+
+// Every packet the host sends passes here. All but those of a socket connected to port 53
+// and of unconnected UDP sockets (whose port is per datagram) leave after two loads; of
+// those, a socket a tracked process sent to port 53 with (dns_socks) has its payload
+// copied: the IP and transport headers skipped, at most DNS_MAX bytes.
+int netutil_egress(struct __sk_buff *skb)
+{
+    u32 rport = skb->remote_port >> 16;   // network order, in the high half
+    if (rport != NTOHS(DNS_PORT) && rport != 0)
+        return 1;
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 1;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk)
+        return 1;
+    struct owner *o = dns_socks.sk_storage_get(sk, 0, 0);
+    if (!o)
+        return 1;
+    // Where the transport header and the payload start (skb data is the IP header).
+    u8 first = 0, proto = 0;
+    u32 off = 0;
+    if (bpf_skb_load_bytes(skb, 0, &first, 1))
+        return 1;
+    if ((first >> 4) == 4) {
+        off = (first & 0xf) * 4;
+        bpf_skb_load_bytes(skb, 9, &proto, 1);
+    } else if ((first >> 4) == 6) {
+        off = 40;   // extension headers are not followed
+        bpf_skb_load_bytes(skb, 6, &proto, 1);
+    } else {
+        return 1;
+    }
+    u16 dport = 0;
+    if (bpf_skb_load_bytes(skb, off + 2, &dport, 2) || dport != NTOHS(DNS_PORT))
+        return 1;   // an unconnected socket's datagram to another port
+    if (proto == IPPROTO_UDP) {
+        off += 8;
+    } else if (proto == IPPROTO_TCP) {
+        u8 doff = 0;
+        bpf_skb_load_bytes(skb, off + 12, &doff, 1);
+        off += (doff >> 4) * 4;
+    } else {
+        return 1;
+    }
+    if (off >= skb->len)
+        return 1;   // no payload (a TCP handshake or ACK)
+    int zero = 0;
+    struct dns_event *d = dns_heap.lookup(&zero);
+    if (!d)
+        return 1;
+    struct proc *p = slot_of(o->pid);
+    if (p && p->pid == o->pid) {   // the owner's budget, where its slot is still its own
+        if (!p->sock_budget) {
+            count(C_SOCK_OVER_BUDGET);
+            return 1;
+        }
+        p->sock_budget--;
+    }
+    __builtin_memset(&d->ev, 0, sizeof(d->ev));
+    from_owner(&d->ev, o, A_DNS);
+    d->ev.cookie = bpf_get_socket_cookie(skb);
+    d->ev.family = sk->family;
+    d->ev.protocol = proto;
+    d->ev.remote_port = DNS_PORT;
+    d->ev.local_port = sk->src_port;
+    if (sk->family == AF_INET6) {
+        bpf_skb_load_bytes(skb, 24, d->ev.remote_addr, 16);
+    } else {
+        bpf_skb_load_bytes(skb, 16, d->ev.remote_addr, 4);
+    }
+    u32 len = skb->len - off;   // at least 1 (above)
+    if (len > DNS_MAX)
+        len = DNS_MAX;
+    u64 n = ((len - 1) & (DNS_MAX - 1)) + 1;   // 1..DNS_MAX as the verifier can see it (DNS_MAX: a power of 2)
+    if (bpf_skb_load_bytes(skb, off, d->payload, n))
+        return 1;
+    d->payload_len = n;
+    if (sock_events.ringbuf_output(d, sizeof(*d), 0))
+        count(C_SOCK_LOST);
+    else
+        count(C_SOCK_EVENTS);
     return 1;
 }

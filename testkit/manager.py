@@ -25,6 +25,7 @@ from thrift.transport import TSocket, TTransport
 
 from osquery_netutil.tables.thrift import Server
 from osquery_netutil.schema import Table
+from osquery_netutil.tables.plugins import TableError, TablePlugin
 
 
 class Manager(ExtensionManager.Iface):
@@ -134,3 +135,18 @@ def context(table: Table, constraints: dict[str, list[tuple[int, str]]], used: l
         "colsUsed": names,
         "colsUsedBitset": sum(1 << i for i, c in enumerate(table.columns) if c.name in names),
     })
+
+
+class RemoteTable(TablePlugin):
+    """An extension's table as osqueryi's SQLite reaches it: each scan is a `generate` call
+    over thrift with osquery's context (the embedded host's virtual tables build it as
+    osquery/sql/virtual_table.cpp does), the answer read back as osquery's text rows."""
+
+    def __init__(self, manager: Manager, uuid: int, table: Table) -> None:
+        self.manager, self.uuid, self.table = manager, uuid, table
+
+    def generate(self, context: dict[str, Any]) -> list[dict[str, Any]]:
+        response = self.manager.call_table(self.uuid, self.table.name, {"action": "generate", "context": json.dumps(context)})
+        if response.status.code != 0:
+            raise TableError(response.status.message)
+        return response.response

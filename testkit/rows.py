@@ -1,16 +1,25 @@
-"""Rows shaped like `network_utility_execs`' own, for tests and benchmarks that fill a store
-without running the probe."""
+"""Rows shaped like the tables' own (`network_utility_execs`, `network_utility_socket_events`),
+for tests and benchmarks that fill a store without running the probe."""
 
 from __future__ import annotations
 
 import time
 
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS, Table
 
 
 def make_row(**values: object) -> dict[str, object]:
-    """Every data column set (empty text, zero numbers, now as `time`), then `values` on top."""
-    row: dict[str, object] = {c.name: "" if c.type == "TEXT" else 0 for c in EXECS.columns if c.name != "eid"}
+    """An exec row: every data column set (empty text, zero numbers, now as `time`), then `values` on top."""
+    return _row(EXECS, values)
+
+
+def make_socket_row(**values: object) -> dict[str, object]:
+    """A socket event row, as make_row (count 1, a connect)."""
+    return _row(SOCKETS, {"count": 1, "action": "connect", **values})
+
+
+def _row(table: Table, values: dict[str, object]) -> dict[str, object]:
+    row: dict[str, object] = {c.name: "" if c.type == "TEXT" else 0 for c in table.columns if c.name != "eid"}
     row["time"] = int(time.time())
     row.update(values)
     return row

@@ -96,16 +96,29 @@ class HttpServer:
 
 
 class DnsServer:
-    """UDP DNS on 127.0.0.1 answering NXDOMAIN to every query (for nslookup, dig, host)."""
+    """DNS on 127.0.0.1 answering NXDOMAIN to every query (for nslookup, dig, host, and
+    getaddrinfo in a network namespace of a test's own, on port 53), over UDP and TCP."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
+        self.tcp = socket.socket()
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(8)
+        self.tcp.settimeout(0.1)
         self.queries: list[bytes] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._threads = [threading.Thread(target=self._serve, daemon=True),
+                         threading.Thread(target=self._serve_tcp, daemon=True)]
+
+    @staticmethod
+    def _answer(query: bytes) -> bytes:
+        flags = struct.unpack("!H", query[2:4])[0]
+        reply_flags = 0x8000 | (flags & 0x0100) | 0x0080 | 3   # QR, copy RD, RA, NXDOMAIN
+        return query[:2] + struct.pack("!HHHHH", reply_flags, 1, 0, 0, 0) + query[12:]
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -116,15 +129,41 @@ class DnsServer:
             if len(data) < 12:
                 continue
             self.queries.append(data)
-            flags = struct.unpack("!H", data[2:4])[0]
-            reply_flags = 0x8000 | (flags & 0x0100) | 0x0080 | 3   # QR, copy RD, RA, NXDOMAIN
-            self.sock.sendto(data[:2] + struct.pack("!HHHHH", reply_flags, 1, 0, 0, 0) + data[12:], peer)
+            self.sock.sendto(self._answer(data), peer)
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    data = conn.recv(4096)
+                    if len(data) >= 14:
+                        self.queries.append(data[2:])
+                        answer = self._answer(data[2:])
+                        conn.sendall(struct.pack("!H", len(answer)) + answer)
+                except OSError:
+                    continue
 
     def __enter__(self) -> "DnsServer":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        for thread in self._threads:
+            thread.join(timeout=2)
         self.sock.close()
+        self.tcp.close()
+
+
+if __name__ == "__main__":   # python -m testkit.support SECONDS: DNS on 127.0.0.1:53 (in a namespace of a test's own)
+    import sys
+
+    with DnsServer(53):
+        print("ready", flush=True)
+        time.sleep(float(sys.argv[1]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from osquery_netutil.packs import formats
-from osquery_netutil.schema import EXECS, STATUS, reference_markdown
+from osquery_netutil.schema import EXECS, SOCKETS, STATUS, reference_markdown
 from osquery_netutil.store.store import _ddl
 
 
@@ -18,9 +18,12 @@ def test_range_columns_are_bigint_and_types_are_osquery_types() -> None:
     # osquery never pushes <, > on TEXT: every column a pack compares by range is BIGINT.
     for name in ("eid", "time", "pid", "parent", "uid", "gid", "argc"):
         assert EXECS.column(name).type == "BIGINT"
-    assert {c.type for t in (EXECS, STATUS) for c in t.columns} <= {"BIGINT", "INTEGER", "TEXT"}
-    ddl = _ddl()
-    assert all(f"events_{c.name} " in " ".join(ddl) for c in EXECS.columns if c.indexed and c.name != "eid")
+    for name in ("eid", "exec_eid", "time", "pid", "uid", "count"):
+        assert SOCKETS.column(name).type == "BIGINT"
+    assert {c.type for t in (EXECS, SOCKETS, STATUS) for c in t.columns} <= {"BIGINT", "INTEGER", "TEXT"}
+    ddl = " ".join(_ddl())
+    assert all(f"events_{c.name} " in ddl for c in EXECS.columns if c.indexed and c.name != "eid")
+    assert all(f"sockets_{c.name} " in ddl for c in SOCKETS.columns if c.indexed and c.name != "eid")
 
 
 def test_the_readme_lists_the_detections() -> None:

@@ -22,13 +22,14 @@ from thrift.transport import TSocket, TTransport
 
 from osquery_netutil.app.extension import parse_args
 from osquery_netutil.tables.thrift import Handler, Processor, write_call_result
-from osquery_netutil.schema import EXECS, STATUS
+from osquery_netutil.host.database import Host
+from osquery_netutil.schema import EXECS, SOCKETS, STATUS
 from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import OP_EQUALS, OP_GE, OP_GT, OP_LT, ExecsTable, columns_used, osqueryd_bytes, stored_peak
 
 from tests.conftest import need, probe_unavailable
-from testkit.manager import Manager, context
-from testkit.support import write_executable
+from testkit.manager import Manager, RemoteTable, context
+from testkit.support import HttpServer, write_executable
 from testkit.rows import make_row
 
 @pytest.fixture
@@ -60,13 +61,13 @@ def stop(proc: subprocess.Popen, manager: Manager) -> str:
     return proc.stderr.read()
 
 
-def test_registers_both_tables_with_the_schema(ext_file: str, manager: Manager, place: Path) -> None:
+def test_registers_every_table_with_the_schema(ext_file: str, manager: Manager, place: Path) -> None:
     proc = manager.launch(ext_file, "--store", str(place / "events.db"))
     try:
         uuid = manager.wait_registered("netutil")
         info, registry = manager.registered[uuid]
-        assert set(registry["table"]) == {EXECS.name, STATUS.name}
-        for table in (EXECS, STATUS):
+        assert set(registry["table"]) == {EXECS.name, SOCKETS.name, STATUS.name}
+        for table in (EXECS, SOCKETS, STATUS):
             routes = registry["table"][table.name]
             assert [(r["name"], r["type"]) for r in routes] == [(c.name, c.type) for c in table.columns]
             response = manager.call_table(uuid, table.name, {"action": "columns"})
@@ -119,6 +120,33 @@ def test_a_tmp_script_running_nc_becomes_a_row_over_thrift(ext_file: str, manage
     assert "ignoring flags this version does not know: --some-future-osquery-flag" in err
     with Store(store, readonly=True) as kept:   # flushed on the way out
         assert any(tag in r["cmdline"] for r in kept.select([("utility", "=", "curl")]))
+
+
+def test_what_a_utility_contacted_joins_its_exec_row_over_thrift(ext_file: str, manager: Manager, place: Path,
+                                                                 workdir: Path) -> None:
+    """The query of issue 23, as osqueryi runs it: SQLite's virtual tables call the
+    extension's two tables over thrift (the inner loop with exec_eid pushed down)."""
+    need(probe_unavailable())
+    proc = manager.launch(ext_file, "--store", str(place / "events.db"))
+    try:
+        uuid = manager.wait_registered("netutil")
+        assert wait_state(manager, uuid, {"running", "degraded", "failed"})["network_mode"] == "cgroup"
+        host = Host([RemoteTable(manager, uuid, EXECS), RemoteTable(manager, uuid, SOCKETS)])
+        tag = uuidlib.uuid4().hex[:12]
+        with HttpServer() as server:
+            url = f"http://127.0.0.1:{server.port}/{tag}"
+            subprocess.run([str(write_executable(workdir / "fetch.sh", f"#!/bin/sh\ncurl -s -o /dev/null {url}\n"))], timeout=30)
+            sql = ("SELECT e.cmdline, s.remote_address, s.remote_port, s.status, s.dns_name FROM network_utility_execs e "
+                   "JOIN network_utility_socket_events s ON s.exec_eid = e.eid WHERE e.cmdline LIKE ?")
+            deadline = time.monotonic() + 15
+            answer: list[tuple[object, ...]] = []
+            while not answer and time.monotonic() < deadline:
+                answer = host.query(sql, (f"%{tag}",))[1]
+                time.sleep(0.3)
+        assert answer == [(f"curl -s -o /dev/null {url}", "127.0.0.1", server.port, "succeeded", "")]
+    finally:
+        err = stop(proc, manager)
+    assert proc.returncode == 0, err
 
 
 def test_a_second_extension_on_the_same_store_only_reads(ext_file: str, place: Path) -> None:

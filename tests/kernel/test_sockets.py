@@ -153,6 +153,42 @@ def test_ipv6_and_v4_mapped(sensor: Sensor, rows: Collector, workdir: Path) -> N
         [(10, "127.0.0.1", "refused"), (10, "::1", "refused")]
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dns_questions_are_read_as_they_leave_however_the_name_was_given(sensor: Sensor, workdir: Path) -> None:
+    """A resolver on 127.0.0.1:53 in a network namespace of the test's own, with
+    resolv.conf bind-mounted there: the name in a URL (getaddrinfo's own question), on
+    stdin, in a batch file and over TCP are each a dns_query row, whatever argv said."""
+    tag = uuid.uuid4().hex[:8]
+    (workdir / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    (workdir / "names.txt").write_text(f"b1-{tag}.exfil.example\nb2-{tag}.exfil.example\n")
+    write_executable(workdir / "inner.sh", f"""#!/bin/sh
+ip link set lo up
+mount --bind {workdir}/resolv.conf /etc/resolv.conf
+cd {REPO} && {PYTHON} -m testkit.support 20 > {workdir}/ready &
+server=$!
+i=0
+while [ ! -s {workdir}/ready ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+curl -s -m 2 http://c2-{tag}.example.com/
+printf 'stdin-{tag}.exfil.example\\n' | nslookup >/dev/null
+dig +short +tries=1 +time=1 -f {workdir}/names.txt
+dig +tcp +short +tries=1 +time=1 tcp-{tag}.exfil.example TXT
+kill $server
+""")
+    run(write_executable(workdir / "dns.sh", f"#!/bin/sh\nexec unshare -n -m /bin/sh {workdir}/inner.sh\n"), timeout=60)
+    names = {f"c2-{tag}.example.com", f"stdin-{tag}.exfil.example", f"b1-{tag}.exfil.example",
+             f"b2-{tag}.exfil.example", f"tcp-{tag}.exfil.example"}
+    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=6, timeout=15)
+    asked = {(r["comm"], r["dns_name"], r["dns_type"], r["protocol"]) for r in hits}
+    assert {("curl", f"c2-{tag}.example.com", "A", 17), ("dig", f"tcp-{tag}.exfil.example", "TXT", 6)} <= asked, asked
+    assert {name for _, name, _, _ in asked} == names, asked
+    for r in hits:
+        assert (r["remote_address"], r["remote_port"]) == ("127.0.0.1", 53)
+        origin = json.loads(r["origin"])   # the nearest exec from /tmp: sh on the script
+        assert str(workdir / "inner.sh") in (origin["path"], origin.get("script")), origin
+
+
 def test_an_untracked_process_makes_no_row(sensor: Sensor, workdir: Path) -> None:
     port = closed_port()
     code = f"import socket\ns = socket.socket()\ntry: s.connect(('127.0.0.1', {port}))\nexcept OSError: pass\n"
@@ -196,7 +232,7 @@ def _attached_program_ids(root: Path) -> set[int]:
 def test_kill_9_of_the_sensor_leaves_no_program_attached(tmp_path: Path, probe_mode: str) -> None:
     """The socket programs hang on BPF links that die with the process: a sensor killed
     with SIGKILL leaves nothing on the cgroup (bcc's own attach would)."""
-    from osquery_netutil.kernel.sockets import cgroup2_root
+    from osquery_netutil.kernel.sockets import PROGRAMS, cgroup2_root
 
     tmp_path.chmod(0o700)
     code = ("import os, re, sys, time\n"
@@ -213,7 +249,7 @@ def test_kill_9_of_the_sensor_leaves_no_program_attached(tmp_path: Path, probe_m
     try:
         assert child.stdout is not None
         ids = {int(i) for i in child.stdout.readline().split()}
-        assert len(ids) == 7 and ids <= _attached_program_ids(cgroup2_root())
+        assert len(ids) == len(PROGRAMS) and ids <= _attached_program_ids(cgroup2_root())
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)

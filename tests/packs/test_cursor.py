@@ -13,9 +13,10 @@ from osquery_netutil.host.database import Host
 from osquery_netutil.packs.runner import PackRunner
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.store import Store
-from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.schema import SOCKETS
+from osquery_netutil.tables.plugins import ExecsTable, stored_tables
 
-from testkit.rows import make_row
+from testkit.rows import make_row, make_socket_row
 
 
 def _cursor(store: Store, path: Path) -> Cursor:
@@ -97,3 +98,26 @@ def test_a_batch_that_cannot_be_read_is_reported_once_and_judged_when_it_can(pla
         lines, errors = run.run_due(time.time() + 10)
         assert errors == [] and [r.rows[0]["cmdline"] for r in lines] == ["nc 0", "nc 1", "nc 2"]
         assert cursor.value == 3
+
+
+def test_socket_detections_judge_each_socket_event_once_by_their_own_cursor(place: Path) -> None:
+    """A detection of socket events reads {{recent_sockets}}: in plain watch, the events after
+    the socket cursor, each once, whatever the exec cursor says; the exec row it names is
+    joined whenever it was judged."""
+    (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_contacted_public_destination"]
+    assert query.judged == SOCKETS.name
+    origin = '{"pid": 7, "path": "/tmp/x.sh", "cmdline": "/tmp/x.sh", "uid": 0, "time": 1}'
+    with Store(place / "events.db", judged_by_cursor=True) as store:
+        assert store.cursor is not None and store.socket_cursor is not None
+        run = PackRunner(Host(stored_tables(lambda: store)), [query], cursor=store.cursor, socket_cursor=store.socket_cursor)
+        curl = store.add(make_row(utility="curl", cmdline="curl http://c2.example.com/", origin=origin))
+        store.flush()
+        assert run.run_due()[0] == []   # the exec's events have not come yet
+        for port in (443, 8443):
+            store.add_socket(make_socket_row(exec_eid=curl, remote_address="45.9.148.3", remote_port=port, remote_public=1,
+                                             status="succeeded", origin=origin, comm="curl", path="/usr/bin/curl"))
+        store.flush()
+        found, errors = run.run_due()
+        assert errors == [] and [r.rows[0]["remote_port"] for r in found] == [443, 8443]
+        assert all("curl http://c2.example.com/" in r.rows[0]["message"] for r in found)
+        assert run.run_due()[0] == [] and store.socket_cursor.value == 2 and store.cursor.value == 1

@@ -14,9 +14,9 @@ from osquery_netutil.app.cli import main
 from osquery_netutil.host.database import Host
 from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.packs.runner import PackRunner, Result
-from osquery_netutil.schema import STATUS
+from osquery_netutil.schema import EXECS, SOCKETS, STATUS
 from osquery_netutil.store.store import Store
-from osquery_netutil.tables.plugins import ExecsTable, StatusTable
+from osquery_netutil.tables.plugins import ExecsTable, SocketsTable, StatusTable, StoredTable, stored_tables
 
 QUERIES = packs.load()
 REQUIRED = {
@@ -24,6 +24,9 @@ REQUIRED = {
     "netutil_ip_argument_hunt", "netutil_backdoor_arguments", "netutil_ingress_tool_transfer",
     "netutil_dns_exfiltration", "netutil_scanner_or_sniffer", "netutil_tunnel", "netutil_renamed_utility",
     "netutil_probe_health", "netutil_every_execution", "netutil_container_service_shell", "netutil_cloud_metadata_access",
+    # issue 23: judged on what was contacted
+    "netutil_contacted_public_destination", "netutil_dns_questions_exfiltration", "netutil_listener_accepted",
+    "netutil_metadata_contacted",
 }
 
 
@@ -43,17 +46,25 @@ def test_detection_reports_its_positives_and_none_of_its_negatives(query: packs.
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
 def test_detection_results_carry_what_a_triager_needs(query: packs.Query, tmp_path: Path) -> None:
     folder = packs.PACKS_DIR / "fixtures" / query.name
-    if "FROM network_utility_execs" not in query.sql:
+    if not query.judges_rows:
         return   # the health query reads the status table; its columns are checked by its fixtures
-    rows = jsonl.read((folder / "positive.jsonl").read_text().splitlines()).rows
     tmp_path.chmod(0o700)
     with Store(tmp_path / "events.db") as store:
-        store.add_many(rows)
+        for exec_row, events in verify.fixture_rows(folder / "positive.jsonl"):
+            exec_eid = store.add(exec_row) if exec_row is not None else 0
+            for event in events:
+                store.add_socket({**event, "exec_eid": exec_eid})
         store.flush()
-        columns, results = Host([ExecsTable(lambda: store)]).query(query.sql)
-    assert {"eid", "time", "username", "pid", "utility", "cmdline", "chain", "container_id", "ip_args", "message"} <= set(columns)
-    chain, message = columns.index("chain"), columns.index("message")
-    assert all(" > " in r[chain] or r[chain].startswith("/") for r in results)
+        columns, results = Host(stored_tables(lambda: store)).query(query.sql)
+    assert results
+    if query.judged == SOCKETS.name:   # an event, the process it is of, the exec row it joins
+        assert {"eid", "exec_eid", "time", "action", "pid", "comm", "path", "remote_address", "remote_port", "origin",
+                "container_id", "cmdline", "message"} <= set(columns)
+    else:
+        assert {"eid", "time", "username", "pid", "utility", "cmdline", "chain", "container_id", "ip_args", "message"} <= set(columns)
+        chain = columns.index("chain")
+        assert all(" > " in r[chain] or r[chain].startswith("/") for r in results)
+    message = columns.index("message")
     assert all(r[message] and "None" not in r[message] for r in results)
 
 
@@ -230,17 +241,26 @@ def test_each_detection_reads_the_table_once(query: packs.Query, tmp_path: Path)
     read written in the SQL runs once."""
     tmp_path.chmod(0o700)
     folder = packs.PACKS_DIR / "fixtures" / query.name
-    calls = []
+    calls: dict[str, list[object]] = {EXECS.name: [], SOCKETS.name: []}
 
-    class Counting(ExecsTable):
-        def generate(self, context):  # type: ignore[no-untyped-def]
-            calls.append(context)
-            return super().generate(context)
+    def counting(table: type[StoredTable]) -> type[StoredTable]:
+        class Counting(table):  # type: ignore[valid-type,misc]
+            def generate(self, context):  # type: ignore[no-untyped-def]
+                calls[self.table.name].append(context)
+                return super().generate(context)
+        return Counting
 
     with Store(tmp_path / "events.db") as store:
-        if "FROM network_utility_execs" in query.sql:
-            store.add_many(jsonl.read((folder / "positive.jsonl").read_text().splitlines()).rows * 5)
+        if query.judges_rows:   # five times the positive fixtures: each row and each socket event of them
+            for _ in range(5):
+                for exec_row, events in verify.fixture_rows(folder / "positive.jsonl"):
+                    exec_eid = store.add(exec_row) if exec_row is not None else 0
+                    for event in events:
+                        store.add_socket({**event, "exec_eid": exec_eid})
             store.flush()
-        Host([Counting(lambda: store), StatusTable(lambda: {"state": "running", "events_lost": 0, "error": ""})]).query(query.sql)
-    reads = query.sql.count("FROM network_utility_execs")   # the window's rows, and a spread's neighbours
-    assert len(calls) <= reads, f"{query.name} reads network_utility_execs {len(calls)} times, its SQL {reads}"
+        status = StatusTable(lambda: {"state": "running", "events_lost": 0, "error": ""})
+        Host([counting(ExecsTable)(lambda: store), counting(SocketsTable)(lambda: store), status]).query(query.sql)
+    for table, made in calls.items():
+        reads = query.sql.count(f"FROM {table}")   # the window's rows, a spread's neighbours, the execs events join
+        assert len(made) <= reads, f"{query.name} reads {table} {len(made)} times, its SQL {reads}"
+    assert calls[query.judged] or not query.judges_rows, f"{query.name} read no row of {query.judged}"

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.store.errors import StoreBusy, StoreError
 from osquery_netutil.store.store import Store
 
 from tests.conftest import probe_unavailable
-from testkit.rows import make_row
+from testkit.rows import make_row, make_socket_row
 
 
 def test_rows_are_bounded_by_count_and_age_and_eids_never_repeat(place: Path) -> None:
@@ -130,7 +130,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from osquery_netutil.store.store import Store
-    from testkit.rows import make_row
+    from testkit.rows import make_row, make_socket_row
     store = Store(sys.argv[1])
     for i in range(1, 100000):
         store.add(make_row(pid=i))
@@ -237,3 +237,25 @@ def test_a_storm_cannot_evict_rows_not_judged_yet_and_reported_rows_outlive_plai
         store.max_detected = 1                   # the reported rows have their own cap
         store._prune()
         assert [e for e in (3, 5, 7) if e in {r["eid"] for r in store.select()}] == [7]
+
+
+def test_socket_events_name_an_exec_eid_given_before_it_is_written_and_are_bounded_apart(place: Path) -> None:
+    """add() gives an exec row its eid at once (the socket events of its process name it
+    before the batch is written), continuing the sequence across restarts; the socket
+    events have their own bounds and their own cursor."""
+    with Store(place / "events.db", max_rows=100, judged_by_cursor=True) as store:
+        first = store.add(make_row(cmdline="nc a"))
+        assert (first, store.add(make_row(cmdline="nc b"))) == (1, 2)
+        assert store.cursor is not None and store.socket_cursor is not None
+        for i in range(150):
+            store.add_socket(make_socket_row(exec_eid=first, remote_port=i))
+        store.flush()
+        assert [r["eid"] for r in store.select()] == [1, 2]
+        events = store.select([("exec_eid", "=", first)], table=SOCKETS)
+        assert len(events) == 150 and events[0]["remote_port"] == 0   # none judged yet: none evicted
+        store.socket_cursor.advance(150)
+        store._prune()   # noqa: SLF001 (eviction runs every few seconds)
+        assert [r["remote_port"] for r in store.select(table=SOCKETS)] == list(range(50, 150))
+        assert len(store.select()) == 2   # the execs' bound is their own
+    with Store(place / "events.db") as store:
+        assert store.add(make_row(cmdline="nc c")) == 3

@@ -180,7 +180,8 @@ class Watch:
             self.sensor = SensorJob(args, self.store)
             host = Host([*stored_tables(lambda: self.store), StatusTable(self.sensor.sensor.status)])
             self.runner = PackRunner(host, self.queries, every_s=None if args.pack_intervals else args.every,
-                                     cursor=self.store.cursor, snapshots="changes" if self.for_person else "log")
+                                     cursor=self.store.cursor, snapshots="changes" if self.for_person else "log",
+                                     socket_cursor=self.store.socket_cursor)
             say(f"running {len(self.queries)} detections from {args.packs} "
                 + ("at their own intervals" if args.pack_intervals else f"every {args.every:g} s"))
             self.sensor.start()

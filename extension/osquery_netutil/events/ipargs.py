@@ -172,6 +172,14 @@ def is_public(ip: IPAddress) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def is_public_address(text: str) -> bool:
+    """is_public of an address written as text ('' or not an address: False)."""
+    try:
+        return is_public(ipaddress.ip_address(text))
+    except ValueError:
+        return False
+
+
 def ip_columns(utility: str, argv: Sequence[str]) -> tuple[str, str]:
     """(ip_args, public_ip_args) as the table stores them: comma-separated."""
     ips = find_ips(utility, argv)

@@ -14,18 +14,18 @@ so what this module keeps needs no lock:
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from osquery_netutil.events.containers import CgroupResolver, container_id
-from osquery_netutil.events.ipargs import is_public
+from osquery_netutil.events.dns import question
+from osquery_netutil.events.ipargs import is_public_address
 from osquery_netutil.events.procfs import text
 from osquery_netutil.kernel.records import AncestryEntry, ExecRecord
 from osquery_netutil.kernel.sockets import (
-    A_CONNECT, A_OUTCOME, ACTIONS, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
+    A_CONNECT, A_DNS, A_OUTCOME, ACTIONS, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
 )
 
 Row = dict[str, Any]
@@ -93,6 +93,10 @@ class SocketRows:
         """One record from the kernel."""
         if rec.action == A_OUTCOME:
             self._outcome(rec)
+        elif rec.action == A_DNS:
+            asked = question(rec.payload, rec.protocol == IPPROTO_TCP)
+            if asked is not None:   # else no question: a later segment of a TCP stream, a reply
+                self._fold({**self._row(rec), "dns_name": asked[0], "dns_type": asked[1]})
         elif rec.action == A_CONNECT and rec.protocol == IPPROTO_TCP:
             self._connects[rec.cookie] = _Connect(rec, self._row(rec))
             if len(self._connects) > _CONNECTS_HELD:
@@ -170,7 +174,7 @@ class SocketRows:
             "local_port": rec.local_port,
             "remote_address": _address(rec.remote_address, rec.remote_port),
             "remote_port": rec.remote_port,
-            "remote_public": int(_public(rec.remote_address)),
+            "remote_public": int(is_public_address(rec.remote_address)),
             "dns_name": "",
             "dns_type": "",
             "count": 1,
@@ -182,10 +186,3 @@ class SocketRows:
 def _address(address: str, port: int) -> str:
     """'' for an address the action did not have (unspecified, port 0)."""
     return "" if port == 0 and address in ("0.0.0.0", "::") else address
-
-
-def _public(address: str) -> bool:
-    try:
-        return is_public(ipaddress.ip_address(address))
-    except ValueError:
-        return False

@@ -208,7 +208,7 @@ class Probe:
         except SocketsRefused as exc:
             self.network_note = str(exc)
             return
-        self._sock_type = self._bpf[b"sock_event_type"].Leaf._type_   # per-CPU: an array of them
+        self._sock_type = self._bpf[b"dns_heap"].Leaf._type_   # per-CPU: an array of them
         self._bpf[b"sock_events"].open_ring_buffer(self._on_sock_sample)
         self.network_mode = "cgroup"
 

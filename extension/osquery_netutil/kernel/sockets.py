@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 # sock_event.action and .status (mirrors the A_* and S_* defines in the C program).
-A_CONNECT, A_SEND, A_BIND, A_LISTEN, A_ACCEPT, A_OUTCOME = 1, 2, 3, 4, 5, 6
+A_CONNECT, A_SEND, A_BIND, A_LISTEN, A_ACCEPT, A_OUTCOME, A_DNS = 1, 2, 3, 4, 5, 6, 7
 S_SYN_SENT, S_ESTABLISHED, S_CLOSED = 1, 2, 3
-ACTIONS = {A_CONNECT: "connect", A_SEND: "send", A_BIND: "bind", A_LISTEN: "listen", A_ACCEPT: "accept"}
+ACTIONS = {A_CONNECT: "connect", A_SEND: "send", A_BIND: "bind", A_LISTEN: "listen", A_ACCEPT: "accept",
+           A_DNS: "dns_query"}
 
 AF_INET, AF_INET6 = 2, 10
 
@@ -37,6 +38,7 @@ PROGRAMS = (
     ("netutil_post_bind4", _CGROUP_SOCK, 12),
     ("netutil_post_bind6", _CGROUP_SOCK, 13),
     ("netutil_sock_ops", _SOCK_OPS, 3),
+    ("netutil_egress", _CGROUP_SKB, 1),
 )
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 _BPF_LINK_CREATE = 28
@@ -68,6 +70,7 @@ class SockRecord:
     remote_address: str
     remote_port: int
     retrans: int
+    payload: bytes = b""   # of A_DNS: the first bytes of what the socket sent to port 53
 
 
 def cgroup2_root(mounts: Path = Path("/proc/self/mounts")) -> Path:
@@ -113,7 +116,9 @@ class CgroupLinks:
                 try:
                     fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
                 except Exception as exc:   # bcc raises bare Exception with the verifier's log
-                    raise SocketsRefused(f"{name} did not load: {str(exc).strip()[:500]}") from exc
+                    hint = ": the kernel loads networking programs only with CAP_NET_ADMIN" \
+                        if "not permitted" in str(exc) else ""
+                    raise SocketsRefused(f"{name} did not load{hint} ({str(exc).strip()[:500]})") from exc
                 self._fds.append(link_create(fn.fd, cgroup, attach_type))
         except SocketsRefused:
             self.close()
@@ -138,9 +143,12 @@ def address(family: int, words: Any) -> str:
     return str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6)
 
 
-def parse(raw: bytes, event_type: Any, wall_offset: float) -> SockRecord:
-    """A sock_event's bytes as a SockRecord."""
-    ev = event_type.from_buffer_copy(raw[: ctypes.sizeof(event_type)].ljust(ctypes.sizeof(event_type), b"\0"))
+def parse(raw: bytes, dns_type: Any, wall_offset: float) -> SockRecord:
+    """A sock_event's bytes (a dns_event's, for A_DNS) as a SockRecord. dns_type: the
+    program's struct dns_event, a sock_event and its payload."""
+    whole = dns_type.from_buffer_copy(raw[: ctypes.sizeof(dns_type)].ljust(ctypes.sizeof(dns_type), b"\0"))
+    ev = whole.ev
+    payload = bytes(whole.payload[: min(whole.payload_len, len(whole.payload))]) if ev.action == A_DNS else b""
     return SockRecord(
         time=wall_offset + ev.ktime_ns / 1e9,
         ktime_ns=ev.ktime_ns,
@@ -160,4 +168,5 @@ def parse(raw: bytes, event_type: Any, wall_offset: float) -> SockRecord:
         remote_address=address(ev.family, ev.remote_addr) if ev.family in (AF_INET, AF_INET6) else "",
         remote_port=ev.remote_port,
         retrans=ev.retrans,
+        payload=payload,
     )

@@ -24,8 +24,9 @@ from typing import Any, Iterable, TextIO
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.events.scripts import with_script
-from osquery_netutil.events.ipargs import ip_columns
-from osquery_netutil.schema import EXECS
+from osquery_netutil.events.ipargs import ip_columns, is_public_address
+from osquery_netutil.schema import EXECS, SOCKETS
+from osquery_netutil.store.rows import data_columns
 
 Row = dict[str, Any]
 _DATA_COLUMNS = tuple(c for c in EXECS.columns if c.name != "eid")
@@ -61,6 +62,31 @@ def parse_line(line: str, now: int | None = None) -> Row:
             raise ValueError(f"column {c.name!r} must be a string, not {value!r}")
         row[c.name] = value
     _fill_defaults(row, now)
+    return row
+
+
+def socket_row(obj: Any, now: int | None = None) -> Row:
+    """A network_utility_socket_events row from a JSON object keyed by its columns (eid and
+    exec_eid are the store's): the rest default to their empty values, time to now, count
+    to 1 and remote_public to what remote_address is. Raises ValueError."""
+    if not isinstance(obj, dict):
+        raise ValueError("a socket event must be a JSON object keyed by column name")
+    columns = data_columns(SOCKETS)
+    unknown = sorted(set(obj) - set(columns) - {"eid"})
+    if unknown:
+        raise ValueError(f"unknown socket event column {unknown[0]!r}")
+    if isinstance(obj.get("origin"), dict):
+        obj = {**obj, "origin": json.dumps(with_script(obj["origin"]))}
+    row: Row = {**SOCKETS.empty_row(), "time": int(time.time()) if now is None else now, "count": 1}
+    row.pop("eid")
+    for name in columns:
+        if name in obj:
+            kind = SOCKETS.column(name).python_type
+            if not isinstance(obj[name], kind) or isinstance(obj[name], bool):
+                raise ValueError(f"socket event column {name!r} must be {'an integer' if kind is int else 'a string'}")
+            row[name] = obj[name]
+    if "remote_public" not in obj:
+        row["remote_public"] = int(is_public_address(row["remote_address"]))
     return row
 
 

@@ -36,8 +36,8 @@ from typing import Any, Literal
 from osquery_netutil.packs.formats import PACK_NAME
 from osquery_netutil.host.database import Host
 from osquery_netutil.host.errors import QueryError
-from osquery_netutil.packs.source import RECENT_BY_CURSOR, Query
-from osquery_netutil.schema import EXECS
+from osquery_netutil.packs.source import BOUNDS, BY_CURSOR, Query
+from osquery_netutil.schema import EXECS, SOCKETS
 from osquery_netutil.store.cursor import Cursor
 
 Row = dict[str, Any]
@@ -105,10 +105,12 @@ class PackRunner:
     cursor, the queries that judge rows do so by eid, every round."""
 
     def __init__(self, host: Host, queries: list[Query], every_s: float | None = 2.0,
-                 cursor: Cursor | None = None, snapshots: Snapshots = "log") -> None:
+                 cursor: Cursor | None = None, snapshots: Snapshots = "log", socket_cursor: Cursor | None = None) -> None:
+        """cursor: the execs judged (plain watch); socket_cursor: the socket events judged."""
         self.host = host
         self.every_s = every_s           # None: honour each query's interval
         self.cursor = cursor
+        self._cursors = {table: c for table, c in ((EXECS.name, cursor), (SOCKETS.name, socket_cursor)) if c is not None}
         self.snapshots = snapshots
         self._states = [_State(q) for q in queries]
         self._unreadable = ""   # the last batch that could not be read, reported once
@@ -137,8 +139,8 @@ class PackRunner:
                 results.append(Result(state.query, "snapshot", tuple(rows), int(now), 0))
             else:
                 results += self._changes(state, rows, int(now))
-        if self.cursor is not None:
-            results += self._judge_new_rows(int(now), errors)
+        for table, cursor in self._cursors.items():
+            results += self._judge_new_rows(table, cursor, int(now), errors)
         return results, errors
 
     def _differential(self, state: _State, rows: list[Row], now: int) -> list[Result]:
@@ -172,37 +174,37 @@ class PackRunner:
             return None
         return [dict(zip(columns, row)) for row in rows]
 
-    def _judge_new_rows(self, now: int, errors: list[str]) -> list[Result]:
-        """Every row after the cursor, by every query that judges rows, batch by batch: at
-        least one batch, then more while ROUND_BUDGET_S lasts; each row's detections are
-        handed on once ("added")."""
-        assert self.cursor is not None
+    def _judge_new_rows(self, table: str, cursor: Cursor, now: int, errors: list[str]) -> list[Result]:
+        """Every row of table after its cursor, by every query that judges that table's
+        rows, batch by batch: at least one batch, then more while ROUND_BUDGET_S lasts;
+        each row's detections are handed on once ("added")."""
         results: list[Result] = []
         deadline = time.monotonic() + ROUND_BUDGET_S
+        low, high = BOUNDS[table]
         while True:
-            after = self.cursor.value
-            upto = min(self.cursor.newest(), after + BATCH_ROWS)
+            after = cursor.value
+            upto = min(cursor.newest(), after + BATCH_ROWS)
             if upto <= after:
                 break
-            bounds = {"after": after, "upto": upto}
+            bounds = {low: after, high: upto}
             # Each detection reads the batch: stored rows up to upto do not change, so the
             # host reads them once for all.
             try:
-                with self.host.snapshot(EXECS.name, RECENT_BY_CURSOR, bounds):
+                with self.host.snapshot(table, BY_CURSOR[table], bounds):
                     for state in self._states:
-                        if state.query.by_cursor and not state.failed:
+                        if state.query.by_cursor and state.query.judged == table and not state.failed:
                             found = self._run(state, errors, bounds)
                             if found is not None:
                                 counter = state.advance(bool(found))
                                 results += [Result(state.query, "added", (row,), now, counter) for row in found]
             except QueryError as exc:   # the batch could not be read: nothing judged, retried next round
-                message = f"cannot read the rows after eid {after} to judge them ({exc}); retrying every round"
+                message = f"cannot read the rows of {table} after eid {after} to judge them ({exc}); retrying every round"
                 if message != self._unreadable:
                     errors.append(message)
                 self._unreadable = message
                 break
             self._unreadable = ""
-            self.cursor.advance(upto)
+            cursor.advance(upto)
             if time.monotonic() >= deadline:
                 break
         return results

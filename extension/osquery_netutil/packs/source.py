@@ -4,8 +4,9 @@ Each detection is one file, `packs/<name>.sql`: a header of `-- key: value` line
 one SQL statement. The statement may start `WITH {{common}}` to use the shared CTEs in
 `packs/lib/common.sql` (the suspicious-location test, the ancestry walk, the exceptions,
 the triage columns), `{{writable_dirs}}` and `{{shells}}` stand for the lists in locations.py and catalog.py, and
-`{{recent}}` for the rows a run looks at: each is written once and inlined
-here, never pasted into the queries.
+`{{recent}}` for the rows of network_utility_execs a run looks at (`{{recent_sockets}}`,
+of network_utility_socket_events): each is written once and inlined here, never pasted
+into the queries.
 
 Fixtures: packs/fixtures/<name>/positive.jsonl and negative.jsonl, rows (as `record`
 writes them, columns may be left out) that the detection must and must not report.
@@ -27,14 +28,18 @@ from osquery_netutil import faults
 
 from osquery_netutil.catalog import SHELLS
 from osquery_netutil.locations import WRITABLE_DIRS
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS
 
 # The checkout's packs/, else where the Debian package installs them (the .ext is a zip).
 _CHECKOUT_PACKS = Path(__file__).resolve().parents[3] / "packs"
 INSTALLED_PACKS = Path("/usr/share/osquery-netutil/packs")
 PACKS_DIR = _CHECKOUT_PACKS if _CHECKOUT_PACKS.is_dir() else INSTALLED_PACKS
 WINDOW_RUNS = 5                # a scheduled run looks at the rows of its last five intervals (packs.window_s)
-RECENT_BY_CURSOR = "eid > :after AND eid <= :upto"   # plain watch: the rows after the last judged eid
+# Plain watch judges the rows of each table after its cursor: between the eids bound to
+# these names; the placeholder that stands for them in a detection.
+BOUNDS = {EXECS.name: ("after", "upto"), SOCKETS.name: ("sockets_after", "sockets_upto")}
+PLACEHOLDERS = {EXECS.name: "recent", SOCKETS.name: "recent_sockets"}
+BY_CURSOR = {table: f"eid > :{low} AND eid <= :{high}" for table, (low, high) in BOUNDS.items()}
 
 FIELDS = {"description", "interval", "platform", "technique", "logging", "severity"}
 LOGGING = ("differential", "differential_ignore_removals", "snapshot")
@@ -63,6 +68,7 @@ class Query:
     source: str        # the SQL as written (placeholders kept)
     body_line: int     # line of the file where the SQL starts
     sql: str           # expanded, ready for osquery
+    judged: str = EXECS.name   # the table whose recent rows it judges: {{recent_sockets}}' or {{recent}}'s
 
     @property
     def where(self) -> str:
@@ -70,13 +76,13 @@ class Query:
 
     @property
     def judges_rows(self) -> bool:
-        """Whether the query judges rows of network_utility_execs (not only the status)."""
-        return re.search(rf"\bFROM\s+{EXECS.name}\b", self.sql) is not None
+        """Whether the query judges rows of the event store (not only the status)."""
+        return re.search(rf"\bFROM\s+({EXECS.name}|{SOCKETS.name})\b", self.sql) is not None
 
     @property
     def by_cursor(self) -> bool:
-        """Whether the query judges the rows between the eids :after and :upto."""
-        return RECENT_BY_CURSOR in self.sql
+        """Whether the query judges the rows between the eids of a cursor (plain watch)."""
+        return any(condition in self.sql for condition in BY_CURSOR.values())
 
 
 def window_s(interval: int) -> int:
@@ -111,19 +117,23 @@ def _fragment(directory: Path, name: str) -> str:
     return "\n".join(lines).strip()
 
 
-def expand(source: str, directory: Path = PACKS_DIR, where: str = "", recent: str = RECENT_BY_CURSOR) -> str:
+def expand(source: str, directory: Path = PACKS_DIR, where: str = "", recent: dict[str, str] | None = None) -> str:
     """source with every {{placeholder}} replaced; comment lines of fragments dropped.
-    recent: the condition on the rows a run judges."""
+    recent: the condition on the rows a run judges, by placeholder (recent, recent_sockets);
+    the cursor's by default."""
+    conditions = recent or {PLACEHOLDERS[table]: condition for table, condition in BY_CURSOR.items()}
+
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name in LISTS:
             return LISTS[name]()
-        if name == "recent":
-            return recent
+        if name in conditions:
+            return conditions[name]
         if (directory / "lib" / f"{name}.sql").is_file():
-            return expand(_fragment(directory, name), directory, where, recent)
+            return expand(_fragment(directory, name), directory, where, conditions)
         known = sorted(p.stem for p in (directory / "lib").glob("*.sql"))
-        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use {', '.join(LISTS)}, recent or one of {', '.join(known)}")
+        raise PackError(f"{where}: unknown placeholder {{{{{name}}}}}: use {', '.join([*LISTS, *conditions])} "
+                        f"or one of {', '.join(known)}")
     return _PLACEHOLDER.sub(replace, source)
 
 
@@ -171,9 +181,12 @@ def parse(path: Path, directory: Path = PACKS_DIR, by_cursor: bool = False) -> Q
         raise PackError(f"{path}:{body_start}: no SQL after the header")
     if NOT_SYNTAX.sub(" ", source).strip().rstrip(";").count(";"):
         raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
-    recent = RECENT_BY_CURSOR if by_cursor else f"time > CAST(strftime('%s', 'now') AS INTEGER) - {window_s(int(interval))}"
+    window = f"time > CAST(strftime('%s', 'now') AS INTEGER) - {window_s(int(interval))}"
+    recent = {PLACEHOLDERS[table]: BY_CURSOR[table] if by_cursor else window for table in BY_CURSOR}
     sql = expand(source, directory, f"{path}:{body_start}", recent)
-    return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql)
+    judged = SOCKETS if BY_CURSOR[SOCKETS.name] in expand(source, directory, f"{path}:{body_start}") else EXECS
+    return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql,
+                 judged.name)
 
 
 def sources(directory: Path) -> list[Path]:

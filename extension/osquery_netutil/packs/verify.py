@@ -22,20 +22,35 @@ from osquery_netutil.host.stdregex import RegexError, compile_ecmascript
 from osquery_netutil.packs import jsonl
 from osquery_netutil.packs.formats import stale
 from osquery_netutil.packs.source import NOT_SYNTAX, PACKS_DIR, PackError, Query, load_each
-from osquery_netutil.schema import STATUS
+from osquery_netutil.schema import SOCKETS, STATUS
 from osquery_netutil.store.store import Store
-from osquery_netutil.tables.plugins import ExecsTable, StatusTable
+from osquery_netutil.tables.plugins import StatusTable, stored_tables
 
 _REGEX_CALL = re.compile(r"\bregex_(?:match|split)\s*\(", re.I)
 _LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*", re.S)
 
-def _fixture_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    result = jsonl.read(path.read_text().splitlines(), str(path))
-    if result.errors:
-        raise PackError(result.errors[0])
-    return result.rows
+Row = dict[str, Any]
+
+
+def fixture_rows(path: Path) -> list[tuple[Row | None, list[Row]]]:
+    """Each fixture line: an exec row (None for a line that holds only socket events: a
+    tracked process that is no row, like a /tmp script's python) and the socket events of
+    its process, under "sockets"."""
+    entries: list[tuple[Row | None, list[Row]]] = []
+    now = int(time.time())
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+            sockets = obj.pop("sockets", []) if isinstance(obj, dict) else []
+            if not isinstance(sockets, list):
+                raise ValueError('"sockets" must be a JSON array of socket events')
+            entries.append((jsonl.parse_line(json.dumps(obj), now) if obj else None,
+                            [jsonl.socket_row(event, now) for event in sockets]))
+        except ValueError as exc:
+            raise PackError(f"{path}:{number}: {exc}") from None
+    return entries
 
 
 def _status_rows(path: Path) -> list[dict[str, Any]]:
@@ -76,27 +91,37 @@ def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
                                     f"{'not reported' if expected else 'reported'} by {query.name}")
         return problems
     try:
-        rows = _fixture_rows(positive), _fixture_rows(negative)
+        rows = fixture_rows(positive), fixture_rows(negative)
     except PackError as exc:
         return [str(exc)]
+    # Each entry's eids, as the store gives them: its exec row's, and its socket events'.
+    owners: dict[tuple[str, int], int] = {}
+    sockets_added = 0
     with tempfile.TemporaryDirectory(prefix="netutil-fixtures-") as tmp, Store(Path(tmp) / "events.db") as store:
-        store.add_many([*rows[0], *rows[1]])
+        for index, (exec_row, events) in enumerate([*rows[0], *rows[1]]):
+            exec_eid = store.add(exec_row) if exec_row is not None else 0
+            owners[("exec", exec_eid)] = index
+            for event in events:
+                store.add_socket({**event, "exec_eid": exec_eid})
+                sockets_added += 1
+                owners[("socket", sockets_added)] = index
         store.flush()
-        host = Host([ExecsTable(lambda: store)])
+        host = Host(stored_tables(lambda: store))
         try:
             columns, results = host.query(query.sql)
         except QueryError as exc:
             return [f"{query.where}: {exc}"]
     if results and "eid" not in columns:
         return [f"{query.where}: the results need an eid column (fixtures are matched by it)"]
-    reported = {row[columns.index("eid")] for row in results}
+    kind = "socket" if query.judged == SOCKETS.name else "exec"
+    reported = {owners.get((kind, row[columns.index("eid")])) for row in results}
     problems = []
-    for number, eid in enumerate(range(1, len(rows[0]) + 1), 1):
-        if eid not in reported:
-            problems.append(f"{positive}: row {number} ({rows[0][number - 1].get('cmdline', '')!r}) is not reported by {query.name}")
-    for number, eid in enumerate(range(len(rows[0]) + 1, len(rows[0]) + len(rows[1]) + 1), 1):
-        if eid in reported:
-            problems.append(f"{negative}: row {number} ({rows[1][number - 1].get('cmdline', '')!r}) is reported by {query.name}")
+    for index, (exec_row, events) in enumerate([*rows[0], *rows[1]]):
+        path, number = (positive, index + 1) if index < len(rows[0]) else (negative, index + 1 - len(rows[0]))
+        what = exec_row.get("cmdline", "") if exec_row is not None else \
+            "socket events: " + ", ".join(f"{e['comm']} {e['action']} {e['remote_address'] or e['local_address']}" for e in events)
+        if (index in reported) != (path is positive):
+            problems.append(f"{path}: row {number} ({what!r}) is {'not ' if path is positive else ''}reported by {query.name}")
     return problems
 
 

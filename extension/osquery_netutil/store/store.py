@@ -87,9 +87,10 @@ class Store:
         if max_rows < 1 or max_age_s < 1:
             raise StoreError(f"retention must be positive (max_rows={max_rows}, max_age_s={max_age_s})")
         self.path = Path(path)
-        # Eviction spares what the detections still need: rows after the cursor, and, up to
+        # Eviction spares what the detections still need: rows after the cursors, and, up to
         # their own cap, rows a detection reported (mark_detected).
-        self.cursor: Cursor | None = None
+        self.cursor: Cursor | None = None          # the execs judged
+        self.socket_cursor: Cursor | None = None   # the socket events judged
         self.max_detected = max(max_rows // 10, 1)
         self.evicted = 0
         self._marks: list[int] = []
@@ -129,13 +130,18 @@ class Store:
             self._open_for_writing()
             self._reader = _connect(self.path, readonly=True)
             if judged_by_cursor:
-                self.cursor = Cursor(self.path.with_name(self.path.name + ".judged"), lambda: self.stats()[2],
-                                     self.eid_before, self.time_after)
+                self.cursor = self._judged(EXECS, ".judged")
+                self.socket_cursor = self._judged(SOCKETS, ".judged-sockets")
         except (OSError, sqlite3.Error) as exc:
             self._lock.release()
             raise StoreError(f"{self.path}: cannot open the store ({faults.cause(exc)}): {faults.fix(exc)}") from exc
         self._writer = threading.Thread(target=self._write_loop, name="netutil-store", daemon=True)
         self._writer.start()
+
+    def _judged(self, table: Table, suffix: str) -> Cursor:
+        """The cursor of watch's judge over table's rows, kept in a file beside the store."""
+        return Cursor(self.path.with_name(self.path.name + suffix), lambda: self.stats(table)[2],
+                      lambda when: self.eid_before(when, table), lambda eid: self.time_after(eid, table))
 
     # -- writer side -------------------------------------------------------------------
     def _take_writer_lock(self) -> None:
@@ -319,10 +325,14 @@ class Store:
                 gone += self._conn.execute("DELETE FROM events WHERE time < ? AND eid <= ?",
                                            (int(time.time()) - self.max_age_s, judged)).rowcount
                 self._conn.execute("DELETE FROM detected WHERE eid NOT IN (SELECT eid FROM events)")
+                # Socket events: the same bounds, of their own, sparing those not judged yet.
+                sockets_judged = self.socket_cursor.value if self.socket_cursor is not None else 2**62
                 (sockets,) = self._conn.execute("SELECT count(*) FROM sockets").fetchone()
-                self._conn.execute("DELETE FROM sockets WHERE eid IN (SELECT eid FROM sockets ORDER BY eid LIMIT ?)",
-                                   (max(sockets - self.max_rows, 0),))
-                self._conn.execute("DELETE FROM sockets WHERE time < ?", (int(time.time()) - self.max_age_s,))
+                gone += self._conn.execute(
+                    "DELETE FROM sockets WHERE eid IN (SELECT eid FROM sockets WHERE eid <= ? ORDER BY eid LIMIT ?)",
+                    (sockets_judged, max(sockets - self.max_rows, 0))).rowcount
+                gone += self._conn.execute("DELETE FROM sockets WHERE time < ? AND eid <= ?",
+                                           (int(time.time()) - self.max_age_s, sockets_judged)).rowcount
             self.evicted += gone
         except sqlite3.Error as exc:
             self.error = f"cannot prune {self.path} ({exc})"
@@ -415,22 +425,24 @@ class Store:
                 "SELECT coalesce(min(time), 0), coalesce(max(time), 0) FROM events").fetchone()
         return oldest, newest
 
-    def eid_before(self, unix_time: int) -> int:
+    def eid_before(self, unix_time: int, table: Table = EXECS) -> int:
         """The highest eid of a row at or before unix_time (0 if none)."""
         with self._read_lock:
-            return self._reader.execute("SELECT coalesce(max(eid), 0) FROM events WHERE time <= ?", (unix_time,)).fetchone()[0]
+            return self._reader.execute(f"SELECT coalesce(max(eid), 0) FROM {SQL_NAMES[table.name]} WHERE time <= ?",
+                                        (unix_time,)).fetchone()[0]
 
-    def time_after(self, eid: int) -> int | None:
+    def time_after(self, eid: int, table: Table = EXECS) -> int | None:
         """The time of the first row after eid, or None."""
         with self._read_lock:
-            row = self._reader.execute("SELECT time FROM events WHERE eid > ? ORDER BY eid LIMIT 1", (eid,)).fetchone()
+            row = self._reader.execute(f"SELECT time FROM {SQL_NAMES[table.name]} WHERE eid > ? ORDER BY eid LIMIT 1",
+                                       (eid,)).fetchone()
         return row[0] if row else None
 
-    def stats(self) -> tuple[int, int, int]:
+    def stats(self, table: Table = EXECS) -> tuple[int, int, int]:
         """(rows retained, oldest time or 0, highest eid or 0)."""
         with self._read_lock:
             count, oldest, last = self._reader.execute(
-                "SELECT count(*), coalesce(min(time), 0), coalesce(max(eid), 0) FROM events"
+                f"SELECT count(*), coalesce(min(time), 0), coalesce(max(eid), 0) FROM {SQL_NAMES[table.name]}"
             ).fetchone()
         return count, oldest, last
 

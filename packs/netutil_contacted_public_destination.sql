@@ -1,0 +1,15 @@
+-- description: A process from a suspicious location (or a network utility in a container) connected or sent to a public address, whatever its arguments said: a hostname, a config file (curl -K), a proxy variable, a URL list (wget -i) or a renamed tool
+-- interval: 60
+-- platform: linux
+-- technique: T1105
+-- logging: differential_ignore_removals
+-- severity: high
+WITH {{sockets}}
+SELECT r.*,
+  printf('%s (pid %d%s) %s %s:%d%s%s, %s%s', r.path, r.pid, CASE WHEN r.cmdline <> '' THEN ': ' || r.cmdline ELSE '' END,
+         CASE r.action WHEN 'send' THEN 'sent to' ELSE 'contacted' END, r.remote_address, r.remote_port,
+         CASE WHEN r.status <> '' THEN ' (' || r.status || ')' ELSE '' END,
+         CASE WHEN r.count > 1 THEN ' ' || r.count || ' times' ELSE '' END, r.reason,
+         CASE WHEN r.username <> '' THEN ', as ' || r.username ELSE '' END) AS message
+FROM report_sockets r
+WHERE r.action IN ('connect', 'send') AND r.remote_public = 1;
