@@ -29,6 +29,7 @@ bench:
 	$(PY) bench/judge_rate.py
 	$(PY) bench/pack_cost.py
 	$(PY) bench/verdicts.py
+	$(PY) bench/sockets.py
 	$(PY) bench/report.py
 
 # The osquery extension as one autoloadable file: dist/osquery-netutil.ext

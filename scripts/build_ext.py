@@ -43,7 +43,7 @@ def build(output: Path, python: str = "/usr/bin/python3") -> Path:
         for name in PACKAGES:
             source = Path(importlib.import_module(name).__file__).parent
             shutil.copytree(source, staging / name, ignore=_ignore)
-        for program in sorted((ROOT / "bpf").glob("*.bpf.c")):   # probe.BPF_SOURCES
+        for program in sorted((ROOT / "bpf").glob("*.bpf.c")):   # program.BPF_SOURCES
             shutil.copy(program, staging / "osquery_netutil" / "data")
         (staging / "__main__.py").write_text(MAIN)
         # unchecked-hash: zipimport checks no timestamp (a zip keeps them to 2 s).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from osquery_netutil.packs import formats
 from osquery_netutil.schema import EXECS, SOCKETS, STATUS, reference_markdown
-from osquery_netutil.store.store import _ddl
+from osquery_netutil.store.layout import ddl
 
 
 def test_the_readme_column_reference_is_the_schema() -> None:
@@ -21,9 +21,9 @@ def test_range_columns_are_bigint_and_types_are_osquery_types() -> None:
     for name in ("eid", "exec_eid", "time", "pid", "uid", "count"):
         assert SOCKETS.column(name).type == "BIGINT"
     assert {c.type for t in (EXECS, SOCKETS, STATUS) for c in t.columns} <= {"BIGINT", "INTEGER", "TEXT"}
-    ddl = " ".join(_ddl())
-    assert all(f"events_{c.name} " in ddl for c in EXECS.columns if c.indexed and c.name != "eid")
-    assert all(f"sockets_{c.name} " in ddl for c in SOCKETS.columns if c.indexed and c.name != "eid")
+    statements = " ".join(ddl())
+    assert all(f"events_{c.name} " in statements for c in EXECS.columns if c.indexed and c.name != "eid")
+    assert all(f"sockets_{c.name} " in statements for c in SOCKETS.columns if c.indexed and c.name != "eid")
 
 
 def test_the_readme_lists_the_detections() -> None:

@@ -108,6 +108,31 @@ def test_watch_prints_detections_as_osquery_result_lines(workdir: Path) -> None:
     assert store.stat().st_mode & 0o777 == 0o600
 
 
+def test_watch_judges_where_a_utility_went_whatever_its_arguments_said(workdir: Path) -> None:
+    """curl -K: the URL is in a config file, no address in argv; run in an empty network
+    namespace, its connect to a public address fails at once (no packet leaves) and is
+    what the socket detection judges."""
+    need(probe_unavailable())
+    (workdir / "cfg").write_text('url = "http://9.9.9.9:8443/stage3"\n')
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "osquery_netutil", "watch", "--store", str(workdir / "store" / "events.db"), "--every", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = LineReader(watch.stdout), LineReader(watch.stderr)
+    try:
+        err.until(lambda line: "watching execs" in line)
+        script = write_executable(workdir / "fetch.sh", f"#!/bin/sh\nunshare -n curl -s -K {workdir / 'cfg'}\n")
+        subprocess.run([str(script)], timeout=30)
+        lines = [json.loads(line) for line in out.until(lambda line: "netutil_contacted_public_destination" in line)]
+        (hit,) = [line["columns"] for line in lines if line.get("name") == "pack_netutil_netutil_contacted_public_destination"]
+        assert (hit["remote_address"], hit["remote_port"], hit["status"]) == ("9.9.9.9", "8443", "unreachable")
+        assert hit["cmdline"] == f"curl -s -K {workdir / 'cfg'}" and str(script) in hit["reason"]
+        assert f"contacted 9.9.9.9:8443 (unreachable), descends from {script}" in hit["message"]
+    finally:
+        watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=20) == 0
+
+
 def test_on_a_terminal_watch_shows_alerts_and_a_restart_once(workdir: Path) -> None:
     """Text output (a person reading): medium and above only, and a health condition once
     when it starts, not every round (before: 30 lines a minute after one restart)."""

@@ -17,6 +17,7 @@ from osquery_netutil.catalog import Catalog
 from osquery_netutil.kernel.fields import BTF_FIELDS, FENTRY_FIELDS, btf_defines, btf_offsets
 from osquery_netutil.kernel.preflight import ProbeError, fentry_problem
 from osquery_netutil.kernel.probe import Probe
+from osquery_netutil.kernel.program import compile_program
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.store.store import Store
 
@@ -187,7 +188,7 @@ def test_the_fentry_program_compiles_and_a_kernel_that_refuses_it_is_noted_not_f
     load it (this VM answers EPERM), so that its C is checked here too."""
     need(probe_unavailable())
     btf = _kernel_btf()
-    bpf = Probe._compile(btf_defines(btf, btf_offsets(btf), fentry=True, verdicts=True))
+    bpf = compile_program(btf_defines(btf, btf_offsets(btf), fentry=True, verdicts=True))
     try:
         loaded = {name.decode() for name in bpf.funcs}
         assert {"raw_tracepoint__sched_process_exec", "raw_tracepoint__task_newtask"} <= loaded

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 
-from osquery_netutil.kernel import fields, probe, records
+from osquery_netutil.kernel import fields, program, records
 
-SOURCE = probe.bpf_source()
+SOURCE = program.bpf_source()
 DEFINES = {name: int(value) for name, value in re.findall(r"^#define ([A-Z][A-Z0-9_]*) (\d+)\b", SOURCE, re.M)}
 
 

@@ -21,13 +21,12 @@ import shutil
 import subprocess
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from osquery_netutil.kernel.btf import VMLINUX, Btf, BtfError
 from osquery_netutil.kernel.fields import NOT_NAMED_WITHOUT_FENTRY, btf_defines, btf_offsets
-from osquery_netutil.kernel.memory import page_out_compiler, return_freed_memory
+from osquery_netutil.kernel.program import compile_program
 from osquery_netutil.kernel.preflight import MODES, BtfRefused, ProbeError, fentry_problem, preflight, tracepoint_preflight
 from osquery_netutil.kernel.sockets import CgroupLinks, SockRecord, SocketsRefused, parse as parse_sock
 from osquery_netutil.kernel.records import (
@@ -36,22 +35,6 @@ from osquery_netutil.kernel.records import (
 )
 from osquery_netutil.catalog import interpreter_names
 from osquery_netutil.locations import FD_PATH_PREFIXES, WRITABLE_DIRS
-
-# The program lives in the repository's bpf/; the packaged extension (.ext) carries a copy
-# as package data.
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
-# The C program, in the order compiled: what both modes share, then each mode's programs.
-BPF_SOURCES = ("netutil_exec.bpf.c", "netutil_exec_btf.bpf.c", "netutil_exec_tracepoint.bpf.c", "netutil_sock.bpf.c")
-
-
-def bpf_source() -> str:
-    """The C program's text, its files joined: from the repository, else from the package
-    (the .ext)."""
-    if (BPF_DIR / BPF_SOURCES[0]).is_file():
-        return "\n".join((BPF_DIR / name).read_text() for name in BPF_SOURCES)
-    data = resources.files("osquery_netutil").joinpath("data")
-    return "\n".join(data.joinpath(name).read_text() for name in BPF_SOURCES)
-
 
 class Probe:
     """The loaded probe: start() attaches, stop() detaches, on_exec gets each record.
@@ -129,7 +112,7 @@ class Probe:
                 self.mode_note = f"btf mode refused: {exc}"
         if not self.mode:
             tracepoint_preflight()
-            self._bpf = self._compile({"PROBE_BTF": 0})
+            self._bpf = compile_program({"PROBE_BTF": 0})
             self._prepare()
             self.mode = "tracepoint"
         self._attach_sockets()
@@ -145,7 +128,7 @@ class Probe:
             raise BtfRefused(str(exc)) from exc
         no_fentry = fentry_problem(btf)
         try:
-            self._bpf = self._compile(btf_defines(btf, offsets, fentry=no_fentry is None, verdicts=self._content_verdicts))
+            self._bpf = compile_program(btf_defines(btf, offsets, fentry=no_fentry is None, verdicts=self._content_verdicts))
         except (ProbeError, BtfError) as exc:
             raise BtfRefused(str(exc)) from exc
         no_fentry = no_fentry or self._bpf.fentry_error
@@ -161,34 +144,6 @@ class Probe:
             self._bpf = None
             raise
         self.mode = "btf"
-
-    @staticmethod
-    def _compile(defines: dict[str, int]) -> "object":
-        """bcc's BPF object for the program with these -D flags (and the sizes); it
-        attaches its programs as it loads them. An fentry the kernel refuses leaves its
-        reason in the object's fentry_error."""
-        from bcc import BPF
-
-        class _Bpf(BPF):
-            """bcc's BPF, where an fentry the kernel refuses to attach is noted, not fatal."""
-
-            fentry_error = ""
-
-            def attach_kfunc(self, fn_name: bytes = b"") -> "_Bpf":
-                try:
-                    return super().attach_kfunc(fn_name=fn_name)
-                except Exception as exc:   # bcc raises bare Exception
-                    self.fentry_error = str(exc)
-                    return self
-
-        cflags = [f"-D{k}={v}" for k, v in {**SIZES, **defines}.items()] + ["-Wno-unused-function"]
-        try:
-            bpf = _Bpf(text=bpf_source().encode(), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception with the compiler/verifier log
-            raise ProbeError(f"the BPF program failed to load: {str(exc).strip()[:2000]}") from exc
-        return_freed_memory()   # clang's freed heap (~25 MB)
-        page_out_compiler()     # and its code (~85 MB), which never runs again
-        return bpf
 
     def _prepare(self) -> None:
         """Fill the filter and open the ring buffer of the loaded program."""

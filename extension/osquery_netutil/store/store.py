@@ -29,6 +29,7 @@ from osquery_netutil.schema import EXECS, SOCKETS, Table
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.errors import StoreError, StoreMissing
 from osquery_netutil.store.ownership import StatusFile, WriterLock
+from osquery_netutil.store.layout import INSERTED, INSERTS, connect, prepare
 from osquery_netutil.store.rows import (
     PY_OPS, SQL_NAMES, Condition, Row, StoredRows, data_columns, dicts, select_sql, where_sql,
 )
@@ -38,36 +39,6 @@ DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_AGE_S = 24 * 3600
 FLUSH_S = 0.5
 _PRUNE_EVERY_S = 5.0
-
-TABLES = (EXECS, SOCKETS)
-# Exec rows come with the eid add() gave them; socket rows get theirs from SQLite.
-_EXEC_COLUMNS = EXECS.names
-_SOCKET_COLUMNS = data_columns(SOCKETS)
-_INSERTS = {EXECS.name: f"INSERT INTO events ({', '.join(_EXEC_COLUMNS)}) VALUES ({', '.join('?' * len(_EXEC_COLUMNS))})",
-            SOCKETS.name: f"INSERT INTO sockets ({', '.join(_SOCKET_COLUMNS)}) VALUES ({', '.join('?' * len(_SOCKET_COLUMNS))})"}
-_INSERTED = {EXECS.name: _EXEC_COLUMNS, SOCKETS.name: _SOCKET_COLUMNS}
-
-
-def _ddl() -> list[str]:
-    # Rows a detection reported: they outlive the plain ones (Store._prune).
-    statements = ["CREATE TABLE IF NOT EXISTS detected (eid INTEGER PRIMARY KEY)"]
-    for table in TABLES:
-        name = SQL_NAMES[table.name]
-        cols = ", ".join(
-            "eid INTEGER PRIMARY KEY AUTOINCREMENT" if c.name == "eid" else f"{c.name} {c.type} NOT NULL"
-            for c in table.columns
-        )
-        statements.append(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
-        for c in table.columns:
-            if c.indexed and c.name != "eid":
-                statements.append(f"CREATE INDEX IF NOT EXISTS {name}_{c.name} ON {name} ({c.name})")
-    return statements
-
-
-def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
-    return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0, isolation_level=None)
-
 
 class Store:
     """Appends rows (writer) or reads them (readonly=True). Use as a context manager."""
@@ -123,12 +94,12 @@ class Store:
             if readonly:
                 if not self.path.exists():
                     raise StoreMissing(f"{self.path}: no store here yet: start 'osquery-netutil watch' or the extension first")
-                self._reader = _connect(self.path, readonly=True)
+                self._reader = connect(self.path, readonly=True)
                 self._reader.execute("SELECT eid FROM events LIMIT 1")
                 return
             self._take_writer_lock()
             self._open_for_writing()
-            self._reader = _connect(self.path, readonly=True)
+            self._reader = connect(self.path, readonly=True)
             if judged_by_cursor:
                 self.cursor = self._judged(EXECS, ".judged")
                 self.socket_cursor = self._judged(SOCKETS, ".judged-sockets")
@@ -167,21 +138,9 @@ class Store:
             self._conn = self._prepare()
 
     def _prepare(self) -> sqlite3.Connection:
-        conn = _connect(self.path, readonly=False)
+        conn = connect(self.path, readonly=False)
         try:
-            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")   # WAL: a committed batch survives a process kill
-            for statement in _ddl():
-                conn.execute(statement)
-            for table in TABLES:
-                name = SQL_NAMES[table.name]
-                present = {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}   # (cid, name, ...)
-                for c in table.columns:   # a store written by an older version: add new columns
-                    if c.name not in present:
-                        default = "''" if c.type == "TEXT" else "0"
-                        conn.execute(f"ALTER TABLE {name} ADD COLUMN {c.name} {c.type} NOT NULL DEFAULT {default}")
+            prepare(conn)
             # AUTOINCREMENT's sequence: the highest eid ever given, kept across pruning.
             found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             self._next_eid = (found[0] if found else 0) + 1
@@ -275,10 +234,10 @@ class Store:
         """Insert a table's rows in one transaction. On failure (a full disk, say) keep
         them, the newest max_rows, in memory: select() still serves them and the next
         commit retries. Returns the rows still to write."""
-        columns = _INSERTED[table.name]
+        columns = INSERTED[table.name]
         try:
             with self._conn_tx():
-                self._conn.executemany(_INSERTS[table.name], [tuple(r[c] for c in columns) for r in rows])
+                self._conn.executemany(INSERTS[table.name], [tuple(r[c] for c in columns) for r in rows])
         except sqlite3.Error as exc:
             held = rows[-self.max_rows:]
             self.error = f"cannot write {self.path} ({exc}): {len(held)} rows held in memory until it can"
@@ -382,7 +341,7 @@ class Store:
         answer of 100,000 rows never sits in memory whole. Iterate once (or close())."""
         where, params = where_sql(table, conditions)
         sql = select_sql(table, where, text, columns)
-        conn = _connect(self.path, readonly=True)
+        conn = connect(self.path, readonly=True)
         try:
             conn.execute("BEGIN")   # one snapshot for the count, a measure and the rows
             (count,) = conn.execute(f"SELECT count(*) FROM {SQL_NAMES[table.name]}{where}", params).fetchone()
