@@ -245,8 +245,10 @@ def sockets_section(data: dict[str, Any]) -> list[str]:
     loops = list(next(iter(conditions.values())))
     lines = ["## 11. The socket side", "", machine_line(data), "",
              f"A C loop of loopback TCP connects (accepted and closed), 64-byte UDP send-and-receive and 64-byte TCP "
-             f"request/response, each the fastest of {data['repeat']} runs of {data['ops']:,} operations, "
-             f"{data['rounds']} rounds interleaved, medians (min-max). *sensor*: the whole sensor, the loop untracked; "
+             f"request/response, {data['ops']:,} operations a run, pinned to one core, {data['rounds']} rounds with the "
+             "conditions alternating run by run (the hooks are linked and detached between runs); ns per operation as "
+             "median (min-max), and the ratio to no socket hook as the median of each round's own ratio (this VM's speed "
+             "drifts by tens of percent over seconds). *sensor*: the sensor's socket programs, the loop untracked; "
              "*tracked*: the loop run from /tmp (its events reported until its budget is spent, then counted); "
              "*skb_floor* and *sendlen_floor*: only a cgroup_skb egress program, or only a raw tracepoint on "
              "sock:sock_send_length, doing one array lookup (the two hooks the DNS questions could be read at).", "",

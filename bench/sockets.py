@@ -5,14 +5,14 @@ A C loop (compiled here) times three loopback workloads, each in a process of it
 
   connect   a TCP connect() to a local listener, accepted and closed (the connect4,
             sock_ops and egress programs all run)
-  udp       a 64-byte UDP sendto() and its recv() (sendmsg4 and egress)
+  udp       a 64-byte UDP sendto() and its recv() (egress: an unconnected datagram)
   tcp_rr    a 64-byte request and response over one TCP connection (egress per segment)
 
 under each condition, interleaved round by round:
 
-  none          nothing attached
-  sensor        the sensor as `watch` runs it (btf mode, socket programs on the cgroup v2
-                root); the loop is untracked (run from bench/.work, no catalog name)
+  none          no socket hook linked (the sensor's exec probe stays attached throughout)
+  sensor        the sensor's socket programs linked to the cgroup v2 root; the loop is
+                untracked (run from bench/.work, no catalog name)
   tracked       the same, the loop run from /tmp (tracked: its events are reported until
                 its budget of SOCK_BUDGET is spent, then counted)
   skb_floor     only a cgroup_skb egress program that does one array lookup: the fixed
@@ -21,31 +21,34 @@ under each condition, interleaved round by round:
                 the other candidate (it fires per send in the sender's context, but the
                 payload would have to be found through the syscall's arguments)
 
-A measurement is the fastest of --repeat runs; reported: medians over the rounds
-(min-max) of ns per operation and the ratio to `none`; kernel ns per run of each socket
-program (bpf_stats) under `sensor`. Then a tracked `nmap -sT` of 10,000 loopback ports with
-exec rows made at the same time: none of those may be lost; socket events are folded or
-counted. Run as root after `scripts/setup.sh --bench`. Writes bench/results/sockets.json.
+The hooks are loaded once and linked or detached between runs (microseconds), so that the
+conditions alternate run by run, and every run is pinned to one core (--cpu): this VM's
+two cores differ in speed by up to 45 %.
+Reported: medians over the rounds (min-max) of ns per operation, and the ratio to `none` as
+the median of each round's own ratio (a round's runs are milliseconds apart); kernel ns per
+run of each socket program (bpf_stats, in a pass of its own) under `sensor`. Then a tracked
+`nmap -sT` of 10,000 loopback ports with exec rows made at the same time: none of those may
+be lost; socket events are folded or counted. Run as root after `scripts/setup.sh --bench`. Writes bench/results/sockets.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 from common import WORK, save, summary
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.events.sensor import Sensor
-from osquery_netutil.kernel.sockets import cgroup2_root, link_create
+from osquery_netutil.kernel.sockets import CgroupLinks, cgroup2_root, link_create
 from osquery_netutil.schema import SOCKETS
 from osquery_netutil.store.store import Store
 
@@ -124,68 +127,67 @@ def loop_binary(where: Path) -> str:
     return str(binary)
 
 
+CPU = 0   # every run on one core: this VM's two cores differ by up to 45 % (bench/sockets.py --cpu)
+
+
 def ns_per_op(binary: str, loop: str, ops: int) -> float:
-    return float(subprocess.run([binary, loop, str(ops)], capture_output=True, text=True, check=True, timeout=300).stdout)
+    return float(subprocess.run([binary, loop, str(ops)], capture_output=True, text=True, check=True, timeout=300,
+                                preexec_fn=lambda: os.sched_setaffinity(0, {CPU})).stdout)
 
 
-@contextlib.contextmanager
-def nothing() -> Iterator[None]:
-    yield
+class Hooks:
+    """Every hook the conditions need, loaded once and linked or detached in microseconds
+    between runs, so that conditions alternate run by run: this VM's speed drifts by tens
+    of percent over seconds, far more than what is measured. Loaded: the sensor (btf
+    mode; its exec probe stays attached throughout, its socket programs are linked only
+    for `sensor` and `tracked`), a cgroup_skb egress program and a raw tracepoint on
+    sock:sock_send_length, each doing one array lookup (the two hooks DNS questions could
+    be read at)."""
 
+    FLOOR_C = """
+BPF_ARRAY(slots, u64, 1024);
+int floor_egress(struct __sk_buff *skb) { u32 k = skb->len & 1023; u64 *v = slots.lookup(&k); return v && *v == 7 ? 1 : 1; }
+int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return v && *v == 7; }
+"""
 
-@contextlib.contextmanager
-def sensor(stats: dict[str, list[float]] | None = None) -> Iterator[None]:
-    """The whole sensor (btf mode, socket programs attached); with stats, bpf_stats of its
-    socket programs over the block: kernel ns per run, by program."""
-    with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, Store(Path(tmp) / "events.db") as store:
-        s = Sensor(Catalog.load(), store, probe_mode="btf")
-        s.start()
-        assert s.status()["network_mode"] == "cgroup", s.status()["network_note"]
-        probe = s._probe   # noqa: SLF001 (the bench reads the kernel's own figures)
-        assert probe is not None
-        before = probe.program_stats()
-        try:
-            yield
-        finally:
-            if stats is not None:
-                after = probe.program_stats()
-                for name, (runs, ns) in after.items():
-                    d_runs, d_ns = runs - before[name][0], ns - before[name][1]
-                    if name.startswith("netutil_") and d_runs:
-                        stats.setdefault(name, []).append(d_ns / d_runs)
-            s.stop()
+    def __init__(self, store: Store) -> None:
+        from bcc import BPF
+        self.sensor = Sensor(Catalog.load(), store, probe_mode="btf")
+        self.sensor.start()
+        self.probe = self.sensor._probe   # noqa: SLF001 (the bench toggles the probe's own links)
+        assert self.probe is not None and self.probe.network_mode == "cgroup", self.probe and self.probe.network_note
+        self.floors = BPF(text=self.FLOOR_C)
+        self._egress = self.floors.load_func(b"floor_egress", BPF.CGROUP_SKB, attach_type=1)
+        self._root = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+        self._links: list[int] = []
+        self.sockets(False)
 
+    def sockets(self, on: bool) -> None:
+        """The sensor's socket programs linked (on) or not."""
+        assert self.probe is not None
+        if self.probe._links is not None:   # noqa: SLF001
+            self.probe._links.close()   # noqa: SLF001
+            self.probe._links = None   # noqa: SLF001
+        if on:
+            self.probe._links = CgroupLinks(self.probe._bpf)   # noqa: SLF001 (bcc keeps the loaded programs)
 
-FLOOR_C = "BPF_ARRAY(slots, u64, 1024);\n"
+    def condition(self, name: str) -> None:
+        self.sockets(name in ("sensor", "tracked"))
+        for fd in self._links:
+            os.close(fd)
+        self._links = []
+        if name == "skb_floor":
+            self._links.append(link_create(self._egress.fd, self._root, 1))
+        if name == "sendlen_floor":
+            self.floors.attach_raw_tracepoint(tp=b"sock_send_length", fn_name=b"floor_sendlen")
+        elif b"sock_send_length" in self.floors.raw_tracepoint_fds:
+            self.floors.detach_raw_tracepoint(tp=b"sock_send_length")
 
-
-@contextlib.contextmanager
-def skb_floor() -> Iterator[None]:
-    """A cgroup_skb egress program doing one array lookup, linked to the v2 root."""
-    from bcc import BPF
-    bpf = BPF(text=FLOOR_C + "int floor_egress(struct __sk_buff *skb) { u32 k = skb->len & 1023; "
-                             "u64 *v = slots.lookup(&k); return v && *v == 7 ? 1 : 1; }\n")
-    fn = bpf.load_func(b"floor_egress", BPF.CGROUP_SKB, attach_type=1)
-    root = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
-    link = link_create(fn.fd, root, 1)
-    os.close(root)
-    try:
-        yield
-    finally:
-        os.close(link)
-        bpf.cleanup()
-
-
-@contextlib.contextmanager
-def sendlen_floor() -> Iterator[None]:
-    """A raw tracepoint on sock:sock_send_length doing one array lookup (by pid)."""
-    from bcc import BPF
-    bpf = BPF(text=FLOOR_C + "RAW_TRACEPOINT_PROBE(sock_send_length) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; "
-                             "u64 *v = slots.lookup(&k); return v && *v == 7; }\n")
-    try:
-        yield
-    finally:
-        bpf.cleanup()
+    def close(self) -> None:
+        self.condition("none")
+        os.close(self._root)
+        self.floors.cleanup()
+        self.sensor.stop()
 
 
 def scan(ports: int, execs: int) -> dict[str, Any]:
@@ -207,8 +209,8 @@ def scan(ports: int, execs: int) -> dict[str, Any]:
         subprocess.run([str(script)], check=True, timeout=600)
         took = time.monotonic() - started
         time.sleep(ANSWER_SETTLE_S)
-        s.stop()
         status = s.status()
+        s.stop()
         execs_kept = len([r for r in store.select([("utility", "=", "curl")]) if tag in r["cmdline"]])
         sockets = store.select(table=SOCKETS)
         scan_rows = [r for r in sockets if r["comm"] == "nmap"]
@@ -226,13 +228,14 @@ STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, the fastest kept")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ops", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--ports", type=int, default=10_000)
+    parser.add_argument("--cpu", type=int, default=0, help="the core every run is pinned to")
     args = parser.parse_args()
-    previous = STATS.read_text()
-    STATS.write_text("1\n")   # the kernel counts program runs and time only while this is on
+    global CPU
+    CPU = args.cpu
+    previous = STATS.read_text()   # the kernel counts program runs and time only while this is 1
     try:
         return measure(args)
     finally:
@@ -243,38 +246,52 @@ def measure(args: argparse.Namespace) -> int:
     untracked = loop_binary(WORK)
     tracked_dir = Path(tempfile.mkdtemp(prefix="netutil-bench-", dir="/tmp"))
     tracked = loop_binary(tracked_dir)
-    stats: dict[str, list[float]] = {}
-    conditions: dict[str, tuple[Callable[[], ContextManager[None]], str]] = {
-        "none": (nothing, untracked), "sensor": (lambda: sensor(stats), untracked), "tracked": (sensor, tracked),
-        "skb_floor": (skb_floor, untracked), "sendlen_floor": (sendlen_floor, untracked),
-    }
-    for loop in LOOPS:
-        ns_per_op(untracked, loop, args.ops)   # warm caches
+    conditions = {"none": untracked, "sensor": untracked, "tracked": tracked, "skb_floor": untracked,
+                  "sendlen_floor": untracked}
     runs: dict[str, dict[str, list[float]]] = {name: {loop: [] for loop in LOOPS} for name in conditions}
-    try:
-        for _ in range(args.rounds):
-            for name, (condition, binary) in conditions.items():
-                with condition():
-                    for loop in LOOPS:
-                        runs[name][loop].append(min(ns_per_op(binary, loop, args.ops) for _ in range(args.repeat)))
-    finally:
-        shutil.rmtree(tracked_dir, ignore_errors=True)
-    result: dict[str, Any] = {"ops": args.ops, "repeat": args.repeat, "rounds": args.rounds, "conditions": {}}
-    print(f"socket side: fastest of {args.repeat} runs of {args.ops:,} operations, {args.rounds} interleaved rounds, "
-          "medians (min-max)")
+    stats: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, Store(Path(tmp) / "events.db") as store:
+        hooks = Hooks(store)
+        try:
+            for loop in LOOPS:
+                ns_per_op(untracked, loop, args.ops)   # warm caches
+            for _ in range(args.rounds):
+                for loop in LOOPS:
+                    for name, binary in conditions.items():
+                        hooks.condition(name)
+                        runs[name][loop].append(ns_per_op(binary, loop, args.ops))
+            # The kernel's own figures, in a pass apart: counting costs each run two clock reads.
+            hooks.condition("sensor")
+            STATS.write_text("1\n")
+            try:
+                for loop in LOOPS:
+                    before = hooks.probe.program_stats()
+                    ns_per_op(untracked, loop, args.ops)
+                    for prog, (count, ns) in hooks.probe.program_stats().items():
+                        if prog.startswith("netutil_") and count > before[prog][0]:
+                            stats.setdefault(prog, []).append((ns - before[prog][1]) / (count - before[prog][0]))
+            finally:
+                STATS.write_text("0\n")
+        finally:
+            hooks.close()
+            shutil.rmtree(tracked_dir, ignore_errors=True)
+    result: dict[str, Any] = {"ops": args.ops, "rounds": args.rounds, "conditions": {}}
+    print(f"socket side: {args.rounds} rounds of {args.ops:,} operations, the conditions alternating run by run; "
+          "ns per operation: median (min-max); ratio to none: the median of each round's ratio to its own none run")
     print(f"  {'':14}" + "".join(f"{loop + ' ns':>24} {'ratio':>6}" for loop in LOOPS))
     for name, by_loop in runs.items():
         entry = {}
         line = f"  {name:14}"
         for loop in LOOPS:
             s = summary(by_loop[loop])
-            ratio = s["median"] / summary(runs["none"][loop])["median"]
-            entry[loop] = {**s, "ratio": ratio}
+            # Paired: a round's runs are milliseconds apart, the drift between rounds is not.
+            ratio = statistics.median(c / n for c, n in zip(by_loop[loop], runs["none"][loop]))
+            entry[loop] = {**s, "ratio": ratio, "runs": by_loop[loop]}
             line += f"{s['median']:10.1f} ({s['min']:.1f}-{s['max']:.1f}) {ratio:6.3f}"
         result["conditions"][name] = entry
         print(line)
     result["kernel_ns_per_run"] = {name: summary(values) for name, values in sorted(stats.items())}
-    print("  kernel ns per run (sensor, bpf_stats): " + ", ".join(
+    print("  kernel ns per run (sensor, bpf_stats, per program over the three loops): " + ", ".join(
         f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in result["kernel_ns_per_run"].items()))
     result["scan"] = scan(args.ports, 300)
     print(f"  tracked scan: {result['scan']}")

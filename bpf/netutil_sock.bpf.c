@@ -6,10 +6,12 @@
 // cgroup socket programs, attached to the root of the cgroup v2 hierarchy with BPF links
 // (a killed sensor leaves nothing attached), in both probe modes:
 //   connect4/6     connect() of any socket: the destination as the caller gave it
-//   sendmsg4/6     an unconnected UDP send: its destination
 //   post_bind4/6   bind(): the local address
 //   sock_ops       TCP: the connect's outcome, listen(), and the peers a listener accepts
-//   egress         (cgroup_skb) the DNS questions of tracked sockets: port-53 payloads
+//   egress         (cgroup_skb) an unconnected UDP datagram's destination, and the DNS
+//                  questions of tracked sockets: port-53 payloads
+// (No sendmsg4/6: the kernel runs them under the socket's lock for every unconnected send
+// of every process; egress sees those datagrams anyway.)
 // They run in the caller's context (sock_ops' outcomes and accepts in softirq: pid 0), so
 // that an untracked process costs one array lookup (its slot) and nothing else: no
 // syscall hook, kprobe or fentry. sock_ops only asks the kernel for state changes of the
@@ -67,31 +69,46 @@ struct dns_event {
 };
 
 // The tracked process a socket belongs to, for what happens where no process (or another
-// one) is current: a listener's accepts (softirq), a DNS socket's packets.
+// one) is current: a listener's accepts (softirq), a reported socket's packets and outcome.
 struct owner { u64 track_ktime_ns; u64 origin_ktime_ns; u64 cgroup_id; u32 track_pid; u32 origin_pid;
-               u32 pid; u32 uid; char comm[16]; };
+               u32 pid; u32 uid; char comm[16]; u32 dns; u32 pad; };
 // A listener of a tracked process: by network namespace and port.
 struct listen_key { u64 netns; u32 port; u32 pad; };
 
 BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);   // their own: a scan cannot cost exec events
 BPF_PERCPU_ARRAY(dns_heap, struct dns_event, 1);       // too big for the stack; also the records' type for user space
 BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
-BPF_SK_STORAGE(dns_socks, struct owner);   // sockets a tracked process sent to port 53 with (freed with the socket)
+// Sockets whose connect was reported (their outcome is: TCP_CONNECT_CB) and those a tracked
+// process sent to port 53 with (dns: their questions are read at egress); freed with the socket.
+BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 
-// The current process's slot when it is tracked, with budget left (else counted).
-static __always_inline struct proc *tracked(void)
+// The current process's slot when it is tracked.
+static __always_inline struct proc *tracked_proc(void)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     struct proc *p = slot_of(pid);
     if (!p || p->pid != pid || !(p->track_ktime_ns | p->origin_ktime_ns))
         return 0;
+    return p;
+}
+
+// The budget of a tracked process's slot: false (counted) when it is spent.
+static __always_inline int charge(struct proc *p)
+{
     if (!p->sock_budget) {
         count(C_SOCK_OVER_BUDGET);
         return 0;
     }
     p->sock_budget--;
-    return p;
+    return 1;
+}
+
+// The current process's slot when it is tracked, charged one event of its budget: none when it is spent.
+static __always_inline struct proc *tracked(void)
+{
+    struct proc *p = tracked_proc();
+    return p && charge(p) ? p : 0;
 }
 
 static __always_inline void from_proc(struct sock_event *ev, struct proc *p, u16 action)
@@ -142,7 +159,7 @@ static __always_inline void send(struct sock_event *ev)
         count(C_SOCK_EVENTS);
 }
 
-// connect() and unconnected sendmsg(): the destination the caller asked for.
+// connect(): the destination the caller asked for.
 static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, int v6)
 {
     struct proc *p = tracked();
@@ -164,19 +181,19 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
         ev.remote_addr[0] = ctx->user_ip4;
     }
     send(&ev);
-    if (ev.remote_port == DNS_PORT && ctx->sk) {
-        // Its questions are read as they leave (egress below).
-        struct owner *o = dns_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-        if (o)
+    if ((ev.remote_port == DNS_PORT || (action == A_CONNECT && ev.protocol == IPPROTO_TCP)) && ctx->sk) {
+        // Its outcome is reported (sock_ops), and a DNS socket's questions (egress).
+        struct owner *o = reported_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (o) {
             own(o, &ev, p);
+            o->dns = ev.remote_port == DNS_PORT;
+        }
     }
     return 1;   // allow: this program only watches
 }
 
 int netutil_connect4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_CONNECT, 0); }
 int netutil_connect6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_CONNECT, 1); }
-int netutil_sendmsg4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_SEND, 0); }
-int netutil_sendmsg6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx, A_SEND, 1); }
 
 static __always_inline int on_bind(struct bpf_sock *sk, int v6)
 {
@@ -243,9 +260,10 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
 {
     u32 op = skops->op;
     if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
-        // In the connecting process, after connect4: the SYN is about to leave.
-        struct proc *p = tracked();
-        if (!p)
+        // In the connecting process, after connect4: the SYN is about to leave. Only for a
+        // connect that was reported (within the budget), at no charge of its own.
+        struct bpf_sock *sk = skops->sk;
+        if (!sk || !tracked_proc() || !reported_socks.sk_storage_get(sk, 0, 0))
             return 1;
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
         outcome(skops, S_SYN_SENT);
@@ -304,26 +322,37 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
 }
 
 // Every packet the host sends passes here. All but those of a socket connected to port 53
-// and of unconnected UDP sockets (whose port is per datagram) leave after two loads; of
-// those, a socket a tracked process sent to port 53 with (dns_socks) has its payload
-// copied: the IP and transport headers skipped, at most DNS_MAX bytes.
+// and of unconnected sockets (UDP: the port is per datagram) leave after two loads. Of a
+// socket connected to port 53, those its tracked owner reported (reported_socks: dns) have
+// their payload copied; an unconnected datagram is sent in its sender's context, so the
+// sender's slot says whether it is tracked (one array lookup): then it is a `send`, or, to
+// port 53, a question. The payload: the IP and transport headers skipped, DNS_MAX bytes at most.
 int netutil_egress(struct __sk_buff *skb)
 {
     u32 rport = skb->remote_port >> 16;   // network order, in the high half
-    if (rport != NTOHS(DNS_PORT) && rport != 0)
+    struct owner *o = 0;
+    struct proc *p = 0;
+    if (rport == 0) {
+        p = tracked_proc();
+        if (!p)
+            return 1;
+    } else if (rport != NTOHS(DNS_PORT)) {
         return 1;
+    }
     struct bpf_sock *sk = skb->sk;
     if (!sk)
         return 1;
     sk = bpf_sk_fullsock(sk);
     if (!sk)
         return 1;
-    struct owner *o = dns_socks.sk_storage_get(sk, 0, 0);
-    if (!o)
-        return 1;
+    if (!p) {
+        o = reported_socks.sk_storage_get(sk, 0, 0);
+        if (!o || !o->dns)
+            return 1;
+    }
     // Where the transport header and the payload start (skb data is the IP header).
     u8 first = 0, proto = 0;
-    u32 off = 0;
+    u32 off = 0, addr_at = 16, addr_len = 4;
     if (bpf_skb_load_bytes(skb, 0, &first, 1))
         return 1;
     if ((first >> 4) == 4) {
@@ -331,56 +360,65 @@ int netutil_egress(struct __sk_buff *skb)
         bpf_skb_load_bytes(skb, 9, &proto, 1);
     } else if ((first >> 4) == 6) {
         off = 40;   // extension headers are not followed
+        addr_at = 24;
+        addr_len = 16;
         bpf_skb_load_bytes(skb, 6, &proto, 1);
     } else {
         return 1;
     }
+    if (p && proto != IPPROTO_UDP)
+        return 1;   // the kernel's own replies (a RST, an ICMP error) from its control sockets
     u16 dport = 0;
-    if (bpf_skb_load_bytes(skb, off + 2, &dport, 2) || dport != NTOHS(DNS_PORT))
-        return 1;   // an unconnected socket's datagram to another port
-    if (proto == IPPROTO_UDP) {
-        off += 8;
-    } else if (proto == IPPROTO_TCP) {
-        u8 doff = 0;
-        bpf_skb_load_bytes(skb, off + 12, &doff, 1);
-        off += (doff >> 4) * 4;
-    } else {
+    if (bpf_skb_load_bytes(skb, off + 2, &dport, 2))
         return 1;
+    int dns = dport == NTOHS(DNS_PORT);
+    if (p) {
+        if (!charge(p))
+            return 1;
+    } else {
+        struct proc *owner = slot_of(o->pid);
+        if (owner && owner->pid == o->pid && !charge(owner))   // where its slot is still its own
+            return 1;
     }
-    if (off >= skb->len)
-        return 1;   // no payload (a TCP handshake or ACK)
     int zero = 0;
     struct dns_event *d = dns_heap.lookup(&zero);
     if (!d)
         return 1;
-    struct proc *p = slot_of(o->pid);
-    if (p && p->pid == o->pid) {   // the owner's budget, where its slot is still its own
-        if (!p->sock_budget) {
-            count(C_SOCK_OVER_BUDGET);
-            return 1;
-        }
-        p->sock_budget--;
-    }
     __builtin_memset(&d->ev, 0, sizeof(d->ev));
-    from_owner(&d->ev, o, A_DNS);
+    if (p)
+        from_proc(&d->ev, p, dns ? A_DNS : A_SEND);
+    else
+        from_owner(&d->ev, o, A_DNS);
     d->ev.cookie = bpf_get_socket_cookie(skb);
-    d->ev.family = sk->family;
+    d->ev.family = addr_len == 16 ? AF_INET6 : AF_INET;
     d->ev.protocol = proto;
-    d->ev.remote_port = DNS_PORT;
+    d->ev.remote_port = NTOHS(dport);
     d->ev.local_port = sk->src_port;
-    if (sk->family == AF_INET6) {
+    if (addr_len == 16)
         bpf_skb_load_bytes(skb, 24, d->ev.remote_addr, 16);
-    } else {
+    else
         bpf_skb_load_bytes(skb, 16, d->ev.remote_addr, 4);
+    d->payload_len = 0;
+    u32 size = offsetof(struct dns_event, payload);
+    if (dns) {
+        off += proto == IPPROTO_UDP ? 8 : 0;
+        if (proto == IPPROTO_TCP) {
+            u8 doff = 0;
+            bpf_skb_load_bytes(skb, off + 12, &doff, 1);
+            off += (doff >> 4) * 4;
+        }
+        if (off >= skb->len)
+            return 1;   // no payload (a TCP handshake or ACK)
+        u32 len = skb->len - off;
+        if (len > DNS_MAX)
+            len = DNS_MAX;
+        u64 n = ((len - 1) & (DNS_MAX - 1)) + 1;   // 1..DNS_MAX as the verifier can see it (DNS_MAX: a power of 2)
+        if (bpf_skb_load_bytes(skb, off, d->payload, n))
+            return 1;
+        d->payload_len = n;
+        size = sizeof(*d);
     }
-    u32 len = skb->len - off;   // at least 1 (above)
-    if (len > DNS_MAX)
-        len = DNS_MAX;
-    u64 n = ((len - 1) & (DNS_MAX - 1)) + 1;   // 1..DNS_MAX as the verifier can see it (DNS_MAX: a power of 2)
-    if (bpf_skb_load_bytes(skb, off, d->payload, n))
-        return 1;
-    d->payload_len = n;
-    if (sock_events.ringbuf_output(d, sizeof(*d), 0))
+    if (sock_events.ringbuf_output(d, size, 0))
         count(C_SOCK_LOST);
     else
         count(C_SOCK_EVENTS);

@@ -33,8 +33,6 @@ _CGROUP_SKB, _CGROUP_SOCK, _SOCK_OPS, _CGROUP_SOCK_ADDR = 8, 9, 13, 18
 PROGRAMS = (
     ("netutil_connect4", _CGROUP_SOCK_ADDR, 10),
     ("netutil_connect6", _CGROUP_SOCK_ADDR, 11),
-    ("netutil_sendmsg4", _CGROUP_SOCK_ADDR, 14),
-    ("netutil_sendmsg6", _CGROUP_SOCK_ADDR, 15),
     ("netutil_post_bind4", _CGROUP_SOCK, 12),
     ("netutil_post_bind6", _CGROUP_SOCK, 13),
     ("netutil_sock_ops", _SOCK_OPS, 3),
