@@ -25,7 +25,7 @@ from osquery_netutil.host.database import Host
 from osquery_netutil.packs.runner import PackRunner
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.store import Store
-from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.tables.plugins import stored_tables
 from osquery_netutil.events.scripts import with_script
 from testkit.rows import make_row
 
@@ -48,7 +48,7 @@ def main() -> int:
                                 ancestors=ANCESTORS) for i in range(args.rows))
         store.flush()
         cursor = Cursor(Path(tmp) / "judged", lambda: store.stats()[2], store.eid_before, store.time_after, first_s=10**9)
-        runner = PackRunner(Host([ExecsTable(lambda: store)]), queries, cursor=cursor)
+        runner = PackRunner(Host(stored_tables(lambda: store)), queries, cursor=cursor)
         started, lines = time.perf_counter(), 0
         while cursor.progress()["judge_backlog"]:
             lines += len(runner.run_due()[0])

@@ -39,12 +39,13 @@ from typing import Any, Callable
 import apsw
 from common import ROOT, WORK, save
 
-from osquery_netutil.packs import jsonl, source as packs
+from osquery_netutil.packs import source as packs
+from osquery_netutil.packs.verify import fixture_rows
 from osquery_netutil.tables.thrift import write_call_result
 from osquery_netutil.host.database import Host
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS
 from osquery_netutil.store.store import Store
-from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.tables.plugins import ExecsTable, SocketsTable
 
 SIZES = (1_000, 10_000, 100_000)
 WATCHDOG_LIMIT = 0.10   # osquery's --watchdog_utilization_limit default: 10 % of a core
@@ -60,13 +61,17 @@ def functions_library() -> Path:
     return library
 
 
-def workload(count: int, now: int) -> list[dict[str, Any]]:
-    """count rows from the packs' fixtures, in turn, each with its own pid. Their times are
-    200 s apart at most and an hour ahead of the clock, so that every pack's window holds
-    all of them however long the runs take (the window's condition is still applied)."""
-    fixtures = [row for path in sorted((packs.PACKS_DIR / "fixtures").glob("*/*.jsonl"))
-                for row in jsonl.read(path.read_text().splitlines(), str(path)).rows]
-    return [dict(fixtures[i % len(fixtures)], pid=10_000 + i, time=now + 3600 - i * 200 // count) for i in range(count)]
+def workload(count: int, now: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """count exec rows from the packs' fixtures, in turn, each with its own pid, and the
+    socket events of its process. Their times are 200 s apart at most and an hour ahead of
+    the clock, so that every pack's window holds all of them however long the runs take
+    (the window's condition is still applied)."""
+    folders = [packs.PACKS_DIR / "fixtures" / q.name for q in packs.load() if q.judges_rows]   # not the status query's
+    fixtures = [(row, events) for folder in folders for path in sorted(folder.glob("*.jsonl"))
+                for row, events in fixture_rows(path) if row is not None]
+    return [(dict(row, pid=10_000 + i, time=now + 3600 - i * 200 // count),
+             [dict(e, time=now + 3600 - i * 200 // count) for e in events])
+            for i, (row, events) in ((i, fixtures[i % len(fixtures)]) for i in range(count))]
 
 
 def best(run: Callable[[], Any], repeat: int) -> float:
@@ -95,18 +100,22 @@ def measure(count: int, queries: list[packs.Query], library: Path) -> dict[str, 
     repeat = 3 if count <= 10_000 else 1
     with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, \
             Store(Path(tmp) / "events.db", max_rows=count) as store:
-        store.add_many(rows)
+        for row, events in rows:
+            exec_eid = store.add(row)
+            for event in events:
+                store.add_socket({**event, "exec_eid": exec_eid})
         store.flush()
         table = ExecsTable(lambda: store)
-        host = Host([table])
+        host = Host([table, SocketsTable(lambda: store)])
         plain = apsw.Connection(":memory:")
         plain.enable_load_extension(True)
         plain.load_extension(str(library), "sqlite3_osqueryfunctions_init")
-        columns = ", ".join(f"{c.name} {c.type}" for c in EXECS.columns)
-        plain.execute(f"CREATE TABLE {EXECS.name} ({columns})")
-        with plain:
-            plain.executemany(f"INSERT INTO {EXECS.name} VALUES ({', '.join('?' * len(EXECS.columns))})",
-                              [tuple(r[c] for c in EXECS.names) for r in store.select()])
+        for schema in (EXECS, SOCKETS):
+            columns = ", ".join(f"{c.name} {c.type}" for c in schema.columns)
+            plain.execute(f"CREATE TABLE {schema.name} ({columns})")
+            with plain:
+                plain.executemany(f"INSERT INTO {schema.name} VALUES ({', '.join('?' * len(schema.columns))})",
+                                  [tuple(r[c] for c in schema.names) for r in store.select(table=schema)])
         results = {}
         for q in queries:
             since = now - packs.window_s(q.interval)   # what osquery sends for the window

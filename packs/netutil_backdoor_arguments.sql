@@ -24,6 +24,6 @@ shapes AS MATERIALIZED (   -- the CASE once per row, not again for each use of i
 )
 SELECT r.*, x.shape,
   printf('%s (%s) was executed by %s with backdoor arguments: it %s. Command: %s. Chain: %s',
-         r.path, r.utility, r.username, x.shape, r.cmdline, r.chain) AS message
+         r.path, r.utility, r.username, x.shape, r.cmdline, r.chain) || r.contacted_note AS message
 FROM report r JOIN shapes x ON x.eid = r.eid
 WHERE x.shape IS NOT NULL;

@@ -23,7 +23,7 @@ agents AS (
 SELECT r.*,
   printf('%s (%s) was executed by %s%s to reach the cloud instance metadata service (instance credentials): %s',
          r.path, r.utility, r.username,
-         CASE WHEN r.container_id <> '' THEN ' in container ' || substr(r.container_id, 1, 12) ELSE '' END, r.chain) AS message
+         CASE WHEN r.container_id <> '' THEN ' in container ' || substr(r.container_id, 1, 12) ELSE '' END, r.chain) || r.contacted_note AS message
 FROM report r JOIN metadata m ON m.eid = r.eid
 WHERE (r.container_id <> '' OR r.eid NOT IN (SELECT eid FROM agents))
   -- ip route get 169.254.169.254 asks the route, not the service.

@@ -30,7 +30,7 @@ services AS (
 )
 SELECT r.container_id, r.*, v.service,
   printf('%s (%s) was executed in container %s by its own service %s, as a web shell or an exploited app would: %s',
-         r.path, r.utility, substr(r.container_id, 1, 12), v.service, r.chain) AS message
+         r.path, r.utility, substr(r.container_id, 1, 12), v.service, r.chain) || r.contacted_note AS message
 FROM report r JOIN services v ON v.eid = r.eid
 WHERE r.container_id <> '' AND r.category <> 'discovery'
   -- A wait on the container's own ports (nc -z localhost 5432, wget --spider 127.0.0.1:8080).

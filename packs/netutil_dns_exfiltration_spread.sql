@@ -53,5 +53,5 @@ spread AS (
 SELECT r.*, s.domain AS parent_domain, s.labels,
   printf('%s (%s) was executed by %s, one of %d execs asking %d distinct encoded-looking labels under %s from one process tree (pid %d) in the window, each too short to alert alone: data leaving through DNS a few bytes at a time. Command: %s. Chain: %s',
          r.path, r.utility, r.username, (SELECT count(*) FROM encoded x WHERE x.tree = s.tree AND x.domain = s.domain),
-         s.labels, s.domain, s.tree, r.cmdline, r.chain) AS message
+         s.labels, s.domain, s.tree, r.cmdline, r.chain) || r.contacted_note AS message
 FROM report r JOIN encoded e ON e.eid = r.eid JOIN spread s ON s.tree = e.tree AND s.domain = e.domain;

@@ -7,7 +7,7 @@
 WITH {{common}}
 SELECT r.*, s.reason, s.suspicious_path,
   printf('The process %s (%s) was executed by %s, launched from %s (%s), potentially to download additional tools, open a backdoor or exfiltrate data: %s',
-         r.path, r.utility, r.username, s.suspicious_path, s.reason, r.chain) AS message
+         r.path, r.utility, r.username, s.suspicious_path, s.reason, r.chain) || r.contacted_note AS message
 FROM report r JOIN suspicious s ON s.eid = r.eid
 WHERE r.container_id = ''
   AND (r.eid NOT IN (SELECT eid FROM local_only) OR s.reason IN ('writable directory', 'script in a writable directory'))

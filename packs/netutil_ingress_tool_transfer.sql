@@ -40,6 +40,6 @@ transfers AS MATERIALIZED (   -- the CASE once per row, not again for each use o
   FROM downloads r
 )
 SELECT r.*, t.how,
-  printf('%s (%s) was executed by %s and %s: %s. Chain: %s', r.path, r.utility, r.username, t.how, r.cmdline, r.chain) AS message
+  printf('%s (%s) was executed by %s and %s: %s. Chain: %s', r.path, r.utility, r.username, t.how, r.cmdline, r.chain) || r.contacted_note AS message
 FROM report r JOIN transfers t ON t.eid = r.eid
 WHERE t.how IS NOT NULL;

@@ -33,6 +33,6 @@ shells_reading AS (
 SELECT r.*, CASE WHEN s.fd = 1 THEN 'its output is a shell''s input' ELSE 'a shell''s output is its input' END AS shape,
   printf('%s (%s) was executed by %s with a shell at the other end of its %s (%s: pid %d, %s): a shell reached over the network. Command: %s. stdin: %s, stdout: %s. Chain: %s',
          r.path, r.utility, r.username, CASE WHEN s.fd = 1 THEN 'stdout' ELSE 'stdin' END,
-         CASE WHEN s.fd = 1 THEN r.stdout ELSE r.stdin END, s.pid, s.cmdline, r.cmdline, r.stdin, r.stdout, r.chain) AS message
+         CASE WHEN s.fd = 1 THEN r.stdout ELSE r.stdin END, s.pid, s.cmdline, r.cmdline, r.stdin, r.stdout, r.chain) || r.contacted_note AS message
 FROM report r JOIN shells_reading s ON s.eid = r.eid
 GROUP BY r.eid;

@@ -7,7 +7,7 @@
 WITH {{common}}
 SELECT r.*,
   printf('%s (%s) was executed by %s with public IP address(es) %s in its arguments: %s',
-         r.path, r.utility, r.username, r.public_ip_args, r.chain) AS message
+         r.path, r.utility, r.username, r.public_ip_args, r.chain) || r.contacted_note AS message
 FROM report r
 WHERE r.public_ip_args <> ''
   -- Tools that move data or shells. Reachability probes (ping, traceroute, mtr, arping) and

@@ -6,7 +6,7 @@
 -- severity: critical
 WITH {{common}}
 SELECT r.*,
-  printf('%s is a renamed copy of %s, executed by %s: %s. Chain: %s', r.path, r.utility, r.username, r.cmdline, r.chain) AS message
+  printf('%s is a renamed copy of %s, executed by %s: %s. Chain: %s', r.path, r.utility, r.username, r.cmdline, r.chain) || r.contacted_note AS message
 FROM report r
 WHERE r.matched_by = 'content'
   -- Discovery tools (ip, ss, netstat, iptables -L) run everywhere in admin scripts: rows only.

@@ -28,6 +28,6 @@ ambassadors AS (
     AND regex_match(upper(cmdline), '^[^ ]*SOCAT( -[A-Z0-9]+)* (TCP|TCP4|TCP6|UDP|UDP4|UDP6)-LISTEN:[0-9]+(,[^ ]*)? (TCP|TCP4|TCP6|UDP|UDP4|UDP6):[^ ,]+:[0-9]+$', 0) IS NOT NULL
 )
 SELECT r.*, t.how,
-  printf('%s (%s) was executed by %s: %s: %s. Chain: %s', r.path, r.utility, r.username, t.how, r.cmdline, r.chain) AS message
+  printf('%s (%s) was executed by %s: %s: %s. Chain: %s', r.path, r.utility, r.username, t.how, r.cmdline, r.chain) || r.contacted_note AS message
 FROM report r JOIN tunnels t ON t.eid = r.eid
 WHERE t.how IS NOT NULL AND r.eid NOT IN (SELECT eid FROM ambassadors);

@@ -142,6 +142,21 @@ excepted AS (
   -- Ubuntu's motd-news job fetches https://motd.ubuntu.com with curl (Datadog's exception).
   SELECT eid FROM recent WHERE cmdline LIKE '%50-motd-news%' OR ancestors LIKE '%50-motd-news%'
 ),
+-- What each judged exec's process contacted (network_utility_socket_events: its connects,
+-- sends and DNS questions so far; watch judges an exec once they have come), read once, by
+-- the range of the judged eids: "ADDR:PORT,..." and the names it asked, and whether any
+-- destination was beyond this host.
+contacted AS MATERIALIZED (
+  SELECT exec_eid AS eid,
+         group_concat(DISTINCT CASE WHEN action IN ('connect', 'send') THEN
+           CASE WHEN family = 10 THEN '[' || remote_address || ']' ELSE remote_address END || ':' || remote_port END)
+           AS destinations,
+         group_concat(DISTINCT CASE WHEN action = 'dns_query' THEN dns_name END) AS names,
+         max(action IN ('connect', 'send') AND remote_address NOT LIKE '127.%' AND remote_address <> '::1') AS beyond
+  FROM network_utility_socket_events
+  WHERE exec_eid BETWEEN (SELECT coalesce(min(eid), 1) FROM recent) AND (SELECT coalesce(max(eid), 0) FROM recent)
+  GROUP BY exec_eid
+),
 -- Execs whose arguments name only this host: loopback IPs or localhost, nothing else. This
 -- exception is for health checks (load balancers' and orchestrators' nc -z, curl of a local
 -- port; Datadog, Elastic, Sigma), so each detection says whether it applies: never to a
@@ -159,12 +174,20 @@ local_only AS (
              OR ',' || ip_args || ',' GLOB '*,::1[^,]*')
     AND (cmdline NOT LIKE '%://%' OR regex_match(cmdline, '://(?!localhost[:/]|localhost$|127\.|\[::1\])', 0) IS NULL)
     AND (cmdline NOT LIKE '%@%' OR regex_match(cmdline, '@(?!localhost|127\.|\[?::1)[A-Za-z0-9]', 0) IS NULL)
+    -- and what it contacted was this host too (argv can name localhost and a config file,
+    -- a proxy or a redirect another place)
+    AND eid NOT IN (SELECT eid FROM contacted WHERE beyond)
 ),
--- What a triager needs, for every exec that is not excepted.
+-- What a triager needs, for every exec that is not excepted; contacted_note ends the
+-- detections' lines: "; contacted 203.0.113.5:443 (asked c2.example.com)".
 report AS (
   SELECT r.eid, r.time, r.username, r.uid, r.pid, r.parent, r.utility, r.category, r.technique,
          r.matched_by, r.path, r.cmdline, r.cwd, l.chain, r.parent_cmdline, r.container_id,
-         r.ip_args, r.public_ip_args, r.origin, r.stdin, r.stdout, r.stderr, r.pipe_peers
-  FROM recent r JOIN lineage l ON l.eid = r.eid
+         r.ip_args, r.public_ip_args, r.origin, r.stdin, r.stdout, r.stderr, r.pipe_peers,
+         replace(coalesce(c.destinations, ''), ',', ', ') AS contacted, replace(coalesce(c.names, ''), ',', ', ') AS asked,
+         CASE WHEN c.destinations IS NULL AND c.names IS NULL THEN ''
+              ELSE '; contacted ' || coalesce(replace(c.destinations, ',', ', '), 'no address')
+                   || coalesce(' (asked ' || replace(c.names, ',', ', ') || ')', '') END AS contacted_note
+  FROM recent r JOIN lineage l ON l.eid = r.eid LEFT JOIN contacted c ON c.eid = r.eid
   WHERE r.eid NOT IN (SELECT eid FROM excepted)
 )

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from osquery_netutil.host.database import Host
 from osquery_netutil.events.sensor import Sensor
-from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.tables.plugins import stored_tables
 
 from testkit.support import Collector, tiny_elf, write_executable
 
@@ -75,7 +75,7 @@ def test_sql_in_arguments_is_stored_as_data(sensor: Sensor, rows: Collector, nc:
     pid = run(nc, [b"nc", evil.encode()])
     row_of(rows, pid, mark)
     sensor.store.flush()
-    host = Host([ExecsTable(lambda: sensor.store)])
+    host = Host(stored_tables(lambda: sensor.store))
     _, found = host.query(f"SELECT cmdline FROM network_utility_execs WHERE pid = {pid}")
     assert found == [(f"nc {evil}",)]
     assert sensor.store.stats()[0] > 0   # the table is still there

@@ -14,7 +14,7 @@ from osquery_netutil.packs.runner import PackRunner
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.store import Store
 from osquery_netutil.schema import SOCKETS
-from osquery_netutil.tables.plugins import ExecsTable, stored_tables
+from osquery_netutil.tables.plugins import ExecsTable, SocketsTable, stored_tables
 
 from testkit.rows import make_row, make_socket_row
 
@@ -26,7 +26,7 @@ def _cursor(store: Store, path: Path) -> Cursor:
 def _judge(store: Store, cursor: Cursor, rounds: int = 100) -> tuple[list[int], list[dict[str, int]]]:
     """eids reported by every_execution, round after round until nothing waits."""
     (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_every_execution"]
-    run = PackRunner(Host([ExecsTable(lambda: store)]), [query], cursor=cursor)
+    run = PackRunner(Host(stored_tables(lambda: store)), [query], cursor=cursor)
     eids, progress = [], []
     for _ in range(rounds):
         lines, errors = run.run_due()
@@ -89,7 +89,7 @@ def test_a_batch_that_cannot_be_read_is_reported_once_and_judged_when_it_can(pla
         cursor = _cursor(store, place / "events.db.judged")
         table = _Flaky(lambda: store)
         (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_every_execution"]
-        run = PackRunner(Host([table]), [query], cursor=cursor)
+        run = PackRunner(Host([table, SocketsTable(lambda: store)]), [query], cursor=cursor)
         first, second = run.run_due(), run.run_due(time.time() + 5)
         assert first[0] == [] and len(first[1]) == 1 and "disk I/O error" in first[1][0] and "after eid 0" in first[1][0]
         assert second == ([], [])   # still failing: not reported again, nothing skipped
@@ -121,3 +121,31 @@ def test_socket_detections_judge_each_socket_event_once_by_their_own_cursor(plac
         assert errors == [] and [r.rows[0]["remote_port"] for r in found] == [443, 8443]
         assert all("curl http://c2.example.com/" in r.rows[0]["message"] for r in found)
         assert run.run_due()[0] == [] and store.socket_cursor.value == 2 and store.cursor.value == 1
+
+
+def test_watch_judges_an_exec_once_its_socket_events_have_come_and_its_line_names_them(place: Path) -> None:
+    """With settle_s, an exec row is judged once it is that old (its socket events are
+    stored by then), and the detection's line says what the process contacted; at stop
+    (settle 0) every row is judged."""
+    (query,) = [q for q in packs.load_each(by_cursor=True)[0] if q.name == "netutil_host_suspicious_location"]
+    chain = '[{"pid": 7, "path": "/tmp/.x/run.sh", "cmdline": "/bin/sh /tmp/.x/run.sh", "uid": 0}]'
+    now = int(time.time())
+    with Store(place / "events.db", judged_by_cursor=True, settle_s=5) as store:
+        assert store.cursor is not None
+        run = PackRunner(Host(stored_tables(lambda: store)), [query], cursor=store.cursor, socket_cursor=store.socket_cursor)
+        old = store.add(make_row(time=now - 10, utility="curl", path="/usr/bin/curl", cmdline="curl -s http://c2.example.com/",
+                                 ancestors=chain))
+        young = store.add(make_row(time=now, utility="curl", path="/usr/bin/curl", cmdline="curl -s http://young.example/",
+                                   ancestors=chain))
+        store.add_socket(make_socket_row(exec_eid=old, remote_address="45.9.148.3", remote_port=443, status="succeeded"))
+        store.add_socket(make_socket_row(exec_eid=old, action="dns_query", remote_address="127.0.0.53", remote_port=53,
+                                         dns_name="c2.example.com", dns_type="A"))
+        store.flush()
+        (found,), errors = run.run_due()
+        assert errors == [] and found.rows[0]["eid"] == old
+        assert found.rows[0]["message"].endswith("; contacted 45.9.148.3:443 (asked c2.example.com)")
+        assert (found.rows[0]["contacted"], found.rows[0]["asked"]) == ("45.9.148.3:443", "c2.example.com")
+        assert run.run_due()[0] == [] and store.cursor.value == old   # the young row waits
+        store.cursor.settle_s = 0
+        (last,), _ = run.run_due()
+        assert last.rows[0]["eid"] == young and last.rows[0]["contacted"] == "" and "contacted" not in last.rows[0]["message"]

@@ -20,7 +20,7 @@ import pytest
 from osquery_netutil.packs import source as packs
 from osquery_netutil.host.database import Host
 from osquery_netutil.events.sensor import Sensor
-from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.tables.plugins import stored_tables
 
 from tests.conftest import Container, need
 from testkit.support import write_executable
@@ -32,7 +32,7 @@ NC = os.path.realpath(shutil.which("nc") or "/usr/bin/nc")
 
 def detections(sensor: Sensor, name: str, tag: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Rows of detection `name` whose cmdline carries tag, waiting for the store to catch up."""
-    host = Host([ExecsTable(lambda: sensor.store)])
+    host = Host(stored_tables(lambda: sensor.store))
     deadline = time.monotonic() + timeout
     while True:
         sensor.store.flush()

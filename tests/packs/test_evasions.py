@@ -19,7 +19,7 @@ import pytest
 
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.host.database import Host
-from osquery_netutil.tables.plugins import ExecsTable
+from osquery_netutil.tables.plugins import stored_tables
 
 from tests.packs.test_detections import NC, detections
 from testkit.support import write_executable
@@ -31,7 +31,7 @@ LOADER = "/lib64/ld-linux-x86-64.so.2"
 def stored(sensor: Sensor, tag: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Every row whose cmdline carries tag (what the table holds, not what fired), once
     there is one (or timeout passed)."""
-    host = Host([ExecsTable(lambda: sensor.store)])
+    host = Host(stored_tables(lambda: sensor.store))
     deadline = time.monotonic() + timeout
     while True:
         sensor.store.flush()

@@ -163,7 +163,7 @@ def test_the_runner_is_differential_and_keeps_going_after_a_broken_query(tmp_pat
     queries = [q for q in QUERIES if q.name in ("netutil_every_execution", "netutil_public_ip_argument")]
     broken = packs.Query(**{**queries[0].__dict__, "name": "netutil_broken", "sql": "SELECT nope FROM network_utility_execs"})
     with Store(tmp_path / "events.db") as store:
-        runner = PackRunner(Host([ExecsTable(lambda: store)]), [broken, *queries], every_s=0)
+        runner = PackRunner(Host(stored_tables(lambda: store)), [broken, *queries], every_s=0)
         store.add(jsonl.parse_line('{"utility": "netcat", "cmdline": "nc 8.8.8.8 4444", "path": "/usr/bin/nc"}'))
         store.flush()
         results, errors = runner.run_due()

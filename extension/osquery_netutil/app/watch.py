@@ -26,6 +26,7 @@ from osquery_netutil.app.console import say
 from osquery_netutil.catalog import load_in_force
 from osquery_netutil.events.enrich import Row
 from osquery_netutil.events.sensor import Sensor
+from osquery_netutil.events.sockets import SETTLED_S
 from osquery_netutil.host.database import Host
 from osquery_netutil.kernel.preflight import ProbeError
 from osquery_netutil.packs import resultlog, source as packs
@@ -170,7 +171,7 @@ class Watch:
             # Raises StoreError when --store cannot be used: the rows would be lost at exit,
             # which the user must choose (--no-store), not find out.
             self.store = keep.enter_context(Store(path, max_rows=args.max_rows, max_age_s=args.max_age,
-                                                  judged_by_cursor=not args.pack_intervals))
+                                                  judged_by_cursor=not args.pack_intervals, settle_s=SETTLED_S))
             if self.store.recovered:
                 say(self.store.recovered)
             self.emit = keep.enter_context(contextlib.closing(Emitter(args.log, self.fmt)))
@@ -201,7 +202,10 @@ class Watch:
         self.sensor.tick()
 
     def stop(self) -> None:
-        """Detach, judge the last rows, close the outputs and the store."""
+        """Detach, judge the last rows (all of them: what joins them has come), close the
+        outputs and the store."""
         self.sensor.stop()
+        if self.store.cursor is not None:
+            self.store.cursor.settle_s = 0
         self.tick()
         self._keep.close()

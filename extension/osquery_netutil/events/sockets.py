@@ -34,6 +34,10 @@ Key = tuple[int, int]   # (pid, exec ktime) of a tracked exec
 SYN_WAIT_S = 0.25      # a TCP connect whose SYN has not left by then found no route: unreachable
 ANSWER_WAIT_S = 3.0    # and one not answered by then is reported as in progress
 FOLD_S = 1.0           # identical actions of a process within this are one row with a count
+# An exec row's first socket events are stored within this of its time (whole seconds): a
+# connect's outcome, the fold, the store's batch and a second of rounding. watch judges the
+# exec rows this old, so that their lines can name what they contacted.
+SETTLED_S = int(ANSWER_WAIT_S + FOLD_S) + 2
 _TRACKED_REMEMBERED = 65536
 _CONNECTS_HELD = 16384
 _CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row

@@ -183,7 +183,7 @@ class PackRunner:
         low, high = BOUNDS[table]
         while True:
             after = cursor.value
-            upto = min(cursor.newest(), after + BATCH_ROWS)
+            upto = min(cursor.upto(), after + BATCH_ROWS)
             if upto <= after:
                 break
             bounds = {low: after, high: upto}

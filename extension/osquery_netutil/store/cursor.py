@@ -16,15 +16,24 @@ class Cursor:
     `first_s` seconds."""
 
     def __init__(self, path: Path, newest: Callable[[], int], eid_before: Callable[[int], int],
-                 time_after: Callable[[int], int | None], first_s: int = 60) -> None:
+                 time_after: Callable[[int], int | None], first_s: int = 60, settle_s: int = 0) -> None:
+        """settle_s: rows are judged once they are this old (what joins them has come:
+        the socket events of an exec); 0 at once."""
         self.path = path
         self.newest = newest
+        self.settle_s = settle_s
+        self._eid_before = eid_before
         self._time_after = time_after
         try:
             saved = int(path.read_text().strip())
         except (OSError, ValueError):
             saved = None
         self.value = saved if saved is not None and 0 <= saved <= newest() else eid_before(int(time.time()) - first_s)
+
+    def upto(self) -> int:
+        """The newest eid to judge now: the newest row, or the newest that has settled."""
+        newest = self.newest()
+        return min(newest, self._eid_before(int(time.time()) - self.settle_s)) if self.settle_s else newest
 
     def progress(self) -> dict[str, int]:
         """The status row's judge_backlog and judge_delay_s: rows waiting, and how long the

@@ -52,9 +52,12 @@ class Store:
         max_age_s: int = DEFAULT_MAX_AGE_S,
         flush_s: float = FLUSH_S,
         judged_by_cursor: bool = False,
+        settle_s: int = 0,
     ) -> None:
-        """judged_by_cursor: watch judges each row once, by eid (the store's `cursor`);
-        without it every row counts as judged, as under osquery's scheduler."""
+        """judged_by_cursor: watch judges each row once, by eid (the store's `cursor`, and
+        `socket_cursor` for the socket events), the execs once they are settle_s old (their
+        socket events have come); without it every row counts as judged, as under osquery's
+        scheduler."""
         if max_rows < 1 or max_age_s < 1:
             raise StoreError(f"retention must be positive (max_rows={max_rows}, max_age_s={max_age_s})")
         self.path = Path(path)
@@ -101,18 +104,19 @@ class Store:
             self._open_for_writing()
             self._reader = connect(self.path, readonly=True)
             if judged_by_cursor:
-                self.cursor = self._judged(EXECS, ".judged")
-                self.socket_cursor = self._judged(SOCKETS, ".judged-sockets")
+                self.cursor = self._judged(EXECS, ".judged", settle_s)
+                self.socket_cursor = self._judged(SOCKETS, ".judged-sockets", 0)
         except (OSError, sqlite3.Error) as exc:
             self._lock.release()
             raise StoreError(f"{self.path}: cannot open the store ({faults.cause(exc)}): {faults.fix(exc)}") from exc
         self._writer = threading.Thread(target=self._write_loop, name="netutil-store", daemon=True)
         self._writer.start()
 
-    def _judged(self, table: Table, suffix: str) -> Cursor:
+    def _judged(self, table: Table, suffix: str, settle_s: int) -> Cursor:
         """The cursor of watch's judge over table's rows, kept in a file beside the store."""
         return Cursor(self.path.with_name(self.path.name + suffix), lambda: self.stats(table)[2],
-                      lambda when: self.eid_before(when, table), lambda eid: self.time_after(eid, table))
+                      lambda when: self.eid_before(when, table), lambda eid: self.time_after(eid, table),
+                      settle_s=settle_s)
 
     # -- writer side -------------------------------------------------------------------
     def _take_writer_lock(self) -> None:
