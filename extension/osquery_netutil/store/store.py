@@ -29,9 +29,9 @@ from osquery_netutil.schema import EXECS, SOCKETS, Table
 from osquery_netutil.store.cursor import Cursor
 from osquery_netutil.store.errors import StoreError, StoreMissing
 from osquery_netutil.store.ownership import StatusFile, WriterLock
-from osquery_netutil.store.layout import INSERTED, INSERTS, connect, prepare
+from osquery_netutil.store.layout import INSERTED, INSERTS, REQUIRED, connect, prepare
 from osquery_netutil.store.rows import (
-    PY_OPS, SQL_NAMES, Condition, Row, StoredRows, data_columns, dicts, select_sql, where_sql,
+    PY_OPS, SQL_NAMES, Condition, Row, StoredRows, dicts, select_sql, where_sql,
 )
 
 DEFAULT_PATH = Path("/var/osquery/netutil_events.db")
@@ -172,7 +172,7 @@ class Store:
     def _check(self, table: Table, row: Row) -> None:
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only: rows cannot be added")
-        missing = set(data_columns(table)) - row.keys()
+        missing = REQUIRED[table.name] - row.keys()
         if missing:
             raise ValueError(f"{table.name} row lacks columns {sorted(missing)}")
 
