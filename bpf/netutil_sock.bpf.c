@@ -6,6 +6,7 @@
 // cgroup socket programs, attached to the root of the cgroup v2 hierarchy with BPF links
 // (a killed sensor leaves nothing attached), in both probe modes:
 //   connect4/6     connect() of any socket: the destination as the caller gave it
+//   sock_create    socket(): a tracked process's UDP sockets are tagged (their datagrams, at egress)
 //   post_bind4/6   bind(): the local address
 //   sock_ops       TCP: the connect's outcome, listen(), and the peers a listener accepts
 //   egress         (cgroup_skb) an unconnected UDP datagram's destination, and the DNS
@@ -23,6 +24,7 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define SOCK_DGRAM 2
 #define NTOHS(x) ((u16)((((x) & 0xff) << 8) | (((x) >> 8) & 0xff)))
 
 #define A_CONNECT 1
@@ -71,15 +73,16 @@ struct dns_event {
 // The tracked process a socket belongs to, for what happens where no process (or another
 // one) is current: a listener's accepts (softirq), a reported socket's packets and outcome.
 struct owner { u64 track_ktime_ns; u64 origin_ktime_ns; u64 cgroup_id; u32 track_pid; u32 origin_pid;
-               u32 pid; u32 uid; char comm[16]; u32 dns; u32 pad; };
+               u32 pid; u32 uid; char comm[16]; u32 dns; u32 udp; };
 // A listener of a tracked process: by network namespace and port.
 struct listen_key { u64 netns; u32 port; u32 pad; };
 
 BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);   // their own: a scan cannot cost exec events
 BPF_PERCPU_ARRAY(dns_heap, struct dns_event, 1);       // too big for the stack; also the records' type for user space
 BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
-// Sockets whose connect was reported (their outcome is: TCP_CONNECT_CB) and those a tracked
-// process sent to port 53 with (dns: their questions are read at egress); freed with the socket.
+// Sockets whose connect was reported (their outcome is: TCP_CONNECT_CB), those a tracked
+// process sent to port 53 with (dns: their questions are read at egress) and the UDP sockets
+// a tracked process made (udp: their unconnected datagrams are sends); freed with the socket.
 BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 
@@ -186,7 +189,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
         struct owner *o = reported_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if (o) {
             own(o, &ev, p);
-            o->dns = ev.remote_port == DNS_PORT;
+            o->dns |= ev.remote_port == DNS_PORT;
         }
     }
     return 1;   // allow: this program only watches
@@ -216,6 +219,25 @@ static __always_inline int on_bind(struct bpf_sock *sk, int v6)
         ev.local_addr[0] = sk->src_ip4;
     }
     send(&ev);
+    return 1;
+}
+
+// socket(): a tracked process's UDP socket is tagged with its owner, so that egress knows
+// its unconnected datagrams by the socket, whatever task is current there (a tunnel or
+// overlay device's own socket sends in whoever's context the packet came).
+int netutil_sock_create(struct bpf_sock *sk)
+{
+    if (sk->type != SOCK_DGRAM)
+        return 1;
+    struct proc *p = tracked_proc();
+    if (!p)
+        return 1;
+    struct owner *o = reported_socks.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (o) {
+        struct sock_event now = {.cgroup_id = bpf_get_current_cgroup_id(), .uid = (u32)bpf_get_current_uid_gid()};
+        own(o, &now, p);
+        o->udp = 1;
+    }
     return 1;
 }
 
@@ -294,13 +316,13 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
         struct owner l = {};
         own(&l, &ev, p);
-        if (listeners.lookup(&key) == 0) {
+        int known = listeners.lookup(&key) != 0;
+        if (listeners.update(&key, &l) == 0 && !known) {   // counted only once in the map
             u32 port = skops->local_port & 0xffff;
             u32 *n = listen_ports.lookup(&port);
             if (n)
                 __sync_fetch_and_add(n, 1);
         }
-        listeners.update(&key, &l);
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);   // to forget it when it closes
     } else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
         // A connection a listener accepted (softirq): one array lookup unless it is a tracked one's.
@@ -312,6 +334,9 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         struct owner *l = listeners.lookup(&key);
         if (!l)
             return 1;
+        struct proc *owner = slot_of(l->pid);
+        if (owner && owner->pid == l->pid && !charge(owner))   // the listener's budget
+            return 1;
         struct sock_event ev = {};
         from_owner(&ev, l, A_ACCEPT);
         ev.cookie = bpf_get_socket_cookie(skops);
@@ -322,37 +347,28 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
 }
 
 // Every packet the host sends passes here. All but those of a socket connected to port 53
-// and of unconnected sockets (UDP: the port is per datagram) leave after two loads. Of a
-// socket connected to port 53, those its tracked owner reported (reported_socks: dns) have
-// their payload copied; an unconnected datagram is sent in its sender's context, so the
-// sender's slot says whether it is tracked (one array lookup): then it is a `send`, or, to
-// port 53, a question. The payload: the IP and transport headers skipped, DNS_MAX bytes at most.
+// and of unconnected sockets (UDP: the port is per datagram) leave after two loads; the
+// rest after a look at the socket's storage. Of a socket connected to port 53 that its
+// tracked owner reported (dns), the payload is copied; of a tracked process's UDP socket
+// (udp), an unconnected datagram is a `send`, or, to port 53, a question. The payload: the
+// IP and transport headers skipped, DNS_MAX bytes at most.
 int netutil_egress(struct __sk_buff *skb)
 {
     u32 rport = skb->remote_port >> 16;   // network order, in the high half
-    struct owner *o = 0;
-    struct proc *p = 0;
-    if (rport == 0) {
-        p = tracked_proc();
-        if (!p)
-            return 1;
-    } else if (rport != NTOHS(DNS_PORT)) {
+    if (rport != 0 && rport != NTOHS(DNS_PORT))
         return 1;
-    }
     struct bpf_sock *sk = skb->sk;
     if (!sk)
         return 1;
     sk = bpf_sk_fullsock(sk);
     if (!sk)
         return 1;
-    if (!p) {
-        o = reported_socks.sk_storage_get(sk, 0, 0);
-        if (!o || !o->dns)
-            return 1;
-    }
+    struct owner *o = reported_socks.sk_storage_get(sk, 0, 0);
+    if (!o || !(rport ? o->dns : o->udp))
+        return 1;
     // Where the transport header and the payload start (skb data is the IP header).
     u8 first = 0, proto = 0;
-    u32 off = 0, addr_at = 16, addr_len = 4;
+    u32 off = 0, addr_len = 4;
     if (bpf_skb_load_bytes(skb, 0, &first, 1))
         return 1;
     if ((first >> 4) == 4) {
@@ -360,35 +376,23 @@ int netutil_egress(struct __sk_buff *skb)
         bpf_skb_load_bytes(skb, 9, &proto, 1);
     } else if ((first >> 4) == 6) {
         off = 40;   // extension headers are not followed
-        addr_at = 24;
         addr_len = 16;
         bpf_skb_load_bytes(skb, 6, &proto, 1);
     } else {
         return 1;
     }
-    if (p && proto != IPPROTO_UDP)
-        return 1;   // the kernel's own replies (a RST, an ICMP error) from its control sockets
+    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+        return 1;   // an IPv6 extension header: not followed
     u16 dport = 0;
     if (bpf_skb_load_bytes(skb, off + 2, &dport, 2))
         return 1;
     int dns = dport == NTOHS(DNS_PORT);
-    if (p) {
-        if (!charge(p))
-            return 1;
-    } else {
-        struct proc *owner = slot_of(o->pid);
-        if (owner && owner->pid == o->pid && !charge(owner))   // where its slot is still its own
-            return 1;
-    }
     int zero = 0;
     struct dns_event *d = dns_heap.lookup(&zero);
     if (!d)
         return 1;
     __builtin_memset(&d->ev, 0, sizeof(d->ev));
-    if (p)
-        from_proc(&d->ev, p, dns ? A_DNS : A_SEND);
-    else
-        from_owner(&d->ev, o, A_DNS);
+    from_owner(&d->ev, o, dns ? A_DNS : A_SEND);
     d->ev.cookie = bpf_get_socket_cookie(skb);
     d->ev.family = addr_len == 16 ? AF_INET6 : AF_INET;
     d->ev.protocol = proto;
@@ -418,6 +422,9 @@ int netutil_egress(struct __sk_buff *skb)
         d->payload_len = n;
         size = sizeof(*d);
     }
+    struct proc *owner = slot_of(o->pid);
+    if (owner && owner->pid == o->pid && !charge(owner))   // the owner's budget, where its slot is still its own
+        return 1;
     if (sock_events.ringbuf_output(d, size, 0))
         count(C_SOCK_LOST);
     else

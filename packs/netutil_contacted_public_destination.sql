@@ -12,4 +12,5 @@ SELECT r.*,
          CASE WHEN r.count > 1 THEN ' ' || r.count || ' times' ELSE '' END, r.reason,
          CASE WHEN r.username <> '' THEN ', as ' || r.username ELSE '' END) AS message
 FROM report_sockets r
-WHERE r.action IN ('connect', 'send') AND r.remote_public = 1;
+-- A UDP connect sends nothing (getaddrinfo connects one to every address it sorts): sends count.
+WHERE (r.action = 'send' OR r.action = 'connect' AND r.protocol = 6) AND r.remote_public = 1;

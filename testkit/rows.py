@@ -14,8 +14,8 @@ def make_row(**values: object) -> dict[str, object]:
 
 
 def make_socket_row(**values: object) -> dict[str, object]:
-    """A socket event row, as make_row (count 1, a connect)."""
-    return _row(SOCKETS, {"count": 1, "action": "connect", **values})
+    """A socket event row, as make_row (count 1, a TCP connect over IPv4)."""
+    return _row(SOCKETS, {"count": 1, "action": "connect", "protocol": 6, "family": 2, **values})
 
 
 def _row(table: Table, values: dict[str, object]) -> dict[str, object]:

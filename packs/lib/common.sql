@@ -148,13 +148,14 @@ excepted AS (
 -- destination was beyond this host.
 contacted AS MATERIALIZED (
   SELECT exec_eid AS eid,
-         group_concat(DISTINCT CASE WHEN action IN ('connect', 'send') THEN
+         group_concat(DISTINCT CASE WHEN reached THEN
            CASE WHEN family = 10 THEN '[' || remote_address || ']' ELSE remote_address END || ':' || remote_port END)
            AS destinations,
          group_concat(DISTINCT CASE WHEN action = 'dns_query' THEN dns_name END) AS names,
-         max(action IN ('connect', 'send') AND remote_address NOT LIKE '127.%' AND remote_address <> '::1') AS beyond
-  FROM network_utility_socket_events
-  WHERE exec_eid BETWEEN (SELECT coalesce(min(eid), 1) FROM recent) AND (SELECT coalesce(max(eid), 0) FROM recent)
+         max(reached AND remote_address NOT LIKE '127.%' AND remote_address <> '::1') AS beyond
+  -- A UDP connect sends nothing: getaddrinfo connects one to every address it sorts.
+  FROM (SELECT *, action = 'send' OR action = 'connect' AND protocol = 6 AS reached FROM network_utility_socket_events
+        WHERE exec_eid BETWEEN (SELECT coalesce(min(eid), 1) FROM recent) AND (SELECT coalesce(max(eid), 0) FROM recent))
   GROUP BY exec_eid
 ),
 -- Execs whose arguments name only this host: loopback IPs or localhost, nothing else. This

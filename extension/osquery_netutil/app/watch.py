@@ -31,6 +31,7 @@ from osquery_netutil.host.database import Host
 from osquery_netutil.kernel.preflight import ProbeError
 from osquery_netutil.packs import resultlog, source as packs
 from osquery_netutil.packs.runner import PackRunner, Result, readable
+from osquery_netutil.schema import EXECS
 from osquery_netutil.store.store import Store
 from osquery_netutil.tables.plugins import StatusTable, stored_tables
 
@@ -194,8 +195,8 @@ class Watch:
         results, failures = self.runner.run_due()
         for failure in failures:
             say(failure)
-        # What a detection (not a hunting query) reported outlives plain rows.
-        self.store.mark_detected(row["eid"] for r in results if r.query.severity not in HUNTING
+        # The exec rows a detection (not a hunting query) reported outlive plain rows.
+        self.store.mark_detected(row["eid"] for r in results if r.query.severity not in HUNTING and r.query.judged == EXECS.name
                                  for row in r.rows if isinstance(row.get("eid"), int))
         for result in results:
             self.emit(result)

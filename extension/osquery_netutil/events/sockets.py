@@ -42,6 +42,7 @@ _TRACKED_REMEMBERED = 65536
 _CONNECTS_HELD = 16384
 _CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row
 IPPROTO_TCP = 6
+_TRACK = "_track"      # a held row's tracked exec, until it is handed on
 
 
 @dataclass
@@ -88,8 +89,11 @@ class SocketRows:
         """The eid of the row of the tracked exec key, or of the nearest one it inherited; 0 for none."""
         for _ in range(_CHAIN_MAX):
             found = self._tracked.get(key)
-            if found is None or isinstance(found, int):
-                return found or 0
+            if found is None:
+                return 0
+            self._tracked.move_to_end(key)   # a long-lived tracked process stays known
+            if isinstance(found, int):
+                return found
             key = found
         return 0
 
@@ -123,7 +127,11 @@ class SocketRows:
         for key, folding in list(self._folding.items()):
             if folding.since < before:
                 del self._folding[key]
-                self._emit(folding.row)
+                row = folding.row
+                # Joined now, not when the event was read: the exec's own record comes through
+                # the other ring buffer and may be read after its first socket events.
+                row["exec_eid"] = self.exec_eid(row.pop(_TRACK))
+                self._emit(row)
 
     def close(self) -> None:
         """Hand on everything held: connects as they stand, folded rows."""
@@ -164,7 +172,7 @@ class SocketRows:
         entry = self._ancestry(rec.pid) if rec.pid else None
         cgroup_path = self._cgroups.path_of(rec.pid, rec.cgroup_id)
         return {
-            "exec_eid": self.exec_eid(rec.track),
+            _TRACK: rec.track,   # becomes exec_eid when the row is handed on (flush)
             "time": int(rec.time),
             "action": ACTIONS.get(rec.action, str(rec.action)),
             "status": "",

@@ -33,6 +33,7 @@ _CGROUP_SKB, _CGROUP_SOCK, _SOCK_OPS, _CGROUP_SOCK_ADDR = 8, 9, 13, 18
 PROGRAMS = (
     ("netutil_connect4", _CGROUP_SOCK_ADDR, 10),
     ("netutil_connect6", _CGROUP_SOCK_ADDR, 11),
+    ("netutil_sock_create", _CGROUP_SOCK, 2),
     ("netutil_post_bind4", _CGROUP_SOCK, 12),
     ("netutil_post_bind6", _CGROUP_SOCK, 13),
     ("netutil_sock_ops", _SOCK_OPS, 3),
