@@ -1,4 +1,4 @@
--- description: A process from a suspicious location (or a network utility in a container) connected or sent to a public address, whatever its arguments said: a hostname, a config file (curl -K), a proxy variable, a URL list (wget -i) or a renamed tool
+-- description: A process from a suspicious location (a writable directory, an fd or memfd, however far up its lineage) connected or sent to a public address, whatever its arguments said: a hostname, a config file (curl -K), a proxy variable, a URL list (wget -i) or a renamed tool
 -- interval: 60
 -- platform: linux
 -- technique: T1105
@@ -13,4 +13,7 @@ SELECT r.*,
          CASE WHEN r.username <> '' THEN ', as ' || r.username ELSE '' END) AS message
 FROM report_sockets r
 -- A UDP connect sends nothing (getaddrinfo connects one to every address it sorts): sends count.
-WHERE (r.action = 'send' OR r.action = 'connect' AND r.protocol = 6) AND r.remote_public = 1;
+WHERE (r.action = 'send' OR r.action = 'connect' AND r.protocol = 6) AND r.remote_public = 1
+  -- From a suspicious place only: a container's own tools fetch from the internet all day
+  -- (image builds, init containers); its exec rows are judged by the container detections.
+  AND r.origin <> '';

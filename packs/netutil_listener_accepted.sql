@@ -1,4 +1,4 @@
--- description: A process from a suspicious location (or a network utility in a container) accepted a connection on a port it listens on, from another host, or listens beyond loopback: a bind shell or a relay, whatever its arguments said, with who connected
+-- description: A process from a suspicious location (a writable directory, an fd or memfd, however far up its lineage) accepted a connection on a port it listens on, from another host, or listens beyond loopback: a bind shell or a relay, whatever its arguments said, with who connected
 -- interval: 60
 -- platform: linux
 -- technique: T1571
@@ -11,6 +11,8 @@ SELECT r.*,
                                           || ' on port ' || r.local_port
                        ELSE 'listens on ' || r.local_address || ':' || r.local_port END, r.reason) AS message
 FROM report_sockets r
--- A peer on this host (a test harness, a local proxy) is not the case this looks for.
-WHERE r.action = 'accept' AND r.remote_address NOT LIKE '127.%' AND r.remote_address <> '::1'
-   OR r.action = 'listen' AND r.local_address NOT LIKE '127.%' AND r.local_address <> '::1';
+-- A peer on this host (a test harness, a local proxy) is not the case this looks for; nor
+-- a container's own relay (Docker's ambassador socat): from a suspicious place only.
+WHERE r.origin <> ''
+  AND (r.action = 'accept' AND r.remote_address NOT LIKE '127.%' AND r.remote_address <> '::1'
+       OR r.action = 'listen' AND r.local_address NOT LIKE '127.%' AND r.local_address <> '::1');
