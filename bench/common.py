@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 WORK = ROOT / "bench" / ".work"          # not a forwarded prefix: the kernel filter drops execs here
 RESULTS = ROOT / "bench" / "results"
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")   # the kernel times programs only while this is 1
 TRUE_C = "int main(void) { return 0; }\n"
 
 
@@ -75,6 +76,30 @@ def process_cpu(pid: int) -> float:
 
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ratio_table(runs: dict[str, dict[str, list[float]]], unit: str, paired: bool = False) -> dict[str, dict[str, Any]]:
+    """Print, and return, each condition's runs per loop: median (min-max) and the ratio to
+    the first condition, the baseline. The ratio of the medians; with paired, the median of
+    each round's ratio to the baseline's run of the same round (when a round's runs are
+    milliseconds apart and the machine drifts between rounds)."""
+    baseline = next(iter(runs.values()))
+    loops = list(baseline)
+    width = max(len(name) for name in runs) + 1
+    print(f"  {'':{width}}" + "".join(f"{loop + ' ' + unit:>24} {'ratio':>6}" for loop in loops))
+    table: dict[str, dict[str, Any]] = {}
+    for name, by_loop in runs.items():
+        entry: dict[str, Any] = {}
+        line = f"  {name:{width}}"
+        for loop in loops:
+            s = summary(by_loop[loop])
+            ratio = (statistics.median(c / b for c, b in zip(by_loop[loop], baseline[loop])) if paired
+                     else s["median"] / summary(baseline[loop])["median"])
+            entry[loop] = {**s, "ratio": ratio, "runs": by_loop[loop]}
+            line += f"{s['median']:10.1f} ({s['min']:.1f}-{s['max']:.1f}) {ratio:6.3f}"
+        table[name] = entry
+        print(line)
+    return table
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

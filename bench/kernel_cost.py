@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from common import WORK, save, spawn, static_binary
+from common import BPF_STATS, WORK, save, spawn, static_binary
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.kernel.probe import Probe
 from osquery_netutil.kernel.records import F_UNJUDGED, ExecRecord
 from testkit.support import tiny_elf, write_executable
-
-STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def measure(probe: Probe, binary: str, count: int) -> dict[str, dict[str, float]]:
@@ -71,8 +68,8 @@ def main() -> int:
     # cost every `sh -c` and `python3 x.py` on the host pays on top of a non-catalog exec.
     kinds = {"non_catalog": static_binary("bench-true"), "interpreter": static_binary("sh"),
              "catalog": str(write_executable(WORK / "nc", tiny_elf()))}
-    previous = STATS.read_text().strip()
-    STATS.write_text("1")
+    previous = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1")
     result: dict[str, object] = {"execs": args.execs, "rounds": args.rounds}
     try:
         # btf mode as the sensor runs it: content verdicts on, each image judged once (here:
@@ -97,7 +94,7 @@ def main() -> int:
         for mode in modes:
             result[mode] = report(mode, rounds[mode], args.execs)
     finally:
-        STATS.write_text(previous)
+        BPF_STATS.write_text(previous)
     print(f"  written to {save('kernel_cost', result)}")
     return 0
 

@@ -40,7 +40,7 @@ import apsw
 from common import ROOT, WORK, save
 
 from osquery_netutil.packs import source as packs
-from osquery_netutil.packs.verify import fixture_rows
+from osquery_netutil.packs.verify import fixture_rows, store_entry
 from osquery_netutil.tables.thrift import write_call_result
 from osquery_netutil.host.database import Host
 from osquery_netutil.schema import EXECS, SOCKETS
@@ -101,9 +101,7 @@ def measure(count: int, queries: list[packs.Query], library: Path) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, \
             Store(Path(tmp) / "events.db", max_rows=count) as store:
         for row, events in rows:
-            exec_eid = store.add(row)
-            for event in events:
-                store.add_socket({**event, "exec_eid": exec_eid})
+            store_entry(store, row, events)
         store.flush()
         table = ExecsTable(lambda: store)
         host = Host([table, SocketsTable(lambda: store)])

@@ -163,6 +163,18 @@ def extension_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ratio_rows(heading: str, table: dict[str, dict[str, Any]], decimals: int) -> list[str]:
+    """A Markdown table of common.ratio_table's figures: per condition and loop, the median
+    in ns (min-max) and the ratio to the baseline."""
+    loops = list(next(iter(table.values())))
+    rows = [f"| {heading} | " + " | ".join(loops) + " |", "|---|" + "---|" * len(loops)]
+    for name, by_loop in table.items():
+        rows.append(f"| {name} | " + " | ".join(
+            f"{by_loop[loop]['median']:.{decimals}f} ns ({by_loop[loop]['min']:.{decimals}f}-{by_loop[loop]['max']:.{decimals}f}), "
+            f"**×{by_loop[loop]['ratio']:.3f}**" for loop in loops) + " |")
+    return rows
+
+
 def syscall_tax_section(data: dict[str, Any]) -> list[str]:
     tools = data["tools"]
     loops = list(next(iter(tools.values())))
@@ -171,11 +183,7 @@ def syscall_tax_section(data: dict[str, Any]) -> list[str]:
              f"a measurement is the fastest of {data['repeat']} runs of {data['calls']:,} calls (steal time on this VM "
              f"only adds), {data['rounds']} rounds interleaved. Medians, min-max in brackets. Any "
              "`syscalls:*` tracepoint sends every syscall of every process down the slow path; btf mode attaches none.", "",
-             "| watching execs with | " + " | ".join(f"{loop}" for loop in loops) + " |", "|---|" + "---|" * len(loops)]
-    for name, by_loop in tools.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{by_loop[loop]['median']:.1f} ns ({by_loop[loop]['min']:.1f}-{by_loop[loop]['max']:.1f}), **×{by_loop[loop]['ratio']:.3f}**"
-            for loop in loops) + " |")
+             *ratio_rows("watching execs with", tools, 1)]
     lines += ["", "![syscall tax](syscall_tax.png)", ""]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / len(loops)
@@ -242,7 +250,6 @@ def verdicts_section(data: dict[str, Any]) -> list[str]:
 
 def sockets_section(data: dict[str, Any]) -> list[str]:
     conditions = data["conditions"]
-    loops = list(next(iter(conditions.values())))
     lines = ["## 11. The socket side", "", machine_line(data), "",
              f"A C loop of loopback TCP connects (accepted and closed), 64-byte UDP send-and-receive and 64-byte TCP "
              f"request/response, {data['ops']:,} operations a run, pinned to one core, {data['rounds']} rounds with the "
@@ -252,11 +259,7 @@ def sockets_section(data: dict[str, Any]) -> list[str]:
              "*tracked*: the loop run from /tmp (its events reported until its budget is spent, then counted); "
              "*skb_floor* and *sendlen_floor*: only a cgroup_skb egress program, or only a raw tracepoint on "
              "sock:sock_send_length, doing one array lookup (the two hooks the DNS questions could be read at).", "",
-             "| condition | " + " | ".join(f"{loop}" for loop in loops) + " |", "|---|" + "---|" * len(loops)]
-    for name, by_loop in conditions.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{by_loop[loop]['median']:.0f} ns ({by_loop[loop]['min']:.0f}-{by_loop[loop]['max']:.0f}), **×{by_loop[loop]['ratio']:.3f}**"
-            for loop in loops) + " |")
+             *ratio_rows("condition", conditions, 0)]
     lines += ["", "Kernel ns per run of each socket program under *sensor* (bpf_stats, medians): " + ", ".join(
         f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in data["kernel_ns_per_run"].items()) + ".", ""]
     scan = data["scan"]

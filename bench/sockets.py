@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,10 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import WORK, save, summary
+from common import BPF_STATS, WORK, ratio_table, save, summary
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.events.sensor import Sensor
+from osquery_netutil.events.sockets import SETTLED_S
 from osquery_netutil.kernel.sockets import CgroupLinks, cgroup2_root, link_create
 from osquery_netutil.schema import SOCKETS
 from osquery_netutil.store.store import Store
@@ -208,7 +208,7 @@ def scan(ports: int, execs: int) -> dict[str, Any]:
         started = time.monotonic()
         subprocess.run([str(script)], check=True, timeout=600)
         took = time.monotonic() - started
-        time.sleep(ANSWER_SETTLE_S)
+        time.sleep(SETTLED_S)   # the scan's last outcomes and folds are stored
         status = s.status()
         s.stop()
         execs_kept = len([r for r in store.select([("utility", "=", "curl")]) if tag in r["cmdline"]])
@@ -222,8 +222,6 @@ def scan(ports: int, execs: int) -> dict[str, Any]:
     }
 
 
-ANSWER_SETTLE_S = 4.0   # a connect's outcome is waited for 3 s
-STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def main() -> int:
@@ -235,11 +233,11 @@ def main() -> int:
     args = parser.parse_args()
     global CPU
     CPU = args.cpu
-    previous = STATS.read_text()   # the kernel counts program runs and time only while this is 1
+    previous = BPF_STATS.read_text()   # the kernel counts program runs and time only while this is 1
     try:
         return measure(args)
     finally:
-        STATS.write_text(previous)
+        BPF_STATS.write_text(previous)
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -262,7 +260,7 @@ def measure(args: argparse.Namespace) -> int:
                         runs[name][loop].append(ns_per_op(binary, loop, args.ops))
             # The kernel's own figures, in a pass apart: counting costs each run two clock reads.
             hooks.condition("sensor")
-            STATS.write_text("1\n")
+            BPF_STATS.write_text("1\n")
             try:
                 for loop in LOOPS:
                     before = hooks.probe.program_stats()
@@ -271,25 +269,14 @@ def measure(args: argparse.Namespace) -> int:
                         if prog.startswith("netutil_") and count > before[prog][0]:
                             stats.setdefault(prog, []).append((ns - before[prog][1]) / (count - before[prog][0]))
             finally:
-                STATS.write_text("0\n")
+                BPF_STATS.write_text("0\n")
         finally:
             hooks.close()
             shutil.rmtree(tracked_dir, ignore_errors=True)
-    result: dict[str, Any] = {"ops": args.ops, "rounds": args.rounds, "conditions": {}}
+    result: dict[str, Any] = {"ops": args.ops, "rounds": args.rounds, }
     print(f"socket side: {args.rounds} rounds of {args.ops:,} operations, the conditions alternating run by run; "
           "ns per operation: median (min-max); ratio to none: the median of each round's ratio to its own none run")
-    print(f"  {'':14}" + "".join(f"{loop + ' ns':>24} {'ratio':>6}" for loop in LOOPS))
-    for name, by_loop in runs.items():
-        entry = {}
-        line = f"  {name:14}"
-        for loop in LOOPS:
-            s = summary(by_loop[loop])
-            # Paired: a round's runs are milliseconds apart, the drift between rounds is not.
-            ratio = statistics.median(c / n for c, n in zip(by_loop[loop], runs["none"][loop]))
-            entry[loop] = {**s, "ratio": ratio, "runs": by_loop[loop]}
-            line += f"{s['median']:10.1f} ({s['min']:.1f}-{s['max']:.1f}) {ratio:6.3f}"
-        result["conditions"][name] = entry
-        print(line)
+    result["conditions"] = ratio_table(runs, "ns", paired=True)   # a round's runs are milliseconds apart
     result["kernel_ns_per_run"] = {name: summary(values) for name, values in sorted(stats.items())}
     print("  kernel ns per run (sensor, bpf_stats, per program over the three loops): " + ", ".join(
         f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in result["kernel_ns_per_run"].items()))

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from typing import Callable, ContextManager
 
-from common import WORK, save, static_binary, summary
+from common import WORK, ratio_table, save, static_binary
 from overhead import auditd, bpftrace, netutil, nothing
 
 LOOP_C = r"""
@@ -103,17 +103,7 @@ def main() -> int:
     result: dict[str, object] = {"calls": args.calls, "repeat": args.repeat, "rounds": args.rounds, "tools": {}}
     print(f"syscall tax: fastest of {args.repeat} runs of {args.calls:,} calls per loop, {args.rounds} interleaved rounds, "
           "medians (min-max)")
-    print(f"  {'':11}" + "".join(f"{loop + ' ns':>22} {'ratio':>6}" for loop in LOOPS))
-    for name, by_loop in runs.items():
-        entry = {}
-        line = f"  {name:11}"
-        for loop in LOOPS:
-            s = summary(by_loop[loop])
-            ratio = s["median"] / summary(runs["none"][loop])["median"]
-            entry[loop] = {**s, "ratio": ratio}
-            line += f"{s['median']:9.1f} ({s['min']:.1f}-{s['max']:.1f}) {ratio:6.3f}"
-        result["tools"][name] = entry
-        print(line)
+    result["tools"] = ratio_table(runs, "ns")
     print(f"  written to {save('syscall_tax', result)}")
     return 0
 

@@ -25,6 +25,8 @@
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define SOCK_DGRAM 2
+// An IPv6 address word by word: a context's fields are read 4 bytes at a time.
+#define COPY_IP6(dst, src) do { (dst)[0] = (src)[0]; (dst)[1] = (src)[1]; (dst)[2] = (src)[2]; (dst)[3] = (src)[3]; } while (0)
 #define NTOHS(x) ((u16)((((x) & 0xff) << 8) | (((x) >> 8) & 0xff)))
 
 #define A_CONNECT 1
@@ -175,10 +177,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
     ev.remote_port = NTOHS((u16)ctx->user_port);
     if (v6) {
         ev.family = AF_INET6;
-        ev.remote_addr[0] = ctx->user_ip6[0];
-        ev.remote_addr[1] = ctx->user_ip6[1];
-        ev.remote_addr[2] = ctx->user_ip6[2];
-        ev.remote_addr[3] = ctx->user_ip6[3];
+        COPY_IP6(ev.remote_addr, ctx->user_ip6);
     } else {
         ev.family = AF_INET;
         ev.remote_addr[0] = ctx->user_ip4;
@@ -210,10 +209,7 @@ static __always_inline int on_bind(struct bpf_sock *sk, int v6)
     ev.local_port = sk->src_port;
     if (v6) {
         ev.family = AF_INET6;
-        ev.local_addr[0] = sk->src_ip6[0];
-        ev.local_addr[1] = sk->src_ip6[1];
-        ev.local_addr[2] = sk->src_ip6[2];
-        ev.local_addr[3] = sk->src_ip6[3];
+        COPY_IP6(ev.local_addr, sk->src_ip6);
     } else {
         ev.family = AF_INET;
         ev.local_addr[0] = sk->src_ip4;
@@ -252,14 +248,8 @@ static __always_inline void tcp_addrs(struct sock_event *ev, struct bpf_sock_ops
     ev->local_port = skops->local_port;                     // host order
     ev->remote_port = NTOHS(skops->remote_port >> 16);  // network order, in the high half
     if (skops->family == AF_INET6) {
-        ev->local_addr[0] = skops->local_ip6[0];
-        ev->local_addr[1] = skops->local_ip6[1];
-        ev->local_addr[2] = skops->local_ip6[2];
-        ev->local_addr[3] = skops->local_ip6[3];
-        ev->remote_addr[0] = skops->remote_ip6[0];
-        ev->remote_addr[1] = skops->remote_ip6[1];
-        ev->remote_addr[2] = skops->remote_ip6[2];
-        ev->remote_addr[3] = skops->remote_ip6[3];
+        COPY_IP6(ev->local_addr, skops->local_ip6);
+        COPY_IP6(ev->remote_addr, skops->remote_ip6);
     } else {
         ev->local_addr[0] = skops->local_ip4;
         ev->remote_addr[0] = skops->remote_ip4;

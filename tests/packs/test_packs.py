@@ -51,9 +51,7 @@ def test_detection_results_carry_what_a_triager_needs(query: packs.Query, tmp_pa
     tmp_path.chmod(0o700)
     with Store(tmp_path / "events.db") as store:
         for exec_row, events in verify.fixture_rows(folder / "positive.jsonl"):
-            exec_eid = store.add(exec_row) if exec_row is not None else 0
-            for event in events:
-                store.add_socket({**event, "exec_eid": exec_eid})
+            verify.store_entry(store, exec_row, events)
         store.flush()
         columns, results = Host(stored_tables(lambda: store)).query(query.sql)
     assert results
@@ -254,9 +252,7 @@ def test_each_detection_reads_the_table_once(query: packs.Query, tmp_path: Path)
         if query.judges_rows:   # five times the positive fixtures: each row and each socket event of them
             for _ in range(5):
                 for exec_row, events in verify.fixture_rows(folder / "positive.jsonl"):
-                    exec_eid = store.add(exec_row) if exec_row is not None else 0
-                    for event in events:
-                        store.add_socket({**event, "exec_eid": exec_eid})
+                    verify.store_entry(store, exec_row, events)
             store.flush()
         status = StatusTable(lambda: {"state": "running", "events_lost": 0, "error": ""})
         Host([counting(ExecsTable)(lambda: store), counting(SocketsTable)(lambda: store), status]).query(query.sql)

@@ -41,23 +41,30 @@ class BtfRefused(Exception):
 
 
 
+def bpf_call(command: int, attr: ctypes.Array[ctypes.c_uint8] | ctypes.Array[ctypes.c_uint32]) -> tuple[int, int]:
+    """The bpf() system call with a command and its attribute block: (the fd it returned,
+    or -1, and errno). -1 with ENOSYS on an architecture this project has no number for."""
+    number = _BPF_SYSCALL.get(platform.machine())
+    if number is None:
+        return -1, errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(number, command, ctypes.byref(attr), ctypes.sizeof(attr))
+    return int(fd), ctypes.get_errno() if fd < 0 else 0
+
+
 def check_bpf_syscall() -> str | None:
     """Create and close a one-slot BPF array map; return why that failed, or None.
 
     This is the cheapest proof that the kernel accepts bpf() from this process, so that
     set-up and start-up can stop early with the cause instead of deep inside bcc.
     """
-    number = _BPF_SYSCALL.get(platform.machine())
-    if number is None:
+    if platform.machine() not in _BPF_SYSCALL:
         return f"unsupported architecture {platform.machine()}: the probe supports x86_64 and aarch64"
     bpf_map_create, bpf_map_type_array = 0, 2
-    attr = (ctypes.c_uint32 * 32)(bpf_map_type_array, 4, 4, 1)
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(number, bpf_map_create, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd, err = bpf_call(bpf_map_create, (ctypes.c_uint32 * 32)(bpf_map_type_array, 4, 4, 1))
     if fd >= 0:
         os.close(fd)
         return None
-    err = ctypes.get_errno()
     if err == errno.EPERM:
         return "bpf() refused (EPERM): run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
     if err == errno.ENOSYS:
@@ -126,10 +133,8 @@ def fentry_problem(btf: Btf) -> str | None:
               (16, "Q", ctypes.addressof(license_)), (68, "I", trace_fentry), (108, "I", func_id))
     for offset, kind, value in fields:
         struct.pack_into("<" + kind, attr, offset, value)
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(_BPF_SYSCALL.get(platform.machine(), -1), bpf_prog_load, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd, err = bpf_call(bpf_prog_load, attr)
     if fd >= 0:
         os.close(fd)
         return None
-    err = ctypes.get_errno()
     return f"the kernel refuses fentry programs ({errno.errorcode.get(err, err)})"

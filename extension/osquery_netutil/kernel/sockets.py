@@ -13,11 +13,12 @@ import ctypes
 import errno
 import ipaddress
 import os
-import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from osquery_netutil.kernel.preflight import bpf_call
 
 # sock_event.action and .status (mirrors the A_* and S_* defines in the C program).
 A_CONNECT, A_SEND, A_BIND, A_LISTEN, A_ACCEPT, A_OUTCOME, A_DNS = 1, 2, 3, 4, 5, 6, 7
@@ -39,7 +40,6 @@ PROGRAMS = (
     ("netutil_sock_ops", _SOCK_OPS, 3),
     ("netutil_egress", _CGROUP_SKB, 1),
 )
-_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 _BPF_LINK_CREATE = 28
 
 
@@ -91,10 +91,8 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """A BPF link of the program to the cgroup: its fd, which detaches it when closed."""
     attr = (ctypes.c_uint8 * 144)()
     struct.pack_into("<IIII", attr, 0, prog_fd, target_fd, attach_type, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(_BPF_SYSCALL.get(platform.machine(), -1), _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd, err = bpf_call(_BPF_LINK_CREATE, attr)
     if fd < 0:
-        err = ctypes.get_errno()
         raise SocketsRefused(f"the kernel refused a BPF link ({errno.errorcode.get(err, err)}: {os.strerror(err)})")
     return int(fd)
 

@@ -70,6 +70,15 @@ def _status_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def store_entry(store: Store, exec_row: Row | None, events: list[Row]) -> int:
+    """Add a fixture line to store: its exec row, then its socket events joined to it.
+    Returns the exec row's eid (0 for a line of socket events alone)."""
+    exec_eid = store.add(exec_row) if exec_row is not None else 0
+    for event in events:
+        store.add_socket({**event, "exec_eid": exec_eid})
+    return exec_eid
+
+
 def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
     """Problems with query against its fixtures: a positive row it does not report, a
     negative row it reports, or an SQL error. [] when all is well."""
@@ -99,10 +108,8 @@ def check_fixtures(query: Query, directory: Path = PACKS_DIR) -> list[str]:
     sockets_added = 0
     with tempfile.TemporaryDirectory(prefix="netutil-fixtures-") as tmp, Store(Path(tmp) / "events.db") as store:
         for index, (exec_row, events) in enumerate([*rows[0], *rows[1]]):
-            exec_eid = store.add(exec_row) if exec_row is not None else 0
-            owners[("exec", exec_eid)] = index
-            for event in events:
-                store.add_socket({**event, "exec_eid": exec_eid})
+            owners[("exec", store_entry(store, exec_row, events))] = index
+            for _ in events:   # socket rows take their eids in the order added
                 sockets_added += 1
                 owners[("socket", sockets_added)] = index
         store.flush()
