@@ -3,27 +3,28 @@ tracked scan.
 
 A C loop (compiled here) times three loopback workloads, each in a process of its own:
 
-  connect   a TCP connect() to a local listener, accepted and closed (the connect4,
-            sock_ops and egress programs all run)
-  udp       a 64-byte UDP sendto() and its recv() (egress: an unconnected datagram)
-  tcp_rr    a 64-byte request and response over one TCP connection (egress per segment)
+  connect   a TCP connect() to a local listener, accepted and closed (the connect4 and
+            sock_ops programs run)
+  udp       a 64-byte UDP sendto() and its recv() (the send tracepoint: an unconnected datagram)
+  tcp_rr    a 64-byte request and response over one TCP connection (the send tracepoint per write)
 
 under each condition, interleaved round by round:
 
   none          no socket hook linked (the sensor's exec probe stays attached throughout)
-  sensor        the sensor's socket programs linked to the cgroup v2 root; the loop is
-                untracked (run from bench/.work, no catalog name)
+  sensor        the sensor's socket programs (btf mode: linked to the cgroup v2 root, and
+                the raw tracepoint on sock:sock_send_length that reads what tracked
+                processes send); the loop is untracked (run from bench/.work, no catalog name)
   tracked       the same, the loop run from /tmp (tracked: its events are reported until
                 its budget of SOCK_BUDGET is spent, then counted)
   skb_floor     only a cgroup_skb egress program that does one array lookup: the fixed
-                cost of the hook the DNS questions are read at
+                cost of the hook tracepoint mode reads sends at (it runs per packet)
   sendlen_floor only a raw tracepoint on sock:sock_send_length that does one array lookup:
-                the other candidate (it fires per send in the sender's context, but the
-                payload would have to be found through the syscall's arguments)
+                the fixed cost of the hook btf mode reads sends at (per send, in the sender)
 
 The hooks are loaded once and linked or detached between runs (microseconds), so that the
-conditions alternate run by run, and every run is pinned to one core (--cpu): this VM's
-two cores differ in speed by up to 45 %.
+conditions alternate run by run, in an order shuffled every round (a fixed order would
+charge any drift within a round to the conditions that run last), and every run is
+pinned to one core (--cpu): this VM's two cores differ in speed by up to 45 %.
 Reported: medians over the rounds (min-max) of ns per operation, and the ratio to `none` as
 the median of each round's own ratio (a round's runs are milliseconds apart); kernel ns per
 run of each socket program (bpf_stats, in a pass of its own) under `sensor`. Then a tracked
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -168,8 +170,8 @@ int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023
         if self.probe._links is not None:   # noqa: SLF001
             self.probe._links.close()   # noqa: SLF001
             self.probe._links = None   # noqa: SLF001
-        if on:
-            self.probe._links = CgroupLinks(self.probe._bpf)   # noqa: SLF001 (bcc keeps the loaded programs)
+        if on:   # bcc keeps the loaded programs
+            self.probe._links = CgroupLinks(self.probe._bpf, sends_at_syscall=self.probe._sends_at_syscall)   # noqa: SLF001
 
     def condition(self, name: str) -> None:
         self.sockets(name in ("sensor", "tracked"))
@@ -178,10 +180,10 @@ int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023
         self._links = []
         if name == "skb_floor":
             self._links.append(link_create(self._egress.fd, self._root, 1))
+        if b"sock_send_length" in self.floors.raw_tracepoint_fds:
+            self.floors.detach_raw_tracepoint(tp=b"sock_send_length")
         if name == "sendlen_floor":
             self.floors.attach_raw_tracepoint(tp=b"sock_send_length", fn_name=b"floor_sendlen")
-        elif b"sock_send_length" in self.floors.raw_tracepoint_fds:
-            self.floors.detach_raw_tracepoint(tp=b"sock_send_length")
 
     def close(self) -> None:
         self.condition("none")
@@ -253,9 +255,12 @@ def measure(args: argparse.Namespace) -> int:
         try:
             for loop in LOOPS:
                 ns_per_op(untracked, loop, args.ops)   # warm caches
+            order = list(conditions.items())
+            shuffle = random.Random(args.rounds)
             for _ in range(args.rounds):
                 for loop in LOOPS:
-                    for name, binary in conditions.items():
+                    shuffle.shuffle(order)
+                    for name, binary in order:
                         hooks.condition(name)
                         runs[name][loop].append(ns_per_op(binary, loop, args.ops))
             # The kernel's own figures, in a pass apart: counting costs each run two clock reads.

@@ -67,7 +67,8 @@
 #define C_SOCK_EVENTS 4   // socket events handed over (netutil_sock.bpf.c)
 #define C_SOCK_LOST 5     // socket events dropped: their ring buffer was full
 #define C_SOCK_OVER_BUDGET 6     // socket events not sent: the process had spent its budget
-#define C_COUNT 7
+#define C_SOCK_UNREAD 7   // sends whose destination or DNS question could not be read (netutil_sock_send.bpf.c)
+#define C_COUNT 8
 
 struct exec_event {
     u64 ktime_ns;
@@ -114,15 +115,20 @@ struct exec_event {
 // that (image time 0). A slot whose pid differs is another process's: user space then
 // reads /proc, where a live process still is.
 struct proc {
+    // The first 24 bytes are all a socket program reads of an untracked process (whose
+    // slot it is, its origin and track): most often one cache line (bench/sockets.py).
     u32 pid;                       // owner of the slot; 0: free
     u32 ppid;
+    u64 origin_ktime_ns;           // the lineage's origin, inherited at fork; 0: none
+    u64 track_ktime_ns;            // the lineage's tracked exec, inherited at fork; 0: none
     u64 fork_ktime_ns;             // 0: forked before the probe attached
     u64 ktime_ns;                  // exec time of the image; 0: no exec seen
-    u64 origin_ktime_ns;           // the lineage's origin, inherited at fork; 0: none
     u32 origin_pid;
+    u32 track_pid;
     u32 origin_weak;               // 1: the origin is a relative-path exec
     u32 flags;                     // I_* for the image
     u32 uid;
+    u32 sock_budget;               // socket events this process may still send (netutil_sock.bpf.c)
     u32 head_len;
     u32 pend_head_len;
     char comm[16];
@@ -132,10 +138,6 @@ struct proc {
     u32 pend_tid;                  // thread whose exec is pending; 0: none
     u32 pend_match;                // F_MATCH_* of the pending exec; 0: not forwarded
     u32 cur;                       // head cur & 1 of the two is the image's, the other the pending exec's
-    u32 sock_budget;               // socket events this process may still send (netutil_sock.bpf.c)
-    u64 track_ktime_ns;            // the lineage's tracked exec, inherited at fork; 0: none
-    u32 track_pid;
-    u32 pad;
     // First arguments, NUL-separated. Committing an exec swaps the two (cur ^= 1) instead
     // of copying. HEAD_LEN of slack each, for constant-size reads.
     char heads[2 * 2 * HEAD_LEN];  // flat: bcc's Python types get 2-D arrays wrong
@@ -148,6 +150,7 @@ struct prefix_key { u32 prefixlen; char path[PREFIX_LEN]; };
 struct path_buf { u32 prefixlen; char path[FILENAME_LEN]; };
 _Static_assert(offsetof(struct proc, file) == offsetof(struct proc, file_key) + sizeof(u32),
                "a slot's file_key and file must make a struct path_buf");
+_Static_assert(offsetof(struct proc, track_ktime_ns) == 16, "what socket programs read of an untracked process's slot: its first 24 bytes");
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, C_COUNT);

@@ -203,9 +203,9 @@ KFUNC_PROBE(security_bprm_check, void *bprm)
     const char *const *argv = 0;
     FIELD(nr, regs, OFF_REGS_NR);
     if (nr == NR_EXECVE)
-        FIELD(argv, regs, OFF_REGS_EXECVE_ARGV);
+        FIELD(argv, regs, OFF_REGS_ARG2);   // execve(filename, argv, envp)
     else if (nr == NR_EXECVEAT)
-        FIELD(argv, regs, OFF_REGS_EXECVEAT_ARGV);
+        FIELD(argv, regs, OFF_REGS_ARG3);   // execveat(dfd, filename, argv, envp, flags)
     else
         return 0;   // an exec by the kernel itself (kernel_execve)
     const char *filename = 0;

@@ -6,25 +6,20 @@
 // cgroup socket programs, attached to the root of the cgroup v2 hierarchy with BPF links
 // (a killed sensor leaves nothing attached), in both probe modes:
 //   connect4/6     connect() of any socket: the destination as the caller gave it
-//   sock_create    socket(): a tracked process's UDP sockets are tagged (their datagrams, at egress)
 //   post_bind4/6   bind(): the local address
 //   sock_ops       TCP: the connect's outcome, listen(), and the peers a listener accepts
-//   egress         (cgroup_skb) an unconnected UDP datagram's destination, and the DNS
-//                  questions of tracked sockets: port-53 payloads
-// (No sendmsg4/6: the kernel runs them under the socket's lock for every unconnected send
-// of every process; egress sees those datagrams anyway.)
+// What tracked processes send (DNS questions, unconnected UDP datagrams) is read in
+// netutil_sock_send.bpf.c. (No sendmsg4/6: the kernel runs them under the socket's lock
+// for every unconnected send of every process.)
 // They run in the caller's context (sock_ops' outcomes and accepts in softirq: pid 0), so
 // that an untracked process costs one array lookup (its slot) and nothing else: no
 // syscall hook, kprobe or fentry. sock_ops only asks the kernel for state changes of the
-// sockets of tracked processes (bpf_sock_ops_cb_flags_set). egress runs on every packet
-// the host sends and costs two loads from the socket for all but port-53 traffic and
-// unconnected UDP (bench/sockets.py; docs/design.md says why it is this hook).
+// sockets of tracked processes (bpf_sock_ops_cb_flags_set).
 
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-#define SOCK_DGRAM 2
 // An IPv6 address word by word: a context's fields are read 4 bytes at a time.
 #define COPY_IP6(dst, src) do { (dst)[0] = (src)[0]; (dst)[1] = (src)[1]; (dst)[2] = (src)[2]; (dst)[3] = (src)[3]; } while (0)
 #define NTOHS(x) ((u16)((((x) & 0xff) << 8) | (((x) >> 8) & 0xff)))
@@ -65,7 +60,8 @@ struct sock_event {
     char comm[16];
 };
 
-// A DNS question as it left: the event, then the payload (UDP's, or TCP's with its length prefix).
+// A DNS question as it left: the event, then the payload (UDP's; TCP's with its length
+// prefix unless the sender wrote that apart). payload_len 0: the question could not be read.
 struct dns_event {
     struct sock_event ev;
     u32 payload_len;
@@ -80,11 +76,12 @@ struct owner { u64 track_ktime_ns; u64 origin_ktime_ns; u64 cgroup_id; u32 track
 struct listen_key { u64 netns; u32 port; u32 pad; };
 
 BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);   // their own: a scan cannot cost exec events
-BPF_PERCPU_ARRAY(dns_heap, struct dns_event, 1);       // too big for the stack; also the records' type for user space
+BPF_PERCPU_ARRAY(dns_heap, struct dns_event, 1);       // too big for the stack (egress); also the records' type for user space
 BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
-// Sockets whose connect was reported (their outcome is: TCP_CONNECT_CB), those a tracked
-// process sent to port 53 with (dns: their questions are read at egress) and the UDP sockets
-// a tracked process made (udp: their unconnected datagrams are sends); freed with the socket.
+// Sockets whose connect was reported (their outcome is: TCP_CONNECT_CB); for the egress
+// build, also those a tracked process connected to port 53 (dns: their questions are read
+// there) and the UDP sockets a tracked process made (udp: their unconnected datagrams are
+// sends). Freed with the socket.
 BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 
@@ -184,7 +181,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
     }
     send(&ev);
     if ((ev.remote_port == DNS_PORT || (action == A_CONNECT && ev.protocol == IPPROTO_TCP)) && ctx->sk) {
-        // Its outcome is reported (sock_ops), and a DNS socket's questions (egress).
+        // Its outcome is reported (sock_ops), and a DNS socket's questions (the egress build).
         struct owner *o = reported_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if (o) {
             own(o, &ev, p);
@@ -215,25 +212,6 @@ static __always_inline int on_bind(struct bpf_sock *sk, int v6)
         ev.local_addr[0] = sk->src_ip4;
     }
     send(&ev);
-    return 1;
-}
-
-// socket(): a tracked process's UDP socket is tagged with its owner, so that egress knows
-// its unconnected datagrams by the socket, whatever task is current there (a tunnel or
-// overlay device's own socket sends in whoever's context the packet came).
-int netutil_sock_create(struct bpf_sock *sk)
-{
-    if (sk->type != SOCK_DGRAM)
-        return 1;
-    struct proc *p = tracked_proc();
-    if (!p)
-        return 1;
-    struct owner *o = reported_socks.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (o) {
-        struct sock_event now = {.cgroup_id = bpf_get_current_cgroup_id(), .uid = (u32)bpf_get_current_uid_gid()};
-        own(o, &now, p);
-        o->udp = 1;
-    }
     return 1;
 }
 
@@ -333,91 +311,5 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         tcp_addrs(&ev, skops);
         send(&ev);
     }
-    return 1;
-}
-
-// Every packet the host sends passes here. All but those of a socket connected to port 53
-// and of unconnected sockets (UDP: the port is per datagram) leave after two loads; the
-// rest after a look at the socket's storage. Of a socket connected to port 53 that its
-// tracked owner reported (dns), the payload is copied; of a tracked process's UDP socket
-// (udp), an unconnected datagram is a `send`, or, to port 53, a question. The payload: the
-// IP and transport headers skipped, DNS_MAX bytes at most.
-int netutil_egress(struct __sk_buff *skb)
-{
-    u32 rport = skb->remote_port >> 16;   // network order, in the high half
-    if (rport != 0 && rport != NTOHS(DNS_PORT))
-        return 1;
-    struct bpf_sock *sk = skb->sk;
-    if (!sk)
-        return 1;
-    sk = bpf_sk_fullsock(sk);
-    if (!sk)
-        return 1;
-    struct owner *o = reported_socks.sk_storage_get(sk, 0, 0);
-    if (!o || !(rport ? o->dns : o->udp))
-        return 1;
-    // Where the transport header and the payload start (skb data is the IP header).
-    u8 first = 0, proto = 0;
-    u32 off = 0, addr_len = 4;
-    if (bpf_skb_load_bytes(skb, 0, &first, 1))
-        return 1;
-    if ((first >> 4) == 4) {
-        off = (first & 0xf) * 4;
-        bpf_skb_load_bytes(skb, 9, &proto, 1);
-    } else if ((first >> 4) == 6) {
-        off = 40;   // extension headers are not followed
-        addr_len = 16;
-        bpf_skb_load_bytes(skb, 6, &proto, 1);
-    } else {
-        return 1;
-    }
-    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
-        return 1;   // an IPv6 extension header: not followed
-    u16 dport = 0;
-    if (bpf_skb_load_bytes(skb, off + 2, &dport, 2))
-        return 1;
-    int dns = dport == NTOHS(DNS_PORT);
-    int zero = 0;
-    struct dns_event *d = dns_heap.lookup(&zero);
-    if (!d)
-        return 1;
-    __builtin_memset(&d->ev, 0, sizeof(d->ev));
-    from_owner(&d->ev, o, dns ? A_DNS : A_SEND);
-    d->ev.cookie = bpf_get_socket_cookie(skb);
-    d->ev.family = addr_len == 16 ? AF_INET6 : AF_INET;
-    d->ev.protocol = proto;
-    d->ev.remote_port = NTOHS(dport);
-    d->ev.local_port = sk->src_port;
-    if (addr_len == 16)
-        bpf_skb_load_bytes(skb, 24, d->ev.remote_addr, 16);
-    else
-        bpf_skb_load_bytes(skb, 16, d->ev.remote_addr, 4);
-    d->payload_len = 0;
-    u32 size = offsetof(struct dns_event, payload);
-    if (dns) {
-        off += proto == IPPROTO_UDP ? 8 : 0;
-        if (proto == IPPROTO_TCP) {
-            u8 doff = 0;
-            bpf_skb_load_bytes(skb, off + 12, &doff, 1);
-            off += (doff >> 4) * 4;
-        }
-        if (off >= skb->len)
-            return 1;   // no payload (a TCP handshake or ACK)
-        u32 len = skb->len - off;
-        if (len > DNS_MAX)
-            len = DNS_MAX;
-        u64 n = ((len - 1) & (DNS_MAX - 1)) + 1;   // 1..DNS_MAX as the verifier can see it (DNS_MAX: a power of 2)
-        if (bpf_skb_load_bytes(skb, off, d->payload, n))
-            return 1;
-        d->payload_len = n;
-        size = sizeof(*d);
-    }
-    struct proc *owner = slot_of(o->pid);
-    if (owner && owner->pid == o->pid && !charge(owner))   // the owner's budget, where its slot is still its own
-        return 1;
-    if (sock_events.ringbuf_output(d, size, 0))
-        count(C_SOCK_LOST);
-    else
-        count(C_SOCK_EVENTS);
     return 1;
 }

@@ -131,7 +131,7 @@ STATUS = Table(
         Column("network_mode", "TEXT", "cgroup (socket events of tracked processes: cgroup v2 socket programs, attached with BPF links) or '' when socket events are off (see network_note)"),
         Column("network_note", "TEXT", "Why socket events are off ('' when on)"),
         Column("socket_events", "BIGINT", "Socket events of tracked processes the kernel handed over since start"),
-        Column("socket_events_lost", "BIGINT", "Socket events dropped since start: their ring buffer was full, or the process had spent its budget of socket events"),
+        Column("socket_events_lost", "BIGINT", "Socket events dropped since start: their ring buffer was full, the process had spent its budget of socket events, or what a send carried (its destination, a DNS question) could not be read from its syscall (io_uring, sendfile, a 32-bit process)"),
         Column("judge_backlog", "BIGINT", "watch: rows stored that the detections have not judged yet (0 elsewhere: osquery schedules the packs)"),
         Column("judge_delay_s", "BIGINT", "watch: seconds since the oldest row not judged yet was executed (0 when none waits)"),
         Column("rows_evicted", "BIGINT", "Rows the store evicted since start (over --max-rows or --max-age; plain rows first, never one not judged yet)"),

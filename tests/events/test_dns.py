@@ -24,6 +24,13 @@ def test_tcp_has_a_length_first() -> None:
     assert question(struct.pack("!H", len(message)) + message, tcp=True) == ("a.b.example", "AAAA")
 
 
+def test_tcp_whose_length_was_sent_apart_is_read_from_its_start() -> None:
+    # A sender that writes the two-byte length, then the message: the second send is read alone.
+    message = query(b"split.example", 1)
+    assert question(message, tcp=True) == ("split.example", "A")
+    assert question(struct.pack("!H", len(message)), tcp=True) is None
+
+
 def test_bytes_that_are_not_printable_stay_visible() -> None:
     assert question(query(b"a\x00b.c\\d.example", 1), tcp=False) == ("a\\000b.c\\092d.example", "A")
 

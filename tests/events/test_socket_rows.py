@@ -12,7 +12,7 @@ import pytest
 from osquery_netutil.events.sockets import ANSWER_WAIT_S, SYN_WAIT_S, SocketRows
 from osquery_netutil.kernel.records import ExecRecord
 from osquery_netutil.kernel.sockets import (
-    A_ACCEPT, A_CONNECT, A_OUTCOME, A_SEND, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
+    A_ACCEPT, A_CONNECT, A_DNS, A_OUTCOME, A_SEND, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
 )
 from osquery_netutil.packs import jsonl
 
@@ -21,10 +21,12 @@ NOW_NS = time.monotonic_ns()
 
 
 def record(action: int, cookie: int = 1, status: int = 0, retrans: int = 0, track: tuple[int, int] = (10, 5),
-           remote: str = "203.0.113.9", port: int = 443, protocol: int = 6, at_ns: int = NOW_NS) -> SockRecord:
+           remote: str = "203.0.113.9", port: int = 443, protocol: int = 6, at_ns: int = NOW_NS,
+           payload: bytes = b"") -> SockRecord:
     return SockRecord(time=time.time(), ktime_ns=at_ns, cookie=cookie, action=action, status=status, pid=11, uid=0,
                       comm=b"curl", cgroup_id=0, track=track, origin=(0, 0), family=2, protocol=protocol,
-                      local_address="0.0.0.0", local_port=0, remote_address=remote, remote_port=port, retrans=retrans)
+                      local_address="0.0.0.0", local_port=0, remote_address=remote, remote_port=port, retrans=retrans,
+                      payload=payload)
 
 
 def exec_record(pid: int, ktime_ns: int, track: tuple[int, int], before: tuple[int, int] = (0, 0)) -> ExecRecord:
@@ -62,6 +64,15 @@ def test_repeats_are_folded_and_an_unknown_outcome_is_no_row(rows: tuple[SocketR
     sockets.take(record(A_OUTCOME, 99, S_ESTABLISHED))        # its connect was over the budget
     sockets.flush()
     assert sorted((r["remote_port"], r["count"]) for r in out) == [(53, 5), (54, 1)]
+
+
+def test_a_question_that_could_not_be_read_is_a_row_with_no_name_and_no_question_is_none(
+        rows: tuple[SocketRows, list[Row]]) -> None:
+    sockets, out = rows
+    sockets.take(record(A_DNS, protocol=17, port=53))                                # sendfile: nothing read
+    sockets.take(record(A_DNS, protocol=6, port=53, payload=b"\x00\x05hello"))     # a later TCP segment
+    sockets.flush()
+    assert [(r["action"], r["dns_name"], r["dns_type"]) for r in out] == [("dns_query", "", "")]
 
 
 def test_an_event_joins_the_row_of_its_tracked_exec_or_of_the_one_that_exec_inherited(rows: tuple[SocketRows, list[Row]]) -> None:

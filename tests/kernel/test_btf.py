@@ -4,6 +4,7 @@ wrong offset refused with the reason."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from osquery_netutil.kernel.btf import VMLINUX, Btf, BtfError
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.kernel.fields import BTF_FIELDS, FENTRY_FIELDS, btf_defines, btf_offsets
+from osquery_netutil.kernel.fields import BTF_FIELDS, REGS_FIELDS, SEND_FIELDS, btf_defines, btf_offsets
 from osquery_netutil.kernel.preflight import ProbeError, fentry_problem
 from osquery_netutil.kernel.probe import Probe
 from osquery_netutil.kernel.program import compile_program
@@ -73,7 +74,7 @@ def _bpftool_offset(types: dict[int, tuple[str, list[tuple[str, int, int]]]], st
 
 def test_offsets_equal_what_bpftool_reads_from_the_same_btf() -> None:
     btf = _kernel_btf()
-    fields = {**BTF_FIELDS, **FENTRY_FIELDS}
+    fields = {**BTF_FIELDS, **REGS_FIELDS, **SEND_FIELDS}
     types = _bpftool_structs({struct for struct, _ in fields.values()})
     for name, (struct, member) in fields.items():
         assert btf.offset(struct, member) == _bpftool_offset(types, struct, member), name
@@ -188,7 +189,7 @@ def test_the_fentry_program_compiles_and_a_kernel_that_refuses_it_is_noted_not_f
     load it (this VM answers EPERM), so that its C is checked here too."""
     need(probe_unavailable())
     btf = _kernel_btf()
-    bpf = compile_program(btf_defines(btf, btf_offsets(btf), fentry=True, verdicts=True))
+    bpf = compile_program(btf_defines(btf, btf_offsets(btf), fentry=True, verdicts=True, machine=platform.machine()))
     try:
         loaded = {name.decode() for name in bpf.funcs}
         assert {"raw_tracepoint__sched_process_exec", "raw_tracepoint__task_newtask"} <= loaded

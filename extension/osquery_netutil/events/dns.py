@@ -1,7 +1,8 @@
 """The question of a DNS message as a tracked socket sent it (RFC 1035, section 4.1).
 
-The kernel copies the first bytes of what left for port 53 (bpf/netutil_sock.bpf.c); a
-TCP socket's start with the message's two-byte length. Only queries are read: anything
+The kernel copies the first bytes of what was sent to port 53 (bpf/netutil_sock_send.bpf.c);
+a TCP socket's start with the message's two-byte length, unless the sender wrote that
+apart (its own send, then the message in the next). Only queries are read: anything
 else (an answer sent back by a tracked resolver, a message cut short, garbage sent to
 port 53) gives None, and the row keeps its action without a name.
 """
@@ -25,7 +26,11 @@ def question(payload: bytes, tcp: bool) -> tuple[str, str] | None:
     a label is written \\DDD (RFC 4343's presentation form), so an exfiltrated binary
     label stays visible and unambiguous."""
     if tcp:
-        payload = payload[2:]
+        return _first_question(payload[2:]) or _first_question(payload)
+    return _first_question(payload)
+
+
+def _first_question(payload: bytes) -> tuple[str, str] | None:
     if len(payload) < _HEADER + 5:
         return None
     flags, qdcount = struct.unpack_from("!HH", payload, 2)

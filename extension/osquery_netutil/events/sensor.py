@@ -191,7 +191,7 @@ class Sensor:
             "network_mode": self._probe.network_mode if self._probe is not None else "",
             "network_note": self._probe.network_note if self._probe is not None else "",
             "socket_events": counters.sock_events if counters else 0,
-            "socket_events_lost": counters.sock_lost + counters.sock_over_budget if counters else 0,
+            "socket_events_lost": counters.sock_lost + counters.sock_over_budget + counters.sock_unread if counters else 0,
             # watch's judge, when this store has one (its cursor); under osquery, nothing waits here.
             **(cursor.progress() if cursor is not None else {"judge_backlog": 0, "judge_delay_s": 0}),
             "rows_evicted": self.store.evicted if self.store is not None else 0,

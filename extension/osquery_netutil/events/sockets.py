@@ -102,8 +102,11 @@ class SocketRows:
         if rec.action == A_OUTCOME:
             self._outcome(rec)
         elif rec.action == A_DNS:
-            asked = question(rec.payload, rec.protocol == IPPROTO_TCP)
-            if asked is not None:   # else no question: a later segment of a TCP stream, a reply
+            # No payload: the kernel could not read what was sent (sendfile, io_uring): a
+            # question with no name. A payload with no question: a later segment of a TCP
+            # stream, a reply.
+            asked = question(rec.payload, rec.protocol == IPPROTO_TCP) if rec.payload else ("", "")
+            if asked is not None:
                 self._fold({**self._row(rec), "dns_name": asked[0], "dns_type": asked[1]})
         elif rec.action == A_CONNECT and rec.protocol == IPPROTO_TCP:
             self._connects[rec.cookie] = _Connect(rec, self._row(rec))

@@ -22,16 +22,32 @@ BTF_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_INODE_SB": ("inode", "i_sb"),
     "OFF_SB_DEV": ("super_block", "s_dev"),
 }
-# The fentry that names scripts without #! reads the exec syscall's number and argv from
-# the registers it was entered with. x86_64 only: bcc 0.26 attaches fentry nowhere else.
-FENTRY_FUNCTION = "security_bprm_check"
-FENTRY_FIELDS: dict[str, tuple[str, str]] = {
+# The registers a syscall was entered with (x86_64: its number, then its arguments in
+# di, si, dx, r10, r8), read where a program needs a syscall's arguments.
+REGS_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_REGS_NR": ("pt_regs", "orig_ax"),
-    "OFF_REGS_EXECVE_ARGV": ("pt_regs", "si"),      # execve(filename, argv, envp)
-    "OFF_REGS_EXECVEAT_ARGV": ("pt_regs", "dx"),    # execveat(dfd, filename, argv, envp, flags)
+    "OFF_REGS_ARG2": ("pt_regs", "si"),
+    "OFF_REGS_ARG3": ("pt_regs", "dx"),
+    "OFF_REGS_ARG5": ("pt_regs", "r8"),
 }
+# The fentry that names scripts without #! reads the exec syscall's number and argv
+# (execve's second argument, execveat's third). x86_64 only: bcc 0.26 attaches fentry
+# nowhere else.
+FENTRY_FUNCTION = "security_bprm_check"
 FENTRY_CONSTANTS = {"NR_EXECVE": 59, "NR_EXECVEAT": 322}
 NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the ancestry"
+# The raw tracepoint that reads what tracked processes send (bpf/netutil_sock_send.bpf.c):
+# the socket's addresses and protocol, and the syscall's registers. x86_64 only: its
+# syscall numbers and argument registers are x86_64's; elsewhere the egress program reads them.
+SEND_FIELDS: dict[str, tuple[str, str]] = {
+    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
+    "OFF_SKC_NUM": ("sock_common", "skc_num"),
+    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+}
+SENDS_AT_SYSCALL_MACHINE = "x86_64"
 
 
 # The image's change time, which content verdicts are given for: its members have moved
@@ -45,6 +61,8 @@ CTIME_MEMBERS = (("i_ctime_sec", "i_ctime_nsec"), ("__i_ctime.tv_sec", "__i_ctim
 SPANS: dict[str, dict[str, int]] = {
     "BPRM": {"OFF_BPRM_FILE": 8, "OFF_BPRM_ARGC": 4, "OFF_BPRM_FILENAME": 8, "OFF_BPRM_INTERP": 8},
     "INODE": {"OFF_INODE_SB": 8, "OFF_INODE_INO": 8, "OFF_INODE_CTIME_SEC": 8, "OFF_INODE_CTIME_NSEC": 4},
+    "REGS": {"OFF_REGS_NR": 8, "OFF_REGS_ARG2": 8, "OFF_REGS_ARG3": 8, "OFF_REGS_ARG5": 8},
+    "SKC": {"OFF_SKC_DADDR": 4, "OFF_SKC_DPORT": 2, "OFF_SKC_NUM": 2, "OFF_SKC_FAMILY": 2, "OFF_SKC_V6_DADDR": 16},
 }
 SPAN_MAX = 160   # bytes of the BPF stack one span may take
 
@@ -64,10 +82,12 @@ def btf_offsets(btf: Btf) -> dict[str, int]:
 
 
 def spans(offsets: dict[str, int]) -> dict[str, int]:
-    """<NAME>_LO and <NAME>_SPAN of each of SPANS. Raises BtfError when members are too
-    far apart for the BPF stack (a kernel that moved them)."""
+    """<NAME>_LO and <NAME>_SPAN of each of SPANS whose members are all in offsets. Raises
+    BtfError when members are too far apart for the BPF stack (a kernel that moved them)."""
     defines: dict[str, int] = {}
     for name, members in SPANS.items():
+        if not members.keys() <= offsets.keys():
+            continue
         lo = min(offsets[m] for m in members)
         span = max(offsets[m] + size for m, size in members.items()) - lo
         if span > SPAN_MAX:
@@ -76,11 +96,18 @@ def spans(offsets: dict[str, int]) -> dict[str, int]:
     return defines
 
 
-def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool) -> dict[str, int]:
+def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool, machine: str) -> dict[str, int]:
     """The -D flags of btf mode: its offsets, content verdicts when wanted (a sensor
-    writes them; a bare probe does not), and the fentry's when it is wanted. Raises BtfError."""
-    defines = {"PROBE_BTF": 1, "CONTENT_VERDICTS": int(verdicts), **offsets, **spans(offsets)}
+    writes them; a bare probe does not), the fentry's when it is wanted, and the send
+    tracepoint's on x86_64 (machine: platform.machine()). Raises BtfError."""
+    defines = {"PROBE_BTF": 1, "CONTENT_VERDICTS": int(verdicts), **offsets}
+    extra: dict[str, tuple[str, str]] = {}
+    if fentry or machine == SENDS_AT_SYSCALL_MACHINE:
+        extra |= REGS_FIELDS
     if fentry:
         defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
-        defines |= {name: btf.offset(*field) for name, field in FENTRY_FIELDS.items()}
-    return defines
+    if machine == SENDS_AT_SYSCALL_MACHINE:
+        defines["SENDS_AT_SYSCALL"] = 1
+        extra |= SEND_FIELDS
+    defines |= {name: btf.offset(*field) for name, field in extra.items()}
+    return defines | spans(defines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import shutil
 import subprocess
 import threading
@@ -83,6 +84,7 @@ class Probe:
         self._on_socket = on_socket
         self._on_tick = on_tick
         self._links: CgroupLinks | None = None
+        self._sends_at_syscall = False   # built to read sends at sock:sock_send_length (else at egress)
         self.network_mode = ""   # cgroup once the socket programs are attached
         self.network_note = "" if on_socket is not None else "socket events not asked for"
         self._poll_ms = poll_ms
@@ -128,7 +130,9 @@ class Probe:
             raise BtfRefused(str(exc)) from exc
         no_fentry = fentry_problem(btf)
         try:
-            self._bpf = compile_program(btf_defines(btf, offsets, fentry=no_fentry is None, verdicts=self._content_verdicts))
+            defines = btf_defines(btf, offsets, fentry=no_fentry is None, verdicts=self._content_verdicts,
+                                  machine=platform.machine())
+            self._bpf = compile_program(defines)
         except (ProbeError, BtfError) as exc:
             raise BtfRefused(str(exc)) from exc
         no_fentry = no_fentry or self._bpf.fentry_error
@@ -144,6 +148,7 @@ class Probe:
             self._bpf = None
             raise
         self.mode = "btf"
+        self._sends_at_syscall = bool(defines.get("SENDS_AT_SYSCALL"))
 
     def _prepare(self) -> None:
         """Fill the filter and open the ring buffer of the loaded program."""
@@ -159,7 +164,7 @@ class Probe:
         if self._on_socket is None:
             return
         try:
-            self._links = CgroupLinks(self._bpf)
+            self._links = CgroupLinks(self._bpf, sends_at_syscall=self._sends_at_syscall)
         except SocketsRefused as exc:
             self.network_note = str(exc)
             return

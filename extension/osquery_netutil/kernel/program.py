@@ -15,7 +15,8 @@ from osquery_netutil.kernel.records import SIZES
 # as package data.
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 # The C program, in the order compiled: what both modes share, then each mode's programs.
-BPF_SOURCES = ("netutil_exec.bpf.c", "netutil_exec_btf.bpf.c", "netutil_exec_tracepoint.bpf.c", "netutil_sock.bpf.c")
+BPF_SOURCES = ("netutil_exec.bpf.c", "netutil_exec_btf.bpf.c", "netutil_exec_tracepoint.bpf.c", "netutil_sock.bpf.c",
+               "netutil_sock_send.bpf.c")
 
 
 def bpf_source() -> str:

@@ -54,7 +54,8 @@ A_FORKED = 2           # the process has not exec'd since its fork: file/head ar
 I_SCRIPT = 4           # btf mode: `file` is a #! script, its head starts with the interpreter
 
 # The per-CPU counters, in the order of the C program's C_* indexes.
-COUNTERS = ("execs_seen", "forwarded", "lost", "failed", "sock_events", "sock_lost", "sock_over_budget")
+COUNTERS = ("execs_seen", "forwarded", "lost", "failed", "sock_events", "sock_lost", "sock_over_budget",
+            "sock_unread")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Counters:
     sock_events: int = 0       # socket events of tracked processes handed over
     sock_lost: int = 0         # socket events dropped because their ring buffer was full
     sock_over_budget: int = 0  # socket events not sent: the process had spent its SOCK_BUDGET
+    sock_unread: int = 0       # sends whose destination or DNS question could not be read from the syscall
 
 
 def user_dev(kernel_dev: int) -> int:

@@ -1,10 +1,12 @@
-"""The socket side of the probe (bpf/netutil_sock.bpf.c): its programs, attached to the
-root of the cgroup v2 hierarchy with BPF links, and the records it hands over.
+"""The socket side of the probe (bpf/netutil_sock.bpf.c, netutil_sock_send.bpf.c): its
+programs, attached to the root of the cgroup v2 hierarchy with BPF links, the raw
+tracepoint that reads what tracked processes send, and the records they hand over.
 
 bcc 0.26 attaches cgroup programs with the legacy BPF_PROG_ATTACH, which outlives the
 process that attached them (a killed sensor would leave its programs taxing the host).
 A BPF link (BPF_LINK_CREATE) lives as long as its file descriptor: this process's, so a
-`kill -9` detaches everything. bcc loads the programs; the links are made here.
+`kill -9` detaches everything. bcc loads the programs; the links are made here. A raw
+tracepoint is held by a file descriptor too (bpf_raw_tracepoint_open, through bcc).
 """
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ _CGROUP_SKB, _CGROUP_SOCK, _SOCK_OPS, _CGROUP_SOCK_ADDR = 8, 9, 13, 18
 PROGRAMS = (
     ("netutil_connect4", _CGROUP_SOCK_ADDR, 10),
     ("netutil_connect6", _CGROUP_SOCK_ADDR, 11),
-    ("netutil_sock_create", _CGROUP_SOCK, 2),
     ("netutil_post_bind4", _CGROUP_SOCK, 12),
     ("netutil_post_bind6", _CGROUP_SOCK, 13),
     ("netutil_sock_ops", _SOCK_OPS, 3),
+)
+# What tracked processes send: a raw tracepoint where the build reads it at the syscall
+# (SENDS_AT_SYSCALL), else two more cgroup programs (netutil_sock_send.bpf.c).
+SEND_TRACEPOINT = ("sock_send_length", "netutil_send")
+EGRESS_PROGRAMS = (
+    ("netutil_sock_create", _CGROUP_SOCK, 2),
     ("netutil_egress", _CGROUP_SKB, 1),
 )
 _BPF_LINK_CREATE = 28
@@ -98,18 +105,22 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
 
 
 class CgroupLinks:
-    """The socket programs of a loaded probe, linked to the cgroup v2 root until close()."""
+    """The socket programs of a loaded probe, linked to the cgroup v2 root (and the send
+    tracepoint attached) until close()."""
 
-    def __init__(self, bpf: Any, root: Path | None = None) -> None:
-        """bpf: bcc's BPF object of the probe's program. Raises SocketsRefused."""
+    def __init__(self, bpf: Any, sends_at_syscall: bool, root: Path | None = None) -> None:
+        """bpf: bcc's BPF object of the probe's program; sends_at_syscall: it was built
+        with SENDS_AT_SYSCALL. Raises SocketsRefused."""
         self.root = root or cgroup2_root()
         self._fds: list[int] = []
+        self._bpf = bpf
+        self._tracepoint = ""
         try:
             cgroup = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise SocketsRefused(f"cannot open {self.root}: {exc.strerror}") from exc
         try:
-            for name, prog_type, attach_type in PROGRAMS:
+            for name, prog_type, attach_type in PROGRAMS + (() if sends_at_syscall else EGRESS_PROGRAMS):
                 try:
                     fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
                 except Exception as exc:   # bcc raises bare Exception with the verifier's log
@@ -117,6 +128,13 @@ class CgroupLinks:
                         if "not permitted" in str(exc) else ""
                     raise SocketsRefused(f"{name} did not load{hint} ({str(exc).strip()[:500]})") from exc
                 self._fds.append(link_create(fn.fd, cgroup, attach_type))
+            if sends_at_syscall:
+                tracepoint, name = SEND_TRACEPOINT
+                try:
+                    bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=name.encode())
+                except Exception as exc:   # bcc raises bare Exception
+                    raise SocketsRefused(f"{name} did not attach to sock:{tracepoint} ({str(exc).strip()[:500]})") from exc
+                self._tracepoint = tracepoint
         except SocketsRefused:
             self.close()
             raise
@@ -128,6 +146,9 @@ class CgroupLinks:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        if self._tracepoint:
+            self._bpf.detach_raw_tracepoint(tp=self._tracepoint.encode())
+            self._tracepoint = ""
 
 
 def address(family: int, words: Any) -> str:
