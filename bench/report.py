@@ -253,12 +253,16 @@ def sockets_section(data: dict[str, Any]) -> list[str]:
     lines = ["## 11. The socket side", "", machine_line(data), "",
              f"A C loop of loopback TCP connects (accepted and closed), 64-byte UDP send-and-receive and 64-byte TCP "
              f"request/response, {data['ops']:,} operations a run, pinned to one core, {data['rounds']} rounds with the "
-             "conditions alternating run by run (the hooks are linked and detached between runs); ns per operation as "
+             "conditions alternating run by run in an order shuffled every round (the hooks are linked and detached "
+             "between runs); ns per operation as "
              "median (min-max), and the ratio to no socket hook as the median of each round's own ratio (this VM's speed "
-             "drifts by tens of percent over seconds). *sensor*: the sensor's socket programs, the loop untracked; "
+             "drifts by tens of percent over seconds). *sensor*: the sensor's socket programs (btf mode: the cgroup "
+             "programs and the raw tracepoint on sock:sock_send_length that reads what tracked processes send), the "
+             "loop untracked; "
              "*tracked*: the loop run from /tmp (its events reported until its budget is spent, then counted); "
              "*skb_floor* and *sendlen_floor*: only a cgroup_skb egress program, or only a raw tracepoint on "
-             "sock:sock_send_length, doing one array lookup (the two hooks the DNS questions could be read at).", "",
+             "sock:sock_send_length, doing one array lookup (the fixed cost of the hook tracepoint mode reads sends at, "
+             "per packet, and of the one btf mode reads them at, per send).", "",
              *ratio_rows("condition", conditions, 0)]
     lines += ["", "Kernel ns per run of each socket program under *sensor* (bpf_stats, medians): " + ", ".join(
         f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in data["kernel_ns_per_run"].items()) + ".", ""]
