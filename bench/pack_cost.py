@@ -39,6 +39,7 @@ from typing import Any, Callable
 import apsw
 from common import ROOT, WORK, save
 
+from osquery_netutil.events.sockets import SETTLED_S
 from osquery_netutil.packs import source as packs
 from osquery_netutil.packs.verify import fixture_rows, store_entry
 from osquery_netutil.tables.thrift import write_call_result
@@ -61,16 +62,20 @@ def functions_library() -> Path:
     return library
 
 
+SPREAD_S = 20   # the workload's rows lie this many seconds apart at most
+
+
 def workload(count: int, now: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """count exec rows from the packs' fixtures, in turn, each with its own pid, and the
-    socket events of its process. Their times are 200 s apart at most and an hour ahead of
-    the clock, so that every pack's window holds all of them however long the runs take
-    (the window's condition is still applied)."""
+    socket events of its process. Their times are SPREAD_S apart at most and end SETTLED_S
+    before now: a scheduled run judges exec rows only once they are that old (packs.source.window),
+    and every window holds them until it moves past the oldest (measure checks it did not)."""
     folders = [packs.PACKS_DIR / "fixtures" / q.name for q in packs.load() if q.judges_rows]   # not the status query's
     fixtures = [(row, events) for folder in folders for path in sorted(folder.glob("*.jsonl"))
                 for row, events in fixture_rows(path) if row is not None]
-    return [(dict(row, pid=10_000 + i, time=now + 3600 - i * 200 // count),
-             [dict(e, time=now + 3600 - i * 200 // count) for e in events])
+    newest = now - SETTLED_S - 1
+    return [(dict(row, pid=10_000 + i, time=newest - i * SPREAD_S // count),
+             [dict(e, time=newest - i * SPREAD_S // count) for e in events])
             for i, (row, events) in ((i, fixtures[i % len(fixtures)]) for i in range(count))]
 
 
@@ -128,6 +133,11 @@ def measure(count: int, queries: list[packs.Query], library: Path) -> dict[str, 
             }
         host.close()
         plain.close()
+    took = time.time() - now
+    shortest = min(packs.window_s(q.interval) for q in queries)
+    if took > shortest - SPREAD_S - SETTLED_S - 1:
+        raise SystemExit(f"pack_cost: the runs at {count:,} rows took {took:.0f} s: the oldest rows left a "
+                         f"{shortest} s window before the last run, so its figures are not comparable")
     return results
 
 

@@ -142,10 +142,11 @@ excepted AS (
   -- Ubuntu's motd-news job fetches https://motd.ubuntu.com with curl (Datadog's exception).
   SELECT eid FROM recent WHERE cmdline LIKE '%50-motd-news%' OR ancestors LIKE '%50-motd-news%'
 ),
--- What each judged exec's process contacted (network_utility_socket_events: its connects,
--- sends and DNS questions so far; watch judges an exec once they have come), read once, by
--- the range of the judged eids: "ADDR:PORT,..." and the names it asked, and whether any
--- destination was beyond this host.
+-- What each judged exec's process contacted in its first {{settled_s}} seconds
+-- (network_utility_socket_events: its connects, sends and DNS questions; an exec is judged
+-- once they have come, and what comes later does not change its line, which osquery's
+-- differential log would report again), read once, by the range of the judged eids:
+-- "ADDR:PORT,..." and the names it asked, and whether any destination was beyond this host.
 contacted AS MATERIALIZED (
   SELECT exec_eid AS eid,
          group_concat(DISTINCT CASE WHEN reached THEN
@@ -154,8 +155,10 @@ contacted AS MATERIALIZED (
          group_concat(DISTINCT CASE WHEN action = 'dns_query' THEN dns_name END) AS names,
          max(reached AND remote_address NOT LIKE '127.%' AND remote_address <> '::1') AS beyond
   -- A UDP connect sends nothing: getaddrinfo connects one to every address it sorts.
-  FROM (SELECT *, action = 'send' OR action = 'connect' AND protocol = 6 AS reached FROM network_utility_socket_events
-        WHERE exec_eid BETWEEN (SELECT coalesce(min(eid), 1) FROM recent) AND (SELECT coalesce(max(eid), 0) FROM recent))
+  FROM (SELECT s.*, s.action = 'send' OR s.action = 'connect' AND s.protocol = 6 AS reached
+        FROM network_utility_socket_events s JOIN recent r ON r.eid = s.exec_eid
+        WHERE s.exec_eid BETWEEN (SELECT coalesce(min(eid), 1) FROM recent) AND (SELECT coalesce(max(eid), 0) FROM recent)
+          AND s.time <= r.time + {{settled_s}})
   GROUP BY exec_eid
 ),
 -- Execs whose arguments name only this host: loopback IPs or localhost, nothing else. This

@@ -137,9 +137,10 @@ def test_watch_judges_an_exec_once_its_socket_events_have_come_and_its_line_name
                                  ancestors=chain))
         young = store.add(make_row(time=now, utility="curl", path="/usr/bin/curl", cmdline="curl -s http://young.example/",
                                    ancestors=chain))
-        store.add_socket(make_socket_row(exec_eid=old, remote_address="45.9.148.3", remote_port=443, status="succeeded"))
-        store.add_socket(make_socket_row(exec_eid=old, action="dns_query", remote_address="127.0.0.53", remote_port=53,
-                                         dns_name="c2.example.com", dns_type="A"))
+        store.add_socket(make_socket_row(exec_eid=old, time=now - 10, remote_address="45.9.148.3", remote_port=443,
+                                         status="succeeded"))
+        store.add_socket(make_socket_row(exec_eid=old, time=now - 9, action="dns_query", remote_address="127.0.0.53",
+                                         remote_port=53, dns_name="c2.example.com", dns_type="A"))
         store.flush()
         (found,), errors = run.run_due()
         assert errors == [] and found.rows[0]["eid"] == old
@@ -149,3 +150,29 @@ def test_watch_judges_an_exec_once_its_socket_events_have_come_and_its_line_name
         store.cursor.settle_s = 0
         (last,), _ = run.run_due()
         assert last.rows[0]["eid"] == young and last.rows[0]["contacted"] == "" and "contacted" not in last.rows[0]["message"]
+
+
+def test_a_scheduled_run_judges_an_exec_once_settled_and_its_line_stays_as_later_events_come(place: Path) -> None:
+    """As osquery schedules it (a window, differential results): an exec row younger than
+    SETTLED_S is not judged yet, and the line of a settled one names what its process
+    contacted in its first SETTLED_S seconds only, so that a later connect does not change
+    the row (osquery would log the exec again as added)."""
+    (query,) = [q for q in packs.load() if q.name == "netutil_host_suspicious_location"]
+    chain = '[{"pid": 7, "path": "/tmp/.x/run.sh", "cmdline": "/bin/sh /tmp/.x/run.sh", "uid": 0}]'
+    now = int(time.time())
+    with Store(place / "events.db") as store:
+        host = Host(stored_tables(lambda: store))
+        settled = store.add(make_row(time=now - 30, utility="curl", path="/usr/bin/curl", cmdline="curl -s http://c2.example/",
+                                     ancestors=chain))
+        store.add(make_row(time=now - 1, utility="curl", path="/usr/bin/curl", cmdline="curl -s http://young.example/",
+                           ancestors=chain))
+        store.add_socket(make_socket_row(exec_eid=settled, time=now - 29, remote_address="45.9.148.3", remote_port=443,
+                                         status="succeeded"))
+        store.flush()
+        columns, first = host.query(query.sql)
+        assert [dict(zip(columns, row))["eid"] for row in first] == [settled]   # the young one waits
+        assert str(first[0][columns.index("message")]).endswith("; contacted 45.9.148.3:443")
+        store.add_socket(make_socket_row(exec_eid=settled, time=now - 3, remote_address="198.51.100.7", remote_port=22,
+                                         status="succeeded"))
+        store.flush()
+        assert host.query(query.sql)[1] == first

@@ -26,7 +26,10 @@ from tests.conftest import Container, need
 from testkit.support import write_executable
 
 pytestmark = pytest.mark.probe
-QUERIES = {q.name: q for q in packs.load()}
+# As plain watch runs them, over every row stored: a live row is judged at once (a
+# scheduled run's window waits SETTLED_S for an exec's socket events; test_cursor checks that).
+QUERIES = {q.name: q for q in packs.load_each(by_cursor=True)[0]}
+EVERY_ROW = {name: bound for low, high in packs.BOUNDS.values() for name, bound in ((low, 0), (high, 2**62))}
 NC = os.path.realpath(shutil.which("nc") or "/usr/bin/nc")
 
 
@@ -36,7 +39,7 @@ def detections(sensor: Sensor, name: str, tag: str, timeout: float = 10.0) -> li
     deadline = time.monotonic() + timeout
     while True:
         sensor.store.flush()
-        columns, rows = host.query(QUERIES[name].sql)
+        columns, rows = host.query(QUERIES[name].sql, EVERY_ROW)
         found = [dict(zip(columns, r)) for r in rows if tag in r[columns.index("cmdline")]]
         if found or time.monotonic() > deadline:
             return found

@@ -162,7 +162,9 @@ def test_the_runner_is_differential_and_keeps_going_after_a_broken_query(tmp_pat
     broken = packs.Query(**{**queries[0].__dict__, "name": "netutil_broken", "sql": "SELECT nope FROM network_utility_execs"})
     with Store(tmp_path / "events.db") as store:
         runner = PackRunner(Host(stored_tables(lambda: store)), [broken, *queries], every_s=0)
-        store.add(jsonl.parse_line('{"utility": "netcat", "cmdline": "nc 8.8.8.8 4444", "path": "/usr/bin/nc"}'))
+        # A row settled (a scheduled run judges exec rows once SETTLED_S old).
+        store.add(jsonl.parse_line('{"utility": "netcat", "cmdline": "nc 8.8.8.8 4444", "path": "/usr/bin/nc"}',
+                                   int(time.time()) - 60))
         store.flush()
         results, errors = runner.run_due()
         assert len(errors) == 1 and "netutil_broken" in errors[0] and "no such column: nope" in errors[0]
@@ -175,7 +177,8 @@ def test_the_runner_is_differential_and_keeps_going_after_a_broken_query(tmp_pat
         assert line["hostIdentifier"] == "h1" and line["numerics"] is False and list(line["columns"]) == sorted(line["columns"])
         assert all(isinstance(v, str) for v in line["columns"].values())
         assert runner.run_due()[0] == []                         # nothing new: nothing logged, the counter stays
-        store.add(jsonl.parse_line('{"utility": "curl", "cmdline": "curl https://example.test/", "path": "/usr/bin/curl"}'))
+        store.add(jsonl.parse_line('{"utility": "curl", "cmdline": "curl https://example.test/", "path": "/usr/bin/curl"}',
+                                   int(time.time()) - 60))
         store.flush()
         (added,) = runner.run_due()[0]
         # osquery's counter: 0 for the first run, then one more for each run whose results changed

@@ -3,7 +3,8 @@
 Each detection is one file, `packs/<name>.sql`: a header of `-- key: value` lines, then
 one SQL statement. The statement may start `WITH {{common}}` to use the shared CTEs in
 `packs/lib/common.sql` (the suspicious-location test, the ancestry walk, the exceptions,
-the triage columns), `{{writable_dirs}}` and `{{shells}}` stand for the lists in locations.py and catalog.py, and
+the triage columns), `{{writable_dirs}}` and `{{shells}}` stand for the lists in locations.py and catalog.py,
+`{{settled_s}}` for the seconds after an exec by which its first socket events have come, and
 `{{recent}}` for the rows of network_utility_execs a run looks at (`{{recent_sockets}}`,
 of network_utility_socket_events): each is written once and inlined here, never pasted
 into the queries.
@@ -27,6 +28,7 @@ from typing import Callable, Iterable
 from osquery_netutil import faults
 
 from osquery_netutil.catalog import SHELLS
+from osquery_netutil.events.sockets import SETTLED_S
 from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.schema import EXECS, SOCKETS
 
@@ -85,6 +87,16 @@ class Query:
         return any(condition in self.sql for condition in BY_CURSOR.values())
 
 
+def window(table: str, interval: int) -> str:
+    """The rows of table a scheduled run judges: those of its window_s. Exec rows only
+    once they are SETTLED_S old, when the socket events their lines name have come: a
+    line judged sooner would change as they come, and osquery's differential log would
+    report the exec again."""
+    now = "CAST(strftime('%s', 'now') AS INTEGER)"
+    settled = f" AND time <= {now} - {SETTLED_S}" if table == EXECS.name else ""
+    return f"time > {now} - {window_s(interval)}{settled}"
+
+
 def window_s(interval: int) -> int:
     """Seconds of rows a scheduled run looks at: five intervals. osquery logs only the rows
     that are new since the previous run (differential), so one interval would be enough
@@ -108,6 +120,7 @@ def writable_values() -> str:
 LISTS: dict[str, Callable[[], str]] = {
     "writable_dirs": writable_values,
     "shells": lambda: _values(SHELLS),   # catalog.SHELLS: the shells, by file name
+    "settled_s": lambda: str(SETTLED_S),   # events.sockets.SETTLED_S: an exec's first socket events have come
 }
 
 
@@ -181,8 +194,7 @@ def parse(path: Path, directory: Path = PACKS_DIR, by_cursor: bool = False) -> Q
         raise PackError(f"{path}:{body_start}: no SQL after the header")
     if NOT_SYNTAX.sub(" ", source).strip().rstrip(";").count(";"):
         raise PackError(f"{path}:{body_start}: one statement per file (osquery runs one query per name)")
-    window = f"time > CAST(strftime('%s', 'now') AS INTEGER) - {window_s(int(interval))}"
-    recent = {PLACEHOLDERS[table]: BY_CURSOR[table] if by_cursor else window for table in BY_CURSOR}
+    recent = {PLACEHOLDERS[table]: BY_CURSOR[table] if by_cursor else window(table, int(interval)) for table in BY_CURSOR}
     sql = expand(source, directory, f"{path}:{body_start}", recent)
     judged = SOCKETS if BY_CURSOR[SOCKETS.name] in expand(source, directory, f"{path}:{body_start}") else EXECS
     return Query(name, path, description, int(interval), platform, technique, logging, severity, source, body_start, sql,

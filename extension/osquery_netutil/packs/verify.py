@@ -37,7 +37,7 @@ def fixture_rows(path: Path) -> list[tuple[Row | None, list[Row]]]:
     tracked process that is no row, like a /tmp script's python) and the socket events of
     its process, under "sockets"."""
     entries: list[tuple[Row | None, list[Row]]] = []
-    now = int(time.time())
+    now = int(time.time()) - 60   # a minute ago: settled (packs.source.window), in every window
     for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
