@@ -262,7 +262,9 @@ def sockets_section(data: dict[str, Any]) -> list[str]:
              "*tracked*: the loop run from /tmp (its events reported until its budget is spent, then counted); "
              "*skb_floor* and *sendlen_floor*: only a cgroup_skb egress program, or only a raw tracepoint on "
              "sock:sock_send_length, doing one array lookup (the fixed cost of the hook tracepoint mode reads sends at, "
-             "per packet, and of the one btf mode reads them at, per send).", "",
+             "per packet, and of the one btf mode reads them at, per send); *connect4_floor* and *sockops_floor*: only a "
+             "connect4 program doing one array lookup, or only a sock_ops program that returns (the two hooks every "
+             "TCP connect passes, tracked or not).", "",
              *ratio_rows("condition", conditions, 0)]
     lines += ["", "Kernel ns per run of each socket program under *sensor* (bpf_stats, medians): " + ", ".join(
         f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in data["kernel_ns_per_run"].items()) + ".", ""]

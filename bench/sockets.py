@@ -20,6 +20,10 @@ under each condition, interleaved round by round:
                 cost of the hook tracepoint mode reads sends at (it runs per packet)
   sendlen_floor only a raw tracepoint on sock:sock_send_length that does one array lookup:
                 the fixed cost of the hook btf mode reads sends at (per send, in the sender)
+  connect4_floor, sockops_floor
+                only a connect4 program doing one array lookup, or only a sock_ops program
+                that returns: the fixed cost of the two hooks every connect passes (sock_ops
+                is called for each TCP socket's own events, tracked or not)
 
 The hooks are loaded once and linked or detached between runs (microseconds), so that the
 conditions alternate run by run, in an order shuffled every round (a fixed order would
@@ -150,6 +154,8 @@ class Hooks:
 BPF_ARRAY(slots, u64, 1024);
 int floor_egress(struct __sk_buff *skb) { u32 k = skb->len & 1023; u64 *v = slots.lookup(&k); return v && *v == 7 ? 1 : 1; }
 int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return v && *v == 7; }
+int floor_connect4(struct bpf_sock_addr *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return 1; }
+int floor_sockops(struct bpf_sock_ops *skops) { return skops->op == 99 ? 0 : 1; }
 """
 
     def __init__(self, store: Store) -> None:
@@ -159,7 +165,12 @@ int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023
         self.probe = self.sensor._probe   # noqa: SLF001 (the bench toggles the probe's own links)
         assert self.probe is not None and self.probe.network_mode == "cgroup", self.probe and self.probe.network_note
         self.floors = BPF(text=self.FLOOR_C)
-        self._egress = self.floors.load_func(b"floor_egress", BPF.CGROUP_SKB, attach_type=1)
+        # (condition, program fd, attach type) of the cgroup floors
+        self._cgroup_floors = {
+            "skb_floor": (self.floors.load_func(b"floor_egress", BPF.CGROUP_SKB, attach_type=1).fd, 1),
+            "connect4_floor": (self.floors.load_func(b"floor_connect4", BPF.CGROUP_SOCK_ADDR, attach_type=10).fd, 10),
+            "sockops_floor": (self.floors.load_func(b"floor_sockops", BPF.SOCK_OPS, attach_type=3).fd, 3),
+        }
         self._root = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
         self._links: list[int] = []
         self.sockets(False)
@@ -178,8 +189,9 @@ int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023
         for fd in self._links:
             os.close(fd)
         self._links = []
-        if name == "skb_floor":
-            self._links.append(link_create(self._egress.fd, self._root, 1))
+        if name in self._cgroup_floors:
+            fd, attach_type = self._cgroup_floors[name]
+            self._links.append(link_create(fd, self._root, attach_type))
         if b"sock_send_length" in self.floors.raw_tracepoint_fds:
             self.floors.detach_raw_tracepoint(tp=b"sock_send_length")
         if name == "sendlen_floor":
@@ -247,7 +259,7 @@ def measure(args: argparse.Namespace) -> int:
     tracked_dir = Path(tempfile.mkdtemp(prefix="netutil-bench-", dir="/tmp"))
     tracked = loop_binary(tracked_dir)
     conditions = {"none": untracked, "sensor": untracked, "tracked": tracked, "skb_floor": untracked,
-                  "sendlen_floor": untracked}
+                  "sendlen_floor": untracked, "connect4_floor": untracked, "sockops_floor": untracked}
     runs: dict[str, dict[str, list[float]]] = {name: {loop: [] for loop in LOOPS} for name in conditions}
     stats: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, Store(Path(tmp) / "events.db") as store:
