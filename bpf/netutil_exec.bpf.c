@@ -43,6 +43,7 @@
                              // F_MATCH_PATH would forward (sh /tmp/x.sh, bash x.sh): an origin
 #define F_UNJUDGED 256       // btf mode: forwarded because the image has no content verdict yet
 #define F_MATCH_CONTENT 512  // btf mode: forwarded because the image's verdict says it is a utility
+#define F_TRACK_PENDING 1024 // btf mode: the exec tracks until user space judges it (F_UNJUDGED, see `track`)
 
 // catalog_comms values: a catalog name (or busybox, a loader), an interpreter (sh, python3...)
 #define N_CATALOG 1
@@ -129,6 +130,7 @@ struct proc {
     u32 flags;                     // I_* for the image
     u32 uid;
     u32 sock_budget;               // socket events this process may still send (netutil_sock.bpf.c)
+    u32 track_pending;             // 1: the track is an exec user space has not judged yet (F_TRACK_PENDING)
     u32 head_len;
     u32 pend_head_len;
     char comm[16];
@@ -201,6 +203,7 @@ static __always_inline void claim(struct proc *p, u32 pid, u32 ppid, u64 fork_kt
     p->track_ktime_ns = 0;
     p->track_pid = 0;
     p->sock_budget = 0;
+    p->track_pending = 0;
 }
 
 // The slot of pid, claimed (parent unknown) for a process older than the probe, or one
@@ -317,7 +320,9 @@ static __always_inline u32 script_match(const char *head, u32 head_len, struct p
 // from an exec forwarded for what it is (a catalog name or content) or for its place (an
 // origin), and its children from their fork: `track` names that exec, (pid, exec time),
 // the key user space joins socket events to the exec's row by. An exec forwarded only to
-// be judged (F_UNJUDGED) tracks nothing.
+// be judged (F_UNJUDGED: the first run of a renamed copy of nc looks like that) tracks
+// until user space has judged it, if the lineage had no track: its verdict, in
+// `track_verdicts` (netutil_sock.bpf.c), confirms the track or ends it.
 #define F_TRACKS (F_MATCH_COMM | F_MATCH_PATH | F_MATCH_SCRIPT | F_MATCH_CONTENT)
 
 // Hand a forwarded exec to user space: the fields both modes fill the same way, from the
@@ -336,10 +341,13 @@ static __always_inline void forward(struct exec_event *ev, struct proc *p, u32 o
     ev->origin_pid = p->origin_pid;
     ev->track_prev_ktime_ns = p->track_ktime_ns;
     ev->track_prev_pid = p->track_pid;
-    if (match & F_TRACKS) {
+    if ((match & F_TRACKS) || ((match & F_UNJUDGED) && !p->track_ktime_ns)) {
         p->track_ktime_ns = p->ktime_ns;
         p->track_pid = p->pid;
         p->sock_budget = SOCK_BUDGET;
+        p->track_pending = !(match & F_TRACKS);
+        if (p->track_pending)
+            ev->flags |= F_TRACK_PENDING;
     }
     ev->track_ktime_ns = p->track_ktime_ns;
     ev->track_pid = p->track_pid;
@@ -364,7 +372,7 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
     u32 caller = bpf_get_current_pid_tgid() >> 32;
     u32 ppid = caller;
     u64 origin_ktime_ns = 0, track_ktime_ns = 0;
-    u32 origin_pid = 0, origin_weak = 0, track_pid = 0;
+    u32 origin_pid = 0, origin_weak = 0, track_pid = 0, track_pending = 0;
     struct proc *up = slot_of(caller);
     if (up && up->pid == caller) {
         // The child inherits the caller's origin, also with CLONE_PARENT (it becomes a
@@ -374,6 +382,7 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
         origin_weak = up->origin_weak;
         track_ktime_ns = up->track_ktime_ns;
         track_pid = up->track_pid;
+        track_pending = up->track_pending;
         if (clone_flags & CLONE_PARENT)
             ppid = up->ppid;
     } else if (clone_flags & CLONE_PARENT) {
@@ -388,6 +397,7 @@ static __always_inline int on_fork(u64 clone_flags, u32 pid)
     p->origin_weak = origin_weak;
     p->track_ktime_ns = track_ktime_ns;
     p->track_pid = track_pid;
+    p->track_pending = track_pending;
     p->sock_budget = track_ktime_ns || origin_ktime_ns ? SOCK_BUDGET : 0;
     return 0;
 }

@@ -85,12 +85,39 @@ BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
 BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 
+// User space's verdict on a pending track (F_TRACK_PENDING), by the track's (pid, exec
+// time): TRACK_KEEP (its exec is a row: a renamed utility) or TRACK_END (no row).
+struct track_key { u64 ktime_ns; u32 pid; u32 pad; };
+#define TRACK_KEEP 1
+#define TRACK_END 2
+BPF_TABLE("lru_hash", struct track_key, u32, track_verdicts, TRACK_VERDICTS_MAX);
+
+// A pending track, settled by user space's verdict when it has come: kept, or ended (the
+// process is then tracked by its origin alone, if it has one). With no verdict it stays
+// tracked for PENDING_NS after its exec, user space's time to judge, and then ends (a
+// verdict it missed, or one the LRU dropped before the process made a socket call).
+static __always_inline int still_tracked(struct proc *p)
+{
+    struct track_key key = {.ktime_ns = p->track_ktime_ns, .pid = p->track_pid};
+    u32 *verdict = track_verdicts.lookup(&key);
+    if (!verdict && bpf_ktime_get_ns() - p->track_ktime_ns < PENDING_NS)
+        return 1;
+    p->track_pending = 0;
+    if (verdict && *verdict == TRACK_KEEP)
+        return 1;
+    p->track_ktime_ns = 0;
+    p->track_pid = 0;
+    return p->origin_ktime_ns != 0;
+}
+
 // The current process's slot when it is tracked.
 static __always_inline struct proc *tracked_proc(void)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     struct proc *p = slot_of(pid);
     if (!p || p->pid != pid || !(p->track_ktime_ns | p->origin_ktime_ns))
+        return 0;
+    if (p->track_pending && !still_tracked(p))
         return 0;
     return p;
 }

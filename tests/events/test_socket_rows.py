@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from osquery_netutil.events.sockets import ANSWER_WAIT_S, SYN_WAIT_S, SocketRows
-from osquery_netutil.kernel.records import ExecRecord
+from osquery_netutil.kernel.records import F_TRACK_PENDING, F_UNJUDGED, ExecRecord
 from osquery_netutil.kernel.sockets import (
     A_ACCEPT, A_CONNECT, A_DNS, A_OUTCOME, A_SEND, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
 )
@@ -29,9 +29,10 @@ def record(action: int, cookie: int = 1, status: int = 0, retrans: int = 0, trac
                       payload=payload)
 
 
-def exec_record(pid: int, ktime_ns: int, track: tuple[int, int], before: tuple[int, int] = (0, 0)) -> ExecRecord:
+def exec_record(pid: int, ktime_ns: int, track: tuple[int, int], before: tuple[int, int] = (0, 0),
+                flags: int = 0) -> ExecRecord:
     return ExecRecord(time=time.time(), ktime_ns=ktime_ns, pid=pid, tid=pid, ppid=1, uid=0, gid=0, cgroup_id=0,
-                      comm=b"x", filename=b"/tmp/x", argv=(b"x",), argc=1, flags=0, track=track, track_before=before)
+                      comm=b"x", filename=b"/tmp/x", argv=(b"x",), argc=1, flags=flags, track=track, track_before=before)
 
 
 @pytest.fixture
@@ -84,6 +85,18 @@ def test_an_event_joins_the_row_of_its_tracked_exec_or_of_the_one_that_exec_inhe
     sockets.take(record(A_ACCEPT, track=(40, 1), port=444))                   # a track never seen
     sockets.flush()
     assert sorted((r["remote_port"], r["exec_eid"]) for r in out) == [(443, 7), (444, 0)]
+
+
+def test_a_pending_track_judged_no_row_drops_its_events_and_one_judged_a_row_joins_it(
+        rows: tuple[SocketRows, list[Row]]) -> None:
+    sockets, out = rows
+    pending = F_TRACK_PENDING | F_UNJUDGED
+    sockets.exec_seen(exec_record(20, 3, track=(20, 3), flags=pending), eid=0)   # a copy of bash: no row
+    sockets.exec_seen(exec_record(21, 4, track=(21, 4), flags=pending), eid=9)   # a renamed curl: row 9
+    sockets.take(record(A_ACCEPT, track=(20, 3), port=1))
+    sockets.take(record(A_ACCEPT, track=(21, 4), port=2))
+    sockets.flush()
+    assert [(r["remote_port"], r["exec_eid"]) for r in out] == [(2, 9)]
 
 
 def test_fixture_socket_events_are_checked_as_rows_are() -> None:

@@ -14,8 +14,9 @@ DEFINES = {name: int(value) for name, value in re.findall(r"^#define ([A-Z][A-Z0
 
 
 def test_event_and_ancestry_flags_are_the_programs() -> None:
-    mirrored = {name: getattr(records, name) for name in dir(records) if re.fullmatch(r"[FIN]_[A-Z_]+", name)}
-    defined = {name: value for name, value in DEFINES.items() if re.fullmatch(r"[FIN]_[A-Z_]+", name)}
+    mirrored_names = r"[FIN]_[A-Z_]+|TRACK_(KEEP|END)"
+    mirrored = {name: getattr(records, name) for name in dir(records) if re.fullmatch(mirrored_names, name)}
+    defined = {name: value for name, value in DEFINES.items() if re.fullmatch(mirrored_names, name)}
     assert mirrored == defined
     ancestry = [v for n, v in mirrored.items() if n.startswith("I_")]
     assert records.A_FORKED not in ancestry and "A_FORKED" not in SOURCE   # user space's own bit

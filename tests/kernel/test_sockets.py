@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,6 +155,35 @@ def test_tcp_fast_open_is_a_connect_with_its_outcome(sensor: Sensor, workdir: Pa
         (hit,) = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == server.port
                              and str(script) in r["origin"])
     assert (hit["status"], hit["remote_address"], hit["protocol"]) == ("succeeded", "127.0.0.1", 6)
+
+
+def test_the_first_run_of_a_renamed_copy_is_tracked_and_a_copy_that_is_no_utility_is_not(
+        sensor: Sensor, rows: Collector, sealed: Path) -> None:
+    """A copy of curl under a name the catalog does not know, in a directory no path rule
+    forwards, run once: the kernel has no verdict on it yet, so it tracks the exec until
+    user space has judged it; judged a utility (by content), its connect joins its row.
+    A copy of bash that connects (/dev/tcp) is judged no utility: its events are dropped.
+    Tracepoint mode judges no content: neither is a row (docs/threat-model.md)."""
+    tag = uuid.uuid4().hex[:8]
+    copy, benign = sealed / f"upd{tag}", sealed / f"info{tag}"
+    shutil.copy(shutil.which("curl") or "/usr/bin/curl", copy)
+    shutil.copy("/bin/bash", benign)
+    with HttpServer() as server:
+        mark = rows.mark()
+        subprocess.run([str(copy), "-s", "-o", "/dev/null", f"http://127.0.0.1:{server.port}/{tag}"], timeout=30, check=True)
+        subprocess.run([str(benign), "-c", f"exec 3<>/dev/tcp/127.0.0.1/{server.port}"], timeout=30, check=True)
+        btf = sensor.status()["probe_mode"] == "btf"
+        if not btf:
+            time.sleep(2)
+            assert not [r for r in rows.since(mark) if tag in r["cmdline"]]
+            return
+        row = exec_row(rows, mark, lambda r: tag in r["cmdline"])
+        assert (row["path"], row["matched_by"], row["utility"]) == (str(copy), "content", "curl")
+        (hit,) = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == server.port
+                             and r["comm"] == copy.name[:15])
+    assert (hit["exec_eid"], hit["status"]) == (row["eid"], "succeeded")
+    time.sleep(2)   # the benign copy's events, had they been kept, were handed on by now
+    assert socket_rows(sensor, lambda r: r["comm"] == benign.name[:15], timeout=0) == []
 
 
 def test_ipv6_and_v4_mapped(sensor: Sensor, rows: Collector, workdir: Path) -> None:

@@ -53,6 +53,7 @@ class Sensor:
         self._probe: Probe | None = None
         self._enricher: Enricher | None = None
         self._sockets: SocketRows | None = None
+        self._judge_track: Callable[[ExecRecord, bool], None] = lambda rec, row: None   # the probe's, once made
         self._want_sockets = sockets
         self._failure = ""
         self._stopped = False
@@ -77,6 +78,7 @@ class Sensor:
             self._enricher = Enricher(self.catalog, probe.ancestry, verdict=probe.remember_verdict,
                                       forget=probe.forget_verdicts)
             self._sockets = SocketRows(self._add_socket_row, probe.ancestry, self._enricher.origin)
+            self._judge_track = probe.judge_track
             probe.start()
         except ProbeError as exc:
             self._failure = str(exc)
@@ -133,6 +135,7 @@ class Sensor:
             if self._on_row is not None:
                 self._on_row(row)
         if self._sockets is not None:
+            self._judge_track(rec, row is not None)
             self._sockets.exec_seen(rec, eid)
 
     def _on_socket(self, rec: SockRecord) -> None:

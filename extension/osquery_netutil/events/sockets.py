@@ -23,7 +23,7 @@ from osquery_netutil.events.containers import CgroupResolver, container_id
 from osquery_netutil.events.dns import question
 from osquery_netutil.events.ipargs import is_public_address
 from osquery_netutil.events.procfs import text
-from osquery_netutil.kernel.records import AncestryEntry, ExecRecord
+from osquery_netutil.kernel.records import F_TRACK_PENDING, AncestryEntry, ExecRecord
 from osquery_netutil.kernel.sockets import (
     A_CONNECT, A_DNS, A_OUTCOME, ACTIONS, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
 )
@@ -43,6 +43,7 @@ _CONNECTS_HELD = 16384
 _CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row
 IPPROTO_TCP = 6
 _TRACK = "_track"      # a held row's tracked exec, until it is handed on
+ENDED = -1             # exec_eid of a track that ended: its exec was judged no row (F_TRACK_PENDING)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class SocketRows:
         self._ancestry = ancestry
         self._origin = origin
         self._cgroups = cgroups or CgroupResolver()
-        # tracked exec -> the eid of its row, or the tracked exec it inherited (no row)
+        # tracked exec -> the eid of its row, ENDED, or the tracked exec it inherited (no row)
         self._tracked: OrderedDict[Key, int | Key] = OrderedDict()
         self._connects: OrderedDict[int, _Connect] = OrderedDict()   # by socket cookie
         self._folding: dict[tuple[Any, ...], _Folding] = {}
@@ -81,12 +82,15 @@ class SocketRows:
         """rec was forwarded and became row eid (0: no row)."""
         if rec.track != (rec.pid, rec.ktime_ns):
             return   # it tracks nothing of its own
-        self._tracked[rec.track] = eid or rec.track_before
+        # A pending track (an exec forwarded only to be judged) that is no row ended: what
+        # its process sent before the kernel learnt so is dropped, unless it has an origin.
+        self._tracked[rec.track] = ENDED if rec.flags & F_TRACK_PENDING and not eid else eid or rec.track_before
         if len(self._tracked) > _TRACKED_REMEMBERED:
             self._tracked.popitem(last=False)
 
     def exec_eid(self, key: Key) -> int:
-        """The eid of the row of the tracked exec key, or of the nearest one it inherited; 0 for none."""
+        """The eid of the row of the tracked exec key, or of the nearest one it inherited; 0
+        for none, ENDED for a pending track that ended."""
         for _ in range(_CHAIN_MAX):
             found = self._tracked.get(key)
             if found is None:
@@ -134,6 +138,10 @@ class SocketRows:
                 # Joined now, not when the event was read: the exec's own record comes through
                 # the other ring buffer and may be read after its first socket events.
                 row["exec_eid"] = self.exec_eid(row.pop(_TRACK))
+                if row["exec_eid"] == ENDED:
+                    if not row["origin"]:
+                        continue
+                    row["exec_eid"] = 0
                 self._emit(row)
 
     def close(self) -> None:

@@ -31,8 +31,8 @@ from osquery_netutil.kernel.program import compile_program
 from osquery_netutil.kernel.preflight import MODES, BtfRefused, ProbeError, fentry_problem, preflight, tracepoint_preflight
 from osquery_netutil.kernel.sockets import CgroupLinks, SockRecord, SocketsRefused, parse as parse_sock
 from osquery_netutil.kernel.records import (
-    A_FORKED, COUNTERS, F_ARGS_TRUNCATED, F_SCRIPT, SIZES, AncestryEntry, Counters, ExecRecord, comm_key, cstr,
-    field_bytes, image_head, split_args, user_dev, N_CATALOG, N_INTERPRETER,
+    A_FORKED, COUNTERS, F_ARGS_TRUNCATED, F_SCRIPT, F_TRACK_PENDING, SIZES, TRACK_END, TRACK_KEEP, AncestryEntry,
+    Counters, ExecRecord, comm_key, cstr, field_bytes, image_head, split_args, user_dev, N_CATALOG, N_INTERPRETER,
 )
 from osquery_netutil.catalog import interpreter_names
 from osquery_netutil.locations import FD_PATH_PREFIXES, WRITABLE_DIRS
@@ -269,6 +269,19 @@ class Probe:
         leaf.key.ino, leaf.key.sb = rec.ino, rec.image_sb
         leaf.v.ctime_sec, leaf.v.ctime_nsec, leaf.v.utility = seconds, nanoseconds, int(utility)
         verdicts[ctypes.c_uint32(slot)] = leaf
+
+    def judge_track(self, rec: ExecRecord, row: bool) -> None:
+        """User space's verdict on the track an exec forwarded only to be judged began
+        (F_TRACK_PENDING): kept when it became a row (a renamed utility, matched by
+        content), ended when not. The kernel reads it at the process's next socket call
+        (netutil_sock.bpf.c, still_tracked). Nothing to do for any other exec."""
+        bpf = self._bpf   # stop() may clear it meanwhile
+        if bpf is None or not rec.flags & F_TRACK_PENDING:
+            return
+        table = bpf[b"track_verdicts"]
+        key = table.Key()
+        key.ktime_ns, key.pid = rec.track[1], rec.track[0]
+        table[key] = ctypes.c_uint32(TRACK_KEEP if row else TRACK_END)
 
     def forget_verdicts(self) -> None:
         """Void every verdict given (zeroed slots match no image): each is judged again."""

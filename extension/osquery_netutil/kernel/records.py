@@ -30,6 +30,8 @@ SIZES: dict[str, int] = {
     "SOCK_RINGBUF_PAGES": 512,   # 2 MiB ring buffer for socket events, apart from the execs'
     "LISTENERS_MAX": 4096,   # listening sockets of tracked processes, whose accepts are reported
     "DNS_MAX": 512,          # bytes of a DNS question's packet payload copied (a question is at most 255 + 16)
+    "TRACK_VERDICTS_MAX": 4096,   # user space's verdicts on pending tracks (an LRU: each is read once)
+    "PENDING_NS": 2_000_000_000,   # a pending track with no verdict this long after its exec ends
 }
 
 # Event flags (mirrors the F_* defines in the C program).
@@ -43,6 +45,10 @@ F_PATH_RELATIVE = 64   # with F_MATCH_PATH or F_MATCH_SCRIPT: the path is relati
 F_MATCH_SCRIPT = 128   # an interpreter started on a script by a placed or relative path: an origin
 F_UNJUDGED = 256       # btf mode: the image has no content verdict yet: judge it, write it back
 F_MATCH_CONTENT = 512  # btf mode: the image's verdict says it is a utility
+F_TRACK_PENDING = 1024 # btf mode: the exec tracks until user space judges it (Probe.judge_track)
+# Probe.judge_track's verdicts on a pending track (mirrors the C program's TRACK_*).
+TRACK_KEEP = 1         # the exec is a row (a renamed utility): the track stays
+TRACK_END = 2          # it is no row: the track ends
 
 # Values of the kernel's name filter (catalog_comms, name_heads), OR'd.
 N_CATALOG = 1          # a catalog name, busybox or a loader: forwarded
