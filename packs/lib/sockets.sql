@@ -20,13 +20,23 @@ placed_sockets AS MATERIALIZED (
     END AS reason
   FROM recent_sockets s
 ),
--- The exec rows the events join: one read of the table, by a range of eids (osquery pushes
--- it down; a join by eid would be one thrift call per event, and IN one per value).
+-- The exec rows the events join. osquery makes every read of an extension
+-- table a thrift call: a join by eid would be one per event (and IN one per value), so
+-- the newest eids are read as one range, which osquery pushes down. An eid more than
+-- 5000 below the newest (a long-lived tracked process, a backdoor that has run for hours)
+-- is read by itself, so that the range never spans the execs between it and the new ones.
 -- An empty window reads the empty range 1..0.
+wanted_execs AS MATERIALIZED (
+  SELECT DISTINCT exec_eid AS eid FROM recent_sockets WHERE exec_eid > 0
+),
 execs_of AS MATERIALIZED (
   SELECT eid, utility, cmdline, username FROM network_utility_execs
-  WHERE eid BETWEEN (SELECT coalesce(min(exec_eid), 1) FROM recent_sockets WHERE exec_eid > 0)
-                AND (SELECT coalesce(max(exec_eid), 0) FROM recent_sockets WHERE exec_eid > 0)
+  WHERE eid BETWEEN (SELECT coalesce(min(eid), 1) FROM wanted_execs
+                     WHERE eid > (SELECT max(eid) FROM wanted_execs) - 5000)
+                AND (SELECT coalesce(max(eid), 0) FROM wanted_execs)
+  UNION ALL
+  SELECT eid, utility, cmdline, username FROM network_utility_execs
+  WHERE eid IN (SELECT eid FROM wanted_execs WHERE eid <= (SELECT max(eid) FROM wanted_execs) - 5000)
 ),
 -- Every judged event with the exec row it joins (the utility and its command line; '' for
 -- a tracked process that is no row, a /tmp script's python).

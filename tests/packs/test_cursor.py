@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,34 @@ def test_a_scheduled_run_judges_an_exec_once_settled_and_its_line_stays_as_later
                                          status="succeeded"))
         store.flush()
         assert host.query(query.sql)[1] == first
+
+
+def test_the_exec_rows_of_socket_events_are_read_as_one_recent_range_and_old_ones_by_eid(place: Path) -> None:
+    """A backdoor tracked for hours (an old eid) and a new curl both contact public
+    addresses: the detection names both execs, and reads the execs table as the range of
+    the new eids plus the old one by itself, not every exec made in between."""
+    (query,) = [q for q in packs.load() if q.name == "netutil_contacted_public_destination"]
+    now = int(time.time())
+    origin = '{"pid": 7, "path": "/tmp/.x/run.sh", "script": "", "time": 1}'
+    served: list[int] = []
+
+    class CountingExecs(ExecsTable):
+        def answer(self, context: dict[str, Any]) -> Any:
+            rows = list(super().answer(context))
+            served.append(len(rows))
+            return rows
+
+    with Store(place / "events.db") as store:
+        old = store.add(make_row(time=now - 7200, utility="netcat", path="/usr/bin/nc", cmdline="nc -lp 4444"))
+        for i in range(6000):
+            store.add(make_row(time=now - 100, utility="curl", path="/usr/bin/curl", cmdline=f"curl -s http://127.0.0.1/{i}"))
+        new = store.add(make_row(time=now - 50, utility="curl", path="/usr/bin/curl", cmdline="curl -s http://c2.example/"))
+        for eid, address in ((old, "45.9.148.3"), (new, "45.9.148.4")):
+            store.add_socket(make_socket_row(exec_eid=eid, time=now - 40, remote_address=address, remote_port=443,
+                                             status="succeeded", remote_public=1, origin=origin))
+        store.flush()
+        host = Host([CountingExecs(lambda: store), SocketsTable(lambda: store)])
+        columns, found = host.query(query.sql)
+    assert sorted((row[columns.index("exec_eid")], row[columns.index("cmdline")]) for row in found) == \
+        [(old, "nc -lp 4444"), (new, "curl -s http://c2.example/")]
+    assert sum(served) == 2, served

@@ -38,6 +38,7 @@ from osquery_netutil.tables.thrift import NAME, Handler, Processor, Server
 
 SDK_VERSION = "5.0.0"
 MIN_SDK_VERSION = "1.8.0"
+ATTACH_WAIT_S = 60   # at shutdown, how long a probe still compiling is waited for (~10 s under CPUQuota=20%)
 
 
 def log(message: str) -> None:
@@ -200,6 +201,7 @@ def _run(argv: Sequence[str]) -> int:
             store.close()
         return 1
 
+    attaching: threading.Thread | None = None
     if writer:
         def attach() -> None:
             try:
@@ -207,7 +209,8 @@ def _run(argv: Sequence[str]) -> int:
                 log("probe attached")
             except ProbeError as exc:
                 log(f"probe failed: {exc}; serving stored rows only")
-        threading.Thread(target=attach, name="netutil-attach", daemon=True).start()
+        attaching = threading.Thread(target=attach, name="netutil-attach", daemon=True)
+        attaching.start()
     linked = threading.Thread(target=_stay_linked, args=(args, tables, link, stop), name="netutil-osquery", daemon=True)
     linked.start()
 
@@ -217,6 +220,11 @@ def _run(argv: Sequence[str]) -> int:
         stop.wait()
     log("stopping: flushing the store")
     linked.join(timeout=5)   # it closes the link it holds
+    if attaching is not None:
+        # A shutdown asked while bcc compiles (seconds under osqueryd's CPU quota): the
+        # probe is stopped once it is attached, and the process never exits with LLVM
+        # running in another thread (an abort at exit).
+        attaching.join(timeout=ATTACH_WAIT_S)
     sensor.stop()
     if store is not None:
         store.close()
