@@ -9,6 +9,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from osquery_netutil.packs import source as packs
 from osquery_netutil.app.cli import _file_flags, main
+from osquery_netutil.schema import SOCKETS
 from osquery_netutil.store.store import Store
 
 from tests.conftest import need, probe_unavailable
@@ -166,16 +168,22 @@ def test_on_a_terminal_watch_shows_alerts_and_a_restart_once(workdir: Path) -> N
 
 
 def test_record_appends_rows_that_replay_loads(workdir: Path) -> None:
+    """Exec rows and the socket events of their processes (a refused connect): replay
+    joins each event to its row again."""
     need(probe_unavailable())
     output = workdir / "incident.jsonl"
+    with socket.socket() as probe:   # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     record = subprocess.Popen([sys.executable, "-m", "osquery_netutil", "record", str(output)],
                               stderr=subprocess.PIPE)
     err = LineReader(record.stderr)
     try:
         err.until(lambda line: "watching execs" in line)
         subprocess.run(["wget", "--version", "http://127.0.0.1:9/"], capture_output=True, timeout=10)
+        subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/"], capture_output=True, timeout=10)
         deadline = time.monotonic() + 10
-        while "wget" not in (output.read_text() if output.exists() else "") and time.monotonic() < deadline:
+        while '"sockets"' not in (output.read_text() if output.exists() else "") and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         record.send_signal(signal.SIGINT)
@@ -186,6 +194,9 @@ def test_record_appends_rows_that_replay_loads(workdir: Path) -> None:
     assert main(["replay", str(output), "--store", str(store)]) == 0
     with Store(store, readonly=True) as replayed:
         assert [r["ip_args"] for r in replayed.select([("utility", "=", "wget")])] == ["127.0.0.1"]
+        (curl,) = replayed.select([("utility", "=", "curl")])
+        connects = [r for r in replayed.select(table=SOCKETS) if r["remote_port"] == port]
+    assert [(r["action"], r["status"], r["exec_eid"]) for r in connects] == [("connect", "refused", curl["eid"])]
 
 
 def test_watch_without_root_exits_with_the_cause(capsys: pytest.CaptureFixture[str]) -> None:

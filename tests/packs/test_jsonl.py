@@ -8,10 +8,10 @@ from pathlib import Path
 
 from osquery_netutil.packs import jsonl
 from osquery_netutil.app.cli import main
-from osquery_netutil.schema import EXECS
+from osquery_netutil.schema import EXECS, SOCKETS
 from osquery_netutil.store.store import Store
 
-from testkit.rows import make_row
+from testkit.rows import make_row, make_socket_row
 
 
 def test_a_row_survives_the_round_trip() -> None:
@@ -21,6 +21,24 @@ def test_a_row_survives_the_round_trip() -> None:
     assert jsonl.write([dict(row, eid=99)], out) == 1
     (parsed,) = jsonl.read(out.getvalue().splitlines()).rows
     assert parsed == row
+
+
+def test_socket_events_replay_joined_to_the_rows_they_were_recorded_with(tmp_path: Path) -> None:
+    """record names a socket event's exec by the recording's eid; replay numbers the rows
+    anew and joins the events to them. A line's own "sockets" join its row; an eid the file
+    has no row for becomes 0."""
+    event = make_socket_row(exec_eid=41, pid=7, remote_address="45.9.148.3", remote_port=443, status="refused")
+    lines = [json.dumps({"eid": 40, "utility": "netcat", "cmdline": "nc -l 4444"}),
+             json.dumps({"eid": 41, "utility": "curl", "cmdline": "curl http://c2.example/"}),
+             jsonl.socket_line(event), jsonl.socket_line(dict(event, exec_eid=77, remote_port=22)),
+             json.dumps({"utility": "wget", "cmdline": "wget x", "sockets": [{"action": "connect", "remote_port": 80}]})]
+    (tmp_path / "incident.jsonl").write_text("\n".join(lines) + "\n")
+    tmp_path.chmod(0o700)
+    assert main(["replay", str(tmp_path / "incident.jsonl"), "--store", str(tmp_path / "events.db")]) == 0
+    with Store(tmp_path / "events.db", readonly=True) as store:
+        eids = {r["utility"]: r["eid"] for r in store.select()}
+        joined = sorted((r["remote_port"], r["exec_eid"]) for r in store.select(table=SOCKETS))
+    assert joined == [(22, 0), (80, eids["wget"]), (443, eids["curl"])]
 
 
 def test_short_fixture_lines_get_defaults() -> None:
@@ -55,7 +73,7 @@ def test_replay_loads_good_lines_and_exits_1_when_some_were_skipped(tmp_path: Pa
     store_path = tmp_path / "events.db"
     assert main(["replay", str(fixture), "--store", str(store_path)]) == 1
     err = capsys.readouterr().err
-    assert f"skipped {fixture}:2: not JSON" in err and "2 rows loaded" in err and "1 lines skipped" in err
+    assert f"skipped {fixture}:2: not JSON" in err and "2 rows and 0 socket events loaded" in err and "1 lines skipped" in err
     with Store(store_path, readonly=True) as store:
         assert [(r["utility"], r["pid"]) for r in store.select()] == [("netcat", 5), ("curl", 6)]
     assert main(["replay", str(tmp_path / "missing.jsonl"), "--store", str(store_path)]) == 1

@@ -2,7 +2,7 @@
 
   watch    attach the probe, keep rows in the store, run the detection packs on them and
            print each detection as it happens (the main job)
-  record   the same rows as JSON Lines into a file, for offline analysis and fixtures
+  record   the same rows (and socket events) as JSON Lines into a file, for offline analysis and fixtures
   replay   load JSON Lines into a store, so that queries and packs run on them
   query    run one SQL statement on the tables, as osqueryi would (no osquery needed)
   shell    an interactive SQL shell on the tables
@@ -17,6 +17,7 @@ import argparse
 import os
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from osquery_netutil.app.output import render
 from osquery_netutil.app.shell import Shell
 from osquery_netutil.app.watch import SensorJob, Watch, WatchError, run_until_signalled
 from osquery_netutil.catalog import Catalog
-from osquery_netutil.events.enrich import Row
 from osquery_netutil.events.sensor import stored_status
 from osquery_netutil.host.database import Host
 from osquery_netutil.host.errors import QueryError
@@ -68,10 +68,14 @@ def _file_flags(watch: argparse.ArgumentParser, argv: list[str]) -> list[str]:
 
 def _record(args: argparse.Namespace) -> int:
     with open(args.output, "a", encoding="utf-8") as out:
-        def write(row: Row) -> None:
-            out.write(jsonl.dumps(row) + "\n")
-            out.flush()
-        return run_until_signalled(SensorJob(args, None, write))
+        lock = threading.Lock()   # exec rows come on the probe's thread, socket rows too, the last ones at stop
+
+        def write(line: str) -> None:
+            with lock:
+                out.write(line + "\n")
+                out.flush()
+        return run_until_signalled(SensorJob(args, None, lambda row: write(jsonl.dumps(row)),
+                                             lambda row: write(jsonl.socket_line(row))))
 
 
 def _packs(args: argparse.Namespace) -> int:
@@ -113,11 +117,12 @@ def _replay(args: argparse.Namespace) -> int:
                 say(f"{name}: cannot read ({exc.strerror})")
                 skipped += 1
                 continue
-            store.add_many(result.rows)
+            result.store_into(store)
             for error in result.errors:
                 say(f"skipped {error}")
             skipped += result.skipped
-            say(f"{name}: {len(result.rows)} rows loaded into {store.path}, {result.skipped} lines skipped")
+            say(f"{name}: {len(result.rows)} rows and {len(result.sockets)} socket events loaded into {store.path}, "
+                f"{result.skipped} lines skipped")
         store.flush()
     return 1 if skipped else 0
 

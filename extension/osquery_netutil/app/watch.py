@@ -56,12 +56,13 @@ class SensorJob:
     """The sensor of `record` and `watch`: start() attaches the probe, tick() publishes the
     status row now and then, stop() detaches and says what was seen."""
 
-    def __init__(self, args: argparse.Namespace, store: Store | None, on_row: Callable[[Row], None] | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, store: Store | None, on_row: Callable[[Row], None] | None = None,
+                 on_socket_row: Callable[[Row], None] | None = None) -> None:
         catalog, problems = load_in_force(args.catalog)
         for problem in problems:
             say(problem)
-        self.sensor = Sensor(catalog, store, extra_prefixes=args.prefix or (), on_row=on_row, problems=problems,
-                             probe_mode=args.probe_mode)
+        self.sensor = Sensor(catalog, store, extra_prefixes=args.prefix or (), on_row=on_row,
+                             on_socket_row=on_socket_row, problems=problems, probe_mode=args.probe_mode)
         self._published = 0.0
 
     def start(self) -> None:

@@ -36,15 +36,20 @@ class Sensor:
         *,
         extra_prefixes: Iterable[str] = (),
         on_row: Callable[[Row], None] | None = None,
+        on_socket_row: Callable[[Row], None] | None = None,
         problems: Iterable[str] = (),
         probe_mode: str = "auto",
         btf_offsets: dict[str, int] | None = None,
         sockets: bool = True,
     ) -> None:
-        """sockets: report what tracked processes contact (network_utility_socket_events)."""
+        """on_row, on_socket_row: get each exec row, each socket event row, as stored (with no
+        store, exec rows are numbered here, so that socket rows name theirs: `record`).
+        sockets: report what tracked processes contact (network_utility_socket_events)."""
         self.catalog = catalog
         self.store = store
         self._on_row = on_row
+        self._on_socket_row = on_socket_row
+        self._numbered = 0   # exec rows numbered with no store
         # The writable directories always; a user's --prefix adds places, never removes one.
         self._prefixes = (*WRITABLE_DIRS, *extra_prefixes)
         self._problems = list(problems)   # start-up problems worked around (bad --catalog, say)
@@ -132,6 +137,9 @@ class Sensor:
                 self.rows_made += 1
             if self.store is not None:
                 row["eid"] = eid = self.store.add(row)   # the sink sees the row as stored
+            else:
+                self._numbered += 1
+                row["eid"] = eid = self._numbered
             if self._on_row is not None:
                 self._on_row(row)
         if self._sockets is not None:
@@ -151,6 +159,8 @@ class Sensor:
             self.socket_rows += 1
         if self.store is not None:
             self.store.add_socket(row)
+        if self._on_socket_row is not None:
+            self._on_socket_row(row)
 
     def _restarted(self) -> str:
         return _restart_text(self.store.previous_run if self.store is not None else None)

@@ -1,7 +1,10 @@
 """Rows as JSON Lines: `record` writes them, `replay` loads them into a store.
 
-One JSON object per line, keyed by column name (schema.EXECS). `eid` is not kept: the
-store that replays the lines numbers them. So that detection fixtures stay short and
+One JSON object per line, keyed by column name (schema.EXECS). `eid` is the recording's
+number: the store that replays the lines numbers them anew, and socket events name their
+exec by it. A line may carry the socket events (schema.SOCKETS) of its process under
+"sockets"; a line of socket events alone names its exec by their `exec_eid` (0: none, a
+tracked process that is no row). So that detection fixtures stay short and
 true to what enrichment would produce, a line may leave columns out and write
 `ancestors` and `json_cmdline` as JSON arrays rather than strings:
 
@@ -34,8 +37,13 @@ _ERRORS_KEPT = 20
 
 
 def dumps(row: Row) -> str:
-    """One line for a row (eid dropped)."""
-    return json.dumps({c.name: row[c.name] for c in _DATA_COLUMNS}, ensure_ascii=False)
+    """One line for an exec row, with the eid the recording gave it."""
+    return json.dumps({"eid": row.get("eid", 0), **{c.name: row[c.name] for c in _DATA_COLUMNS}}, ensure_ascii=False)
+
+
+def socket_line(row: Row) -> str:
+    """One line for a socket event row: its exec named by the recording's eid."""
+    return json.dumps({"sockets": [{name: row[name] for name in data_columns(SOCKETS)}]}, ensure_ascii=False)
 
 
 def parse_line(line: str, now: int | None = None) -> Row:
@@ -158,8 +166,18 @@ def _catalog() -> Catalog:
 @dataclass
 class ReplayResult:
     rows: list[Row] = field(default_factory=list)
+    recorded_eids: list[int] = field(default_factory=list)   # each row's eid in the recording (0: none)
+    sockets: list[Row] = field(default_factory=list)         # exec_eid: the recording's
     skipped: int = 0
     errors: list[str] = field(default_factory=list)   # the first few, as "line N: why"
+
+    def store_into(self, store: Any) -> None:
+        """Add the rows to a store, then the socket events, joined to the rows the store
+        numbered (an exec_eid the file has no row for becomes 0)."""
+        renumbered = {recorded: store.add(row) for row, recorded in zip(self.rows, self.recorded_eids)}
+        renumbered.pop(0, None)
+        for event in self.sockets:
+            store.add_socket({**event, "exec_eid": renumbered.get(event["exec_eid"], 0)})
 
 
 def read(lines: Iterable[str], source: str = "<stdin>") -> ReplayResult:
@@ -170,11 +188,30 @@ def read(lines: Iterable[str], source: str = "<stdin>") -> ReplayResult:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            result.rows.append(parse_line(line, now))
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+            events = obj.pop("sockets", []) if isinstance(obj, dict) else []
+            if not isinstance(events, list):
+                raise ValueError('"sockets" must be a JSON array of socket events')
+            recorded = obj.get("eid", 0) if isinstance(obj, dict) else 0
+            if not isinstance(recorded, int) or isinstance(recorded, bool):
+                raise ValueError("eid must be an integer")
+            row = parse_line(json.dumps(obj), now) if obj else None
+            parsed = [socket_row(event, now) for event in events]
         except ValueError as exc:
             result.skipped += 1
             if len(result.errors) < _ERRORS_KEPT:
                 result.errors.append(f"{source}:{number}: {exc}")
+            continue
+        if row is not None:
+            recorded = recorded or -number   # a line's own events name it by its line
+            result.rows.append(row)
+            result.recorded_eids.append(recorded)
+            for event in parsed:
+                event["exec_eid"] = recorded
+        result.sockets.extend(parsed)
     return result
 
 
