@@ -67,13 +67,13 @@ SPREAD_S = 20   # the workload's rows lie this many seconds apart at most
 
 def workload(count: int, now: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """count exec rows from the packs' fixtures, in turn, each with its own pid, and the
-    socket events of its process. Their times are SPREAD_S apart at most and end SETTLED_S
-    before now: a scheduled run judges exec rows only once they are that old (packs.source.window),
+    socket events of its process. Their times are SPREAD_S apart at most and end twice
+    SETTLED_S before now: a scheduled run judges exec rows only once they are that old (packs.source.window),
     and every window holds them until it moves past the oldest (measure checks it did not)."""
     folders = [packs.PACKS_DIR / "fixtures" / q.name for q in packs.load() if q.judges_rows]   # not the status query's
     fixtures = [(row, events) for folder in folders for path in sorted(folder.glob("*.jsonl"))
                 for row, events in fixture_rows(path) if row is not None]
-    newest = now - SETTLED_S - 1
+    newest = now - 2 * SETTLED_S - 1
     return [(dict(row, pid=10_000 + i, time=newest - i * SPREAD_S // count),
              [dict(e, time=newest - i * SPREAD_S // count) for e in events])
             for i, (row, events) in ((i, fixtures[i % len(fixtures)]) for i in range(count))]
@@ -135,7 +135,7 @@ def measure(count: int, queries: list[packs.Query], library: Path) -> dict[str, 
         plain.close()
     took = time.time() - now
     shortest = min(packs.window_s(q.interval) for q in queries)
-    if took > shortest - SPREAD_S - SETTLED_S - 1:
+    if took > shortest - SPREAD_S - 2 * SETTLED_S - 1:
         raise SystemExit(f"pack_cost: the runs at {count:,} rows took {took:.0f} s: the oldest rows left a "
                          f"{shortest} s window before the last run, so its figures are not comparable")
     return results

@@ -321,8 +321,8 @@ static __always_inline u32 script_match(const char *head, u32 head_len, struct p
 // origin), and its children from their fork: `track` names that exec, (pid, exec time),
 // the key user space joins socket events to the exec's row by. An exec forwarded only to
 // be judged (F_UNJUDGED: the first run of a renamed copy of nc looks like that) tracks
-// until user space has judged it, if the lineage had no track: its verdict, in
-// `track_verdicts` (netutil_sock.bpf.c), confirms the track or ends it.
+// until user space has judged it, if the lineage had no track or only a pending one: its
+// verdict, in `track_verdicts` (netutil_sock.bpf.c), confirms the track or ends it.
 #define F_TRACKS (F_MATCH_COMM | F_MATCH_PATH | F_MATCH_SCRIPT | F_MATCH_CONTENT)
 
 // Hand a forwarded exec to user space: the fields both modes fill the same way, from the
@@ -341,7 +341,7 @@ static __always_inline void forward(struct exec_event *ev, struct proc *p, u32 o
     ev->origin_pid = p->origin_pid;
     ev->track_prev_ktime_ns = p->track_ktime_ns;
     ev->track_prev_pid = p->track_pid;
-    if ((match & F_TRACKS) || ((match & F_UNJUDGED) && !p->track_ktime_ns)) {
+    if ((match & F_TRACKS) || ((match & F_UNJUDGED) && (!p->track_ktime_ns || p->track_pending))) {
         p->track_ktime_ns = p->ktime_ns;
         p->track_pid = p->pid;
         p->sock_budget = SOCK_BUDGET;

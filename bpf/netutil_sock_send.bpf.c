@@ -45,26 +45,29 @@ struct send_scratch { struct dns_event d; u8 spill[DNS_MAX]; };
 BPF_PERCPU_ARRAY(send_heap, struct send_scratch, 1);
 
 // The message being sent: its iovecs (or one buffer) and its destination, if named.
-struct sent { u64 iov; u64 iovlen; u64 buf; u64 name; };
+struct sent { u64 iov; u64 iovlen; u64 buf; u64 name; u64 namelen; };
 
 // What the syscall being served sent, from its registers; false when it is none of ours
-// (io_uring, sendfile, splice, a 32-bit process, a send by the kernel itself).
-static __always_inline int sent_by_syscall(struct sent *s)
+// (io_uring, sendfile, splice, a 32-bit process, a send by the kernel itself). ret: the
+// send's result; a sendmmsg's next message is the next index unless it failed.
+static __always_inline int sent_by_syscall(struct sent *s, int ret)
 {
     void *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
     u8 span[REGS_SPAN] = {};
-    u64 nr = 0, arg2 = 0, arg3 = 0, arg5 = 0;
+    u64 nr = 0, arg2 = 0, arg3 = 0, arg5 = 0, arg6 = 0;
     if (SPAN_READ(span, regs, REGS))
         return 0;
     SPAN_FIELD(nr, span, REGS, OFF_REGS_NR);
     SPAN_FIELD(arg2, span, REGS, OFF_REGS_ARG2);
     SPAN_FIELD(arg3, span, REGS, OFF_REGS_ARG3);
     SPAN_FIELD(arg5, span, REGS, OFF_REGS_ARG5);
+    SPAN_FIELD(arg6, span, REGS, OFF_REGS_ARG6);
     if (nr == NR_WRITE) {
         s->buf = arg2;
     } else if (nr == NR_SENDTO) {
         s->buf = arg2;
         s->name = arg5;
+        s->namelen = arg6;
     } else if (nr == NR_WRITEV) {
         s->iov = arg2;
         s->iovlen = arg3;
@@ -76,7 +79,7 @@ static __always_inline int sent_by_syscall(struct sent *s)
             u32 i = at && at->mmsg == arg2 && at->next < at->vlen ? at->next : 0;
             msg += (u64)i * sizeof(struct user_mmsg);
             struct mmsg_at next = {.mmsg = arg2, .next = i + 1, .vlen = (u32)arg3};
-            if (next.next < next.vlen)
+            if (ret >= 0 && next.next < next.vlen)   // an empty datagram (0) is a message too
                 mmsg_next.update(&tid, &next);
             else if (at)
                 mmsg_next.delete(&tid);
@@ -87,6 +90,7 @@ static __always_inline int sent_by_syscall(struct sent *s)
         s->iov = m.iov;
         s->iovlen = m.iovlen;
         s->name = m.name;
+        s->namelen = m.namelen;
     } else {
         return 0;
     }
@@ -123,19 +127,29 @@ static __always_inline u32 copy_sent(u8 *payload, struct sent *s, u32 sent)
     return off < DNS_MAX ? off : DNS_MAX;
 }
 
+// The destination a UDP send named, as udp_sendmsg and udpv6_sendmsg read it: a name only
+// when its length is not 0; AF_UNSPEC means AF_INET on an IPv4 socket and no name on an
+// IPv6 one. False when none (the socket's own peer then). TCP ignores the name.
+static __always_inline int named(struct user_addr *to, struct sent *s, u16 family)
+{
+    if (!s->name || !s->namelen)
+        return 0;
+    if (bpf_probe_read_user(to, sizeof(*to), (void *)s->name) && bpf_probe_read_user(to, 16, (void *)s->name))
+        return 0;
+    if (to->family == AF_UNSPEC && family == AF_INET)
+        to->family = AF_INET;
+    return to->family == AF_INET || to->family == AF_INET6;
+}
+
 // sock_send_length(sk, ret, flags): after a socket's send. Only a tracked process's sends
-// of `ret` > 0 bytes on an inet socket, to port 53 or unconnected UDP, go further.
+// on an inet socket go further: UDP (a datagram to port 53 is a question, an unconnected
+// or named one a `send`), and TCP to port 53 (a question).
 int netutil_send(struct bpf_raw_tracepoint_args *ctx)
 {
     struct proc *p = tracked_proc();
     if (!p)
         return 0;
     int ret = (int)ctx->args[1];
-    if (ret <= 0) {   // nothing sent, and a sendmmsg stops here
-        u64 tid = bpf_get_current_pid_tgid();
-        mmsg_next.delete(&tid);
-        return 0;
-    }
     void *sk = (void *)ctx->args[0];
     u8 skc[SKC_SPAN] = {};
     u16 family = 0, dport = 0, lport = 0, protocol = 0;
@@ -147,18 +161,18 @@ int netutil_send(struct bpf_raw_tracepoint_args *ctx)
     FIELD(protocol, sk, OFF_SK_PROTOCOL);
     if ((family != AF_INET && family != AF_INET6) || (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP))
         return 0;
-    if (dport != 0 && dport != NTOHS(DNS_PORT))
-        return 0;   // a connected socket, not to port 53: its connect was the event
+    if (protocol == IPPROTO_TCP && dport != NTOHS(DNS_PORT))
+        return 0;   // a TCP stream not to port 53: its connect was the event
     struct sent s = {};
-    int read = sent_by_syscall(&s);
-    struct user_addr to = {};
-    if (read && s.name && bpf_probe_read_user(&to, sizeof(to), (void *)s.name))
-        to.family = AF_UNSPEC;
-    if (dport == 0 && to.family != AF_INET && to.family != AF_INET6) {
-        if (protocol == IPPROTO_UDP)   // a datagram whose destination could not be read
-            count(C_SOCK_UNREAD);
+    int read = sent_by_syscall(&s, ret);   // before ret is judged: a sendmmsg's index moves on
+    if (ret <= 0)
         return 0;
-    }
+    struct user_addr to = {};
+    int name = protocol == IPPROTO_UDP && read && named(&to, &s, family);
+    u16 port = name ? NTOHS(to.port) : NTOHS(dport);
+    u16 action = port == DNS_PORT ? A_DNS : A_SEND;
+    if (action == A_SEND && dport != 0 && !name)
+        return 0;   // a connected datagram not to port 53: its connect was the event
     int zero = 0;
     struct send_scratch *scratch = send_heap.lookup(&zero);
     if (!scratch || !charge(p))
@@ -166,27 +180,26 @@ int netutil_send(struct bpf_raw_tracepoint_args *ctx)
     struct dns_event *d = &scratch->d;
     __builtin_memset(&d->ev, 0, sizeof(d->ev));
     d->payload_len = 0;
-    u16 port = to.family ? NTOHS(to.port) : NTOHS(dport);   // a named destination wins, as in the kernel
-    from_proc(&d->ev, p, port == DNS_PORT ? A_DNS : A_SEND);
-    d->ev.family = to.family ? to.family : family;
+    from_proc(&d->ev, p, action);
+    d->ev.family = name ? to.family : family;
     d->ev.protocol = protocol;
     d->ev.local_port = lport;
-    d->ev.remote_port = port;
-    if (to.family == AF_INET6) {
+    d->ev.remote_port = dport || name ? port : 0;   // 0: an unconnected datagram whose destination was not read
+    if (name && to.family == AF_INET6) {
         COPY_IP6(d->ev.remote_addr, to.addr6);
-    } else if (to.family == AF_INET) {
+    } else if (name) {
         d->ev.remote_addr[0] = to.addr4;
     } else if (family == AF_INET6) {
         SPAN_FIELD(d->ev.remote_addr, skc, SKC, OFF_SKC_V6_DADDR);
     } else {
         SPAN_FIELD(d->ev.remote_addr[0], skc, SKC, OFF_SKC_DADDR);
     }
+    if (!read)
+        count(C_SOCK_UNREAD);   // reported with what the socket says: no question, no destination
     u32 size = offsetof(struct dns_event, payload);
-    if (d->ev.action == A_DNS) {
+    if (action == A_DNS) {
         if (read)
             d->payload_len = copy_sent(d->payload, &s, ret);
-        else
-            count(C_SOCK_UNREAD);   // the question is reported with its destination, unread
         size = sizeof(*d);
     }
     if (sock_events.ringbuf_output(d, size, 0))

@@ -156,7 +156,9 @@ contacted AS MATERIALIZED (
          max(reached AND remote_address NOT LIKE '127.%' AND remote_address <> '::1') AS beyond
   -- A UDP connect sends nothing: getaddrinfo connects one to every address it sorts.
   FROM (SELECT s.*, s.action = 'send' OR s.action = 'connect' AND s.protocol = 6 AS reached
-        FROM network_utility_socket_events s JOIN recent r ON r.eid = s.exec_eid
+        -- CROSS JOIN: the events are read once, in the outer loop (osquery would make a
+        -- thrift call per exec the other way round).
+        FROM network_utility_socket_events s CROSS JOIN recent r ON r.eid = s.exec_eid
         WHERE s.exec_eid BETWEEN (SELECT coalesce(min(eid), 1) FROM recent) AND (SELECT coalesce(max(eid), 0) FROM recent)
           AND s.time <= r.time + {{settled_s}})
   GROUP BY exec_eid

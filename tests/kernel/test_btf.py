@@ -78,6 +78,7 @@ def test_offsets_equal_what_bpftool_reads_from_the_same_btf() -> None:
     types = _bpftool_structs({struct for struct, _ in fields.values()})
     for name, (struct, member) in fields.items():
         assert btf.offset(struct, member) == _bpftool_offset(types, struct, member), name
+    assert btf.has_raw_tracepoint("sched_process_exec") and not btf.has_raw_tracepoint("no_such_tracepoint")
     # mm_struct keeps arg_start in an anonymous struct: the walk into it is what is proven.
     assert btf.offset("mm_struct", "arg_start") > 0
 

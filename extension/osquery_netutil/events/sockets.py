@@ -82,11 +82,18 @@ class SocketRows:
         """rec was forwarded and became row eid (0: no row)."""
         if rec.track != (rec.pid, rec.ktime_ns):
             return   # it tracks nothing of its own
-        # A pending track (an exec forwarded only to be judged) that is no row ended: what
-        # its process sent before the kernel learnt so is dropped, unless it has an origin.
-        self._tracked[rec.track] = ENDED if rec.flags & F_TRACK_PENDING and not eid else eid or rec.track_before
+        # A pending track (an exec forwarded only to be judged) that ended: what its process
+        # sent before the kernel learnt so is dropped, unless it has an origin.
+        ended = rec.flags & F_TRACK_PENDING and not self.keeps(rec, eid)
+        self._tracked[rec.track] = ENDED if ended else eid or rec.track_before
         if len(self._tracked) > _TRACKED_REMEMBERED:
             self._tracked.popitem(last=False)
+
+    def keeps(self, rec: ExecRecord, eid: int) -> bool:
+        """Whether the pending track rec began (F_TRACK_PENDING) stays: its exec is row eid,
+        or the pending track it replaced led to a row (a renamed nc that ran an unjudged
+        program)."""
+        return eid > 0 or self.exec_eid(rec.track_before) > 0
 
     def exec_eid(self, key: Key) -> int:
         """The eid of the row of the tracked exec key, or of the nearest one it inherited; 0

@@ -50,6 +50,7 @@ class Btf:
         self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         self._types = array("I", [0])   # type id -> byte offset of its btf_type; id 0 is void
         self._by_name: dict[tuple[bool, bytes], int] = {}   # (is a function, name) -> type id
+        self._typedefs: set[bytes] = set()
         at, end = hdr_len + type_off, hdr_len + type_off + type_len
         unpack = _TYPE.unpack_from
         while at < end:
@@ -61,6 +62,8 @@ class Btf:
             self._types.append(at)
             if kind in (KIND_STRUCT, KIND_UNION, KIND_FUNC) and name_off:
                 self._by_name.setdefault((kind == KIND_FUNC, self._name(name_off)), len(self._types) - 1)
+            elif kind == _KIND_TYPEDEF and name_off:
+                self._typedefs.add(self._name(name_off))
             at += _TYPE.size + trailer[0] + trailer[1] * vlen
 
     @classmethod
@@ -104,6 +107,11 @@ class Btf:
         if type_id is None:
             raise BtfError(f"function {name} is not in the kernel's BTF (inlined or absent)")
         return type_id
+
+    def has_raw_tracepoint(self, name: str) -> bool:
+        """Whether the kernel has the tracepoint name: each one's raw form is declared as
+        the typedef btf_trace_<name>."""
+        return f"btf_trace_{name}".encode() in self._typedefs
 
     def offset(self, struct_name: str, member: str) -> int:
         """Byte offset of member in struct struct_name, looking into anonymous structs and

@@ -23,12 +23,13 @@ BTF_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SB_DEV": ("super_block", "s_dev"),
 }
 # The registers a syscall was entered with (x86_64: its number, then its arguments in
-# di, si, dx, r10, r8), read where a program needs a syscall's arguments.
+# di, si, dx, r10, r8, r9), read where a program needs a syscall's arguments.
 REGS_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_REGS_NR": ("pt_regs", "orig_ax"),
     "OFF_REGS_ARG2": ("pt_regs", "si"),
     "OFF_REGS_ARG3": ("pt_regs", "dx"),
     "OFF_REGS_ARG5": ("pt_regs", "r8"),
+    "OFF_REGS_ARG6": ("pt_regs", "r9"),
 }
 # The fentry that names scripts without #! reads the exec syscall's number and argv
 # (execve's second argument, execveat's third). x86_64 only: bcc 0.26 attaches fentry
@@ -37,8 +38,10 @@ FENTRY_FUNCTION = "security_bprm_check"
 FENTRY_CONSTANTS = {"NR_EXECVE": 59, "NR_EXECVEAT": 322}
 NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the ancestry"
 # The raw tracepoint that reads what tracked processes send (bpf/netutil_sock_send.bpf.c):
-# the socket's addresses and protocol, and the syscall's registers. x86_64 only: its
-# syscall numbers and argument registers are x86_64's; elsewhere the egress program reads them.
+# the socket's addresses and protocol, and the syscall's registers. x86_64 only (its
+# syscall numbers and argument registers are x86_64's) and where the kernel has it (6.3+);
+# elsewhere the egress program reads them.
+SEND_TRACEPOINT = "sock_send_length"
 SEND_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
     "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
@@ -61,7 +64,7 @@ CTIME_MEMBERS = (("i_ctime_sec", "i_ctime_nsec"), ("__i_ctime.tv_sec", "__i_ctim
 SPANS: dict[str, dict[str, int]] = {
     "BPRM": {"OFF_BPRM_FILE": 8, "OFF_BPRM_ARGC": 4, "OFF_BPRM_FILENAME": 8, "OFF_BPRM_INTERP": 8},
     "INODE": {"OFF_INODE_SB": 8, "OFF_INODE_INO": 8, "OFF_INODE_CTIME_SEC": 8, "OFF_INODE_CTIME_NSEC": 4},
-    "REGS": {"OFF_REGS_NR": 8, "OFF_REGS_ARG2": 8, "OFF_REGS_ARG3": 8, "OFF_REGS_ARG5": 8},
+    "REGS": {"OFF_REGS_NR": 8, "OFF_REGS_ARG2": 8, "OFF_REGS_ARG3": 8, "OFF_REGS_ARG5": 8, "OFF_REGS_ARG6": 8},
     "SKC": {"OFF_SKC_DADDR": 4, "OFF_SKC_DPORT": 2, "OFF_SKC_NUM": 2, "OFF_SKC_FAMILY": 2, "OFF_SKC_V6_DADDR": 16},
 }
 SPAN_MAX = 160   # bytes of the BPF stack one span may take
@@ -99,14 +102,15 @@ def spans(offsets: dict[str, int]) -> dict[str, int]:
 def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool, machine: str) -> dict[str, int]:
     """The -D flags of btf mode: its offsets, content verdicts when wanted (a sensor
     writes them; a bare probe does not), the fentry's when it is wanted, and the send
-    tracepoint's on x86_64 (machine: platform.machine()). Raises BtfError."""
+    tracepoint's on x86_64 kernels that have it (machine: platform.machine()). Raises BtfError."""
     defines = {"PROBE_BTF": 1, "CONTENT_VERDICTS": int(verdicts), **offsets}
     extra: dict[str, tuple[str, str]] = {}
-    if fentry or machine == SENDS_AT_SYSCALL_MACHINE:
+    sends_at_syscall = machine == SENDS_AT_SYSCALL_MACHINE and btf.has_raw_tracepoint(SEND_TRACEPOINT)
+    if fentry or sends_at_syscall:
         extra |= REGS_FIELDS
     if fentry:
         defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
-    if machine == SENDS_AT_SYSCALL_MACHINE:
+    if sends_at_syscall:
         defines["SENDS_AT_SYSCALL"] = 1
         extra |= SEND_FIELDS
     defines |= {name: btf.offset(*field) for name, field in extra.items()}

@@ -270,18 +270,19 @@ class Probe:
         leaf.v.ctime_sec, leaf.v.ctime_nsec, leaf.v.utility = seconds, nanoseconds, int(utility)
         verdicts[ctypes.c_uint32(slot)] = leaf
 
-    def judge_track(self, rec: ExecRecord, row: bool) -> None:
+    def judge_track(self, rec: ExecRecord, keep: bool) -> None:
         """User space's verdict on the track an exec forwarded only to be judged began
-        (F_TRACK_PENDING): kept when it became a row (a renamed utility, matched by
-        content), ended when not. The kernel reads it at the process's next socket call
-        (netutil_sock.bpf.c, still_tracked). Nothing to do for any other exec."""
+        (F_TRACK_PENDING): kept (it became a row: a renamed utility, matched by content;
+        or it replaced a pending track that was kept), ended when not. The kernel reads it
+        at the socket calls of the processes that carry the track (netutil_sock.bpf.c,
+        still_tracked). Nothing to do for any other exec."""
         bpf = self._bpf   # stop() may clear it meanwhile
         if bpf is None or not rec.flags & F_TRACK_PENDING:
             return
         table = bpf[b"track_verdicts"]
         key = table.Key()
         key.ktime_ns, key.pid = rec.track[1], rec.track[0]
-        table[key] = ctypes.c_uint32(TRACK_KEEP if row else TRACK_END)
+        table[key] = ctypes.c_uint32(TRACK_KEEP if keep else TRACK_END)
 
     def forget_verdicts(self) -> None:
         """Void every verdict given (zeroed slots match no image): each is judged again."""

@@ -30,7 +30,7 @@ SIZES: dict[str, int] = {
     "SOCK_RINGBUF_PAGES": 512,   # 2 MiB ring buffer for socket events, apart from the execs'
     "LISTENERS_MAX": 4096,   # listening sockets of tracked processes, whose accepts are reported
     "DNS_MAX": 512,          # bytes of a DNS question's packet payload copied (a question is at most 255 + 16)
-    "TRACK_VERDICTS_MAX": 4096,   # user space's verdicts on pending tracks (an LRU: each is read once)
+    "TRACK_VERDICTS_MAX": 16384,   # user space's verdicts on pending tracks (an LRU: one per unjudged exec)
     "PENDING_NS": 2_000_000_000,   # a pending track with no verdict this long after its exec ends
 }
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from osquery_netutil.kernel import fields
 from osquery_netutil.kernel.preflight import bpf_call
 
 # sock_event.action and .status (mirrors the A_* and S_* defines in the C program).
@@ -42,7 +43,7 @@ PROGRAMS = (
 )
 # What tracked processes send: a raw tracepoint where the build reads it at the syscall
 # (SENDS_AT_SYSCALL), else two more cgroup programs (netutil_sock_send.bpf.c).
-SEND_TRACEPOINT = ("sock_send_length", "netutil_send")
+SEND_TRACEPOINT = (fields.SEND_TRACEPOINT, "netutil_send")
 EGRESS_PROGRAMS = (
     ("netutil_sock_create", _CGROUP_SOCK, 2),
     ("netutil_egress", _CGROUP_SKB, 1),

@@ -89,11 +89,11 @@ class Query:
 
 def window(table: str, interval: int) -> str:
     """The rows of table a scheduled run judges: those of its window_s. Exec rows only
-    once they are SETTLED_S old, when the socket events their lines name have come: a
-    line judged sooner would change as they come, and osquery's differential log would
-    report the exec again."""
+    once the socket events their lines name (those of their first SETTLED_S seconds) are
+    stored, each up to SETTLED_S after it happened: a line judged sooner would change as
+    they come, and osquery's differential log would report the exec again."""
     now = "CAST(strftime('%s', 'now') AS INTEGER)"
-    settled = f" AND time <= {now} - {SETTLED_S}" if table == EXECS.name else ""
+    settled = f" AND time <= {now} - {2 * SETTLED_S}" if table == EXECS.name else ""
     return f"time > {now} - {window_s(interval)}{settled}"
 
 
