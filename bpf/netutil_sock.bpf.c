@@ -23,6 +23,8 @@
 // An IPv6 address word by word: a context's fields are read 4 bytes at a time.
 #define COPY_IP6(dst, src) do { (dst)[0] = (src)[0]; (dst)[1] = (src)[1]; (dst)[2] = (src)[2]; (dst)[3] = (src)[3]; } while (0)
 #define NTOHS(x) ((u16)((((x) & 0xff) << 8) | (((x) >> 8) & 0xff)))
+// A length of 1..DNS_MAX (n: 1..DNS_MAX) in a form the verifier can bound (DNS_MAX: a power of 2).
+#define DNS_LEN(n) ((((n) - 1) & (DNS_MAX - 1)) + 1)
 
 #define A_CONNECT 1
 #define A_SEND 2
@@ -180,12 +182,18 @@ static __always_inline void from_owner(struct sock_event *ev, struct owner *o, u
     __builtin_memcpy(ev->comm, o->comm, 16);
 }
 
-static __always_inline void send(struct sock_event *ev)
+// An event (a sock_event, or a dns_event's first size bytes) onto the ring buffer, counted.
+static __always_inline void hand_over(void *event, u32 size)
 {
-    if (sock_events.ringbuf_output(ev, sizeof(*ev), 0))
+    if (sock_events.ringbuf_output(event, size, 0))
         count(C_SOCK_LOST);
     else
         count(C_SOCK_EVENTS);
+}
+
+static __always_inline void send(struct sock_event *ev)
+{
+    hand_over(ev, sizeof(*ev));
 }
 
 // connect(): the destination the caller asked for.

@@ -6,25 +6,23 @@
 // Appended by probe.py after netutil_sock.bpf.c, whose events, maps and helpers it uses.
 //
 // Two hooks, one per build:
-//   SENDS_AT_SYSCALL (btf mode on x86_64): a raw tracepoint on sock:sock_send_length. It
+//   SENDS_AT_SYSCALL (btf mode on x86_64 kernels that have it, 6.3+): a raw tracepoint on
+//     sock:sock_send_length. It
 //     fires once per send, in the sender's context, after the send: an untracked sender
 //     returns after one array lookup (its slot), and nothing runs per packet. What was
 //     sent is read again from the syscall's own arguments (write, writev, sendto, sendmsg,
 //     sendmmsg), in user memory, through the registers the syscall was entered with.
-//   else (tracepoint mode: no BTF, no struct offsets): a cgroup_skb egress program, which
-//     reads the packets as they leave. It runs on every packet of the host.
+//   else (tracepoint mode, which reads no kernel struct; other machines and older kernels):
+//     a cgroup_skb egress program, which reads the packets as they leave. It runs on
+//     every packet of the host.
 
 #if SENDS_AT_SYSCALL
 // ---------------------------------------------------------------------------------------
-// The raw tracepoint. Offsets (fields.py SEND_FIELDS) come from the kernel's BTF; the
-// syscall numbers and argument registers are x86_64's (fields.py enables this build there only).
+// The raw tracepoint. Offsets (fields.py SEND_FIELDS, REGS_FIELDS) come from the kernel's
+// BTF; the syscall numbers (fields.py SYSCALLS) and argument registers are x86_64's
+// (fields.py enables this build there only).
 
 #define AF_UNSPEC 0
-#define NR_WRITE 1
-#define NR_WRITEV 20
-#define NR_SENDTO 44
-#define NR_SENDMSG 46
-#define NR_SENDMMSG 307
 #define IOV_READ 4   // iovecs of one message read at most (a TCP question: length and message)
 
 // The user's structs, as the x86_64 ABI lays them out.
@@ -101,8 +99,7 @@ static __always_inline int sent_by_syscall(struct sent *s, int ret)
 static __always_inline u32 copy_sent(u8 *payload, struct sent *s, u32 sent)
 {
     if (s->buf) {
-        u32 n = sent < DNS_MAX ? sent : DNS_MAX;
-        n = ((n - 1) & (DNS_MAX - 1)) + 1;   // 1..DNS_MAX as the verifier can see it (DNS_MAX: a power of 2)
+        u32 n = DNS_LEN(sent < DNS_MAX ? sent : DNS_MAX);
         return bpf_probe_read_user(payload, n, (void *)s->buf) ? 0 : n;
     }
     u32 off = 0;
@@ -115,8 +112,7 @@ static __always_inline u32 copy_sent(u8 *payload, struct sent *s, u32 sent)
             break;
         if (!v.len)
             continue;
-        u32 n = v.len < DNS_MAX ? v.len : DNS_MAX;
-        n = ((n - 1) & (DNS_MAX - 1)) + 1;
+        u32 n = DNS_LEN(v.len < DNS_MAX ? v.len : DNS_MAX);
         off &= DNS_MAX - 1;
         if (bpf_probe_read_user(payload + off, n, (void *)v.base))
             break;
@@ -202,10 +198,7 @@ int netutil_send(struct bpf_raw_tracepoint_args *ctx)
             d->payload_len = copy_sent(d->payload, &s, ret);
         size = sizeof(*d);
     }
-    if (sock_events.ringbuf_output(d, size, 0))
-        count(C_SOCK_LOST);
-    else
-        count(C_SOCK_EVENTS);
+    hand_over(d, size);
     return 0;
 }
 
@@ -304,7 +297,7 @@ int netutil_egress(struct __sk_buff *skb)
         u32 len = skb->len - off;
         if (len > DNS_MAX)
             len = DNS_MAX;
-        u64 n = ((len - 1) & (DNS_MAX - 1)) + 1;   // 1..DNS_MAX as the verifier can see it (DNS_MAX: a power of 2)
+        u64 n = DNS_LEN(len);
         if (bpf_skb_load_bytes(skb, off, d->payload, n))
             return 1;
         d->payload_len = n;
@@ -313,10 +306,7 @@ int netutil_egress(struct __sk_buff *skb)
     struct proc *owner = slot_of(o->pid);
     if (owner && owner->pid == o->pid && !charge(owner))   // the owner's budget, where its slot is still its own
         return 1;
-    if (sock_events.ringbuf_output(d, size, 0))
-        count(C_SOCK_LOST);
-    else
-        count(C_SOCK_EVENTS);
+    hand_over(d, size);
     return 1;
 }
 #endif  // SENDS_AT_SYSCALL

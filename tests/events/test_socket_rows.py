@@ -96,8 +96,8 @@ def test_a_pending_track_judged_no_row_drops_its_events_and_one_judged_a_row_joi
     # The renamed curl runs an unjudged program that is no row: its pending track replaced
     # a kept one, so it stays, and joins the curl's row.
     child = exec_record(22, 5, track=(22, 5), before=(21, 4), flags=pending)
-    assert sockets.keeps(child, 0) and not sockets.keeps(exec_record(23, 6, track=(23, 6), before=(20, 3)), 0)
-    sockets.exec_seen(child, eid=0)
+    assert sockets.exec_seen(child, eid=0)
+    assert not sockets.exec_seen(exec_record(23, 6, track=(23, 6), before=(20, 3), flags=pending), eid=0)
     sockets.take(record(A_ACCEPT, track=(20, 3), port=1))
     sockets.take(record(A_ACCEPT, track=(21, 4), port=2))
     sockets.take(record(A_ACCEPT, track=(22, 5), port=3))

@@ -30,6 +30,6 @@ def test_counters_are_read_in_the_programs_order() -> None:
 
 
 def test_every_size_and_offset_passed_is_used_and_not_defined_twice() -> None:
-    for name in [*records.SIZES, *fields.BTF_FIELDS]:
+    for name in [*records.SIZES, *fields.BTF_FIELDS, *fields.REGS_FIELDS, *fields.SEND_FIELDS, *fields.SYSCALLS]:
         assert re.search(rf"\b{name}\b", SOURCE), f"{name} is passed with -D but the program never uses it"
         assert name not in DEFINES, f"{name} is #defined in the program and passed with -D: one place only"

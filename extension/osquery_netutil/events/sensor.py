@@ -144,8 +144,7 @@ class Sensor:
             if self._on_row is not None:
                 self._on_row(row)
         if self._sockets is not None:
-            self._judge_track(rec, self._sockets.keeps(rec, eid))
-            self._sockets.exec_seen(rec, eid)
+            self._judge_track(rec, self._sockets.exec_seen(rec, eid))
 
     def _on_socket(self, rec: SockRecord) -> None:
         assert self._sockets is not None   # made before the probe starts calling

@@ -78,22 +78,20 @@ class SocketRows:
         self._connects: OrderedDict[int, _Connect] = OrderedDict()   # by socket cookie
         self._folding: dict[tuple[Any, ...], _Folding] = {}
 
-    def exec_seen(self, rec: ExecRecord, eid: int) -> None:
-        """rec was forwarded and became row eid (0: no row)."""
+    def exec_seen(self, rec: ExecRecord, eid: int) -> bool:
+        """rec was forwarded and became row eid (0: no row). Returns whether the track it
+        began stays: false only for a pending one (F_TRACK_PENDING, an exec forwarded only
+        to be judged) whose exec is no row and which replaced no pending track that led to
+        one (a renamed nc that ran an unjudged program keeps its child's)."""
         if rec.track != (rec.pid, rec.ktime_ns):
-            return   # it tracks nothing of its own
-        # A pending track (an exec forwarded only to be judged) that ended: what its process
-        # sent before the kernel learnt so is dropped, unless it has an origin.
-        ended = rec.flags & F_TRACK_PENDING and not self.keeps(rec, eid)
-        self._tracked[rec.track] = ENDED if ended else eid or rec.track_before
+            return True   # it tracks nothing of its own
+        # What the process of an ended track sent before the kernel learnt so is dropped,
+        # unless it has an origin.
+        kept = not rec.flags & F_TRACK_PENDING or eid > 0 or self.exec_eid(rec.track_before) > 0
+        self._tracked[rec.track] = eid or rec.track_before if kept else ENDED
         if len(self._tracked) > _TRACKED_REMEMBERED:
             self._tracked.popitem(last=False)
-
-    def keeps(self, rec: ExecRecord, eid: int) -> bool:
-        """Whether the pending track rec began (F_TRACK_PENDING) stays: its exec is row eid,
-        or the pending track it replaced led to a row (a renamed nc that ran an unjudged
-        program)."""
-        return eid > 0 or self.exec_eid(rec.track_before) > 0
+        return kept
 
     def exec_eid(self, key: Key) -> int:
         """The eid of the row of the tracked exec key, or of the nearest one it inherited; 0

@@ -23,7 +23,10 @@ BTF_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SB_DEV": ("super_block", "s_dev"),
 }
 # The registers a syscall was entered with (x86_64: its number, then its arguments in
-# di, si, dx, r10, r8, r9), read where a program needs a syscall's arguments.
+# di, si, dx, r10, r8, r9) and the numbers of the syscalls the programs look for (x86_64's),
+# passed wherever a program reads a syscall's arguments (the fentry, the send tracepoint).
+SYSCALLS = {"NR_WRITE": 1, "NR_WRITEV": 20, "NR_SENDTO": 44, "NR_SENDMSG": 46, "NR_EXECVE": 59,
+            "NR_SENDMMSG": 307, "NR_EXECVEAT": 322}
 REGS_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_REGS_NR": ("pt_regs", "orig_ax"),
     "OFF_REGS_ARG2": ("pt_regs", "si"),
@@ -35,7 +38,6 @@ REGS_FIELDS: dict[str, tuple[str, str]] = {
 # (execve's second argument, execveat's third). x86_64 only: bcc 0.26 attaches fentry
 # nowhere else.
 FENTRY_FUNCTION = "security_bprm_check"
-FENTRY_CONSTANTS = {"NR_EXECVE": 59, "NR_EXECVEAT": 322}
 NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the ancestry"
 # The raw tracepoint that reads what tracked processes send (bpf/netutil_sock_send.bpf.c):
 # the socket's addresses and protocol, and the syscall's registers. x86_64 only (its
@@ -107,9 +109,10 @@ def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool,
     extra: dict[str, tuple[str, str]] = {}
     sends_at_syscall = machine == SENDS_AT_SYSCALL_MACHINE and btf.has_raw_tracepoint(SEND_TRACEPOINT)
     if fentry or sends_at_syscall:
+        defines |= SYSCALLS
         extra |= REGS_FIELDS
     if fentry:
-        defines |= {"HAVE_FENTRY": 1, **FENTRY_CONSTANTS}
+        defines["HAVE_FENTRY"] = 1
     if sends_at_syscall:
         defines["SENDS_AT_SYSCALL"] = 1
         extra |= SEND_FIELDS

@@ -180,6 +180,24 @@ class ReplayResult:
             store.add_socket({**event, "exec_eid": renumbered.get(event["exec_eid"], 0)})
 
 
+def parse_entry(line: str, now: int | None = None) -> tuple[Row | None, int, list[Row]]:
+    """One line of exec row and socket events: the row (None for a line of socket events
+    alone), its eid in the recording (0: none given) and the events, under "sockets".
+    Raises ValueError saying what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    events = obj.pop("sockets", []) if isinstance(obj, dict) else []
+    if not isinstance(events, list):
+        raise ValueError('"sockets" must be a JSON array of socket events')
+    recorded = obj.get("eid", 0) if isinstance(obj, dict) else 0
+    if not isinstance(recorded, int) or isinstance(recorded, bool):
+        raise ValueError("eid must be an integer")
+    row = parse_line(json.dumps(obj), now) if obj else None
+    return row, recorded, [socket_row(event, now) for event in events]
+
+
 def read(lines: Iterable[str], source: str = "<stdin>") -> ReplayResult:
     """Parse lines; blank lines and lines starting with '#' are ignored."""
     result = ReplayResult()
@@ -188,18 +206,7 @@ def read(lines: Iterable[str], source: str = "<stdin>") -> ReplayResult:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
-            events = obj.pop("sockets", []) if isinstance(obj, dict) else []
-            if not isinstance(events, list):
-                raise ValueError('"sockets" must be a JSON array of socket events')
-            recorded = obj.get("eid", 0) if isinstance(obj, dict) else 0
-            if not isinstance(recorded, int) or isinstance(recorded, bool):
-                raise ValueError("eid must be an integer")
-            row = parse_line(json.dumps(obj), now) if obj else None
-            parsed = [socket_row(event, now) for event in events]
+            row, recorded, parsed = parse_entry(line, now)
         except ValueError as exc:
             result.skipped += 1
             if len(result.errors) < _ERRORS_KEPT:

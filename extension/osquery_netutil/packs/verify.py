@@ -42,14 +42,10 @@ def fixture_rows(path: Path) -> list[tuple[Row | None, list[Row]]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            obj = json.loads(line)
-            sockets = obj.pop("sockets", []) if isinstance(obj, dict) else []
-            if not isinstance(sockets, list):
-                raise ValueError('"sockets" must be a JSON array of socket events')
-            entries.append((jsonl.parse_line(json.dumps(obj), now) if obj else None,
-                            [jsonl.socket_row(event, now) for event in sockets]))
+            row, _, events = jsonl.parse_entry(line, now)
         except ValueError as exc:
             raise PackError(f"{path}:{number}: {exc}") from None
+        entries.append((row, events))
     return entries
 
 
