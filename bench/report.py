@@ -257,17 +257,27 @@ def sockets_section(data: dict[str, Any]) -> list[str]:
              "between runs); ns per operation as "
              "median (min-max), and the ratio to no socket hook as the median of each round's own ratio (this VM's speed "
              "drifts by tens of percent over seconds). *sensor*: the sensor's socket programs (btf mode: the cgroup "
-             "programs and the raw tracepoint on sock:sock_send_length that reads what tracked processes send), the "
-             "loop untracked; "
+             "programs connect4/6 and post_bind4/6, the raw tracepoint on sock:sock_send_length that reads what tracked "
+             "processes send, and those on sock:inet_sk_error_report and tcp:tcp_destroy_sock that read TCP outcomes), "
+             "the loop untracked; "
              "*tracked*: the loop run from /tmp (its events reported until its budget is spent, then counted); "
              "*skb_floor* and *sendlen_floor*: only a cgroup_skb egress program, or only a raw tracepoint on "
              "sock:sock_send_length, doing one array lookup (the fixed cost of the hook tracepoint mode reads sends at, "
-             "per packet, and of the one btf mode reads them at, per send); *connect4_floor* and *sockops_floor*: only a "
-             "connect4 program doing one array lookup, or only a sock_ops program that returns (the two hooks every "
-             "TCP connect passes, tracked or not).", "",
+             "per packet, and of the one btf mode reads them at, per send); *connect4_floor*, *destroy_floor* and "
+             "*sockops_floor*: only a connect4 program doing one array lookup, only a raw tracepoint on "
+             "tcp:tcp_destroy_sock reading a socket's cookie, or only a sock_ops program that returns (the hooks a "
+             "connect passes: btf mode reads outcomes at tcp_destroy_sock, tracepoint mode at sock_ops).", "",
              *ratio_rows("condition", conditions, 0)]
-    lines += ["", "Kernel ns per run of each socket program under *sensor* (bpf_stats, medians): " + ", ".join(
-        f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in data["kernel_ns_per_run"].items()) + ".", ""]
+    kernel = data["kernel"]
+    lines += ["", "What the kernel counts (bpf_stats, a pass of its own, the loop untracked): per program that ran, its "
+              "runs per operation × ns per run. Deterministic where the ratios above are not, but without the hook's "
+              "own dispatch around the program.", "",
+              "| condition | " + " | ".join(kernel) + " |", "|---|" + "---|" * len(kernel)]
+    for name in next(iter(kernel.values())):
+        lines.append(f"| {name} | " + " | ".join(", ".join(
+            f"{prog} {v['runs_per_op']:.2f} × {v['ns_per_run']:.0f}" for prog, v in kernel[loop][name].items()) or "–"
+            for loop in kernel) + " |")
+    lines.append("")
     scan = data["scan"]
     if "skipped" in scan:
         lines += [f"Tracked scan: {scan['skipped']}.", ""]

@@ -3,27 +3,30 @@ tracked scan.
 
 A C loop (compiled here) times three loopback workloads, each in a process of its own:
 
-  connect   a TCP connect() to a local listener, accepted and closed (the connect4 and
-            sock_ops programs run)
+  connect   a TCP connect() to a local listener, accepted and closed (the connect4 program
+            and the tcp_destroy_sock tracepoint run; sock_ops in tracepoint mode)
   udp       a 64-byte UDP sendto() and its recv() (the send tracepoint: an unconnected datagram)
   tcp_rr    a 64-byte request and response over one TCP connection (the send tracepoint per write)
 
 under each condition, interleaved round by round:
 
   none          no socket hook linked (the sensor's exec probe stays attached throughout)
-  sensor        the sensor's socket programs (btf mode: linked to the cgroup v2 root, and
-                the raw tracepoint on sock:sock_send_length that reads what tracked
-                processes send); the loop is untracked (run from bench/.work, no catalog name)
+  sensor        the sensor's socket programs (btf mode: linked to the cgroup v2 root, the
+                raw tracepoint on sock:sock_send_length that reads what tracked processes
+                send, and those on sock:inet_sk_error_report and tcp:tcp_destroy_sock that
+                read TCP outcomes); the loop is untracked (run from bench/.work, no catalog name)
   tracked       the same, the loop run from /tmp (tracked: its events are reported until
                 its budget of SOCK_BUDGET is spent, then counted)
   skb_floor     only a cgroup_skb egress program that does one array lookup: the fixed
                 cost of the hook tracepoint mode reads sends at (it runs per packet)
   sendlen_floor only a raw tracepoint on sock:sock_send_length that does one array lookup:
                 the fixed cost of the hook btf mode reads sends at (per send, in the sender)
-  connect4_floor, sockops_floor
-                only a connect4 program doing one array lookup, or only a sock_ops program
-                that returns: the fixed cost of the two hooks every connect passes (sock_ops
-                is called for each TCP socket's own events, tracked or not)
+  connect4_floor, destroy_floor, sockops_floor
+                only a connect4 program doing one array lookup, only a raw tracepoint on
+                tcp:tcp_destroy_sock reading a socket's cookie, or only a sock_ops program
+                that returns: the fixed cost of the hooks a connect passes (btf mode's
+                outcomes at tcp_destroy_sock; sock_ops, which tracepoint mode reads them
+                at, is called about ten times for each TCP connection, tracked or not)
 
 The hooks are loaded once and linked or detached between runs (microseconds), so that the
 conditions alternate run by run, in an order shuffled every round (a fixed order would
@@ -31,7 +34,8 @@ charge any drift within a round to the conditions that run last), and every run 
 pinned to one core (--cpu): this VM's two cores differ in speed by up to 45 %.
 Reported: medians over the rounds (min-max) of ns per operation, and the ratio to `none` as
 the median of each round's own ratio (a round's runs are milliseconds apart); kernel ns per
-run of each socket program (bpf_stats, in a pass of its own) under `sensor`. Then a tracked
+run and runs per operation of each program (bpf_stats, in a pass of its own) under `sensor`
+and the floors. Then a tracked
 `nmap -sT` of 10,000 loopback ports with exec rows made at the same time: none of those may
 be lost; socket events are folded or counted. Run as root after `scripts/setup.sh --bench`. Writes bench/results/sockets.json.
 """
@@ -49,11 +53,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BPF_STATS, WORK, ratio_table, save, summary
+from common import BPF_STATS, WORK, ratio_table, save
 
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.events.sensor import Sensor
 from osquery_netutil.events.sockets import SETTLED_S
+from osquery_netutil.kernel.btf import VMLINUX, Btf
+from osquery_netutil.kernel.fields import OUTCOME_FIELDS
+from osquery_netutil.kernel.program import run_stats
 from osquery_netutil.kernel.sockets import CgroupLinks, cgroup2_root, link_create
 from osquery_netutil.schema import SOCKETS
 from osquery_netutil.store.store import Store
@@ -156,6 +163,9 @@ int floor_egress(struct __sk_buff *skb) { u32 k = skb->len & 1023; u64 *v = slot
 int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return v && *v == 7; }
 int floor_connect4(struct bpf_sock_addr *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return 1; }
 int floor_sockops(struct bpf_sock_ops *skops) { return skops->op == 99 ? 0 : 1; }
+int floor_destroy(struct bpf_raw_tracepoint_args *ctx) {
+    u64 c = 0; bpf_probe_read_kernel(&c, 8, (void *)ctx->args[0] + OFF_SKC_COOKIE);
+    u32 k = c & 1023; u64 *v = slots.lookup(&k); return v && *v == 7; }
 """
 
     def __init__(self, store: Store) -> None:
@@ -164,13 +174,16 @@ int floor_sockops(struct bpf_sock_ops *skops) { return skops->op == 99 ? 0 : 1; 
         self.sensor.start()
         self.probe = self.sensor._probe   # noqa: SLF001 (the bench toggles the probe's own links)
         assert self.probe is not None and self.probe.network_mode == "cgroup", self.probe and self.probe.network_note
-        self.floors = BPF(text=self.FLOOR_C)
+        cookie = Btf.load(VMLINUX).offset(*OUTCOME_FIELDS["OFF_SKC_COOKIE"])
+        self.floors = BPF(text=self.FLOOR_C, cflags=[f"-DOFF_SKC_COOKIE={cookie}"])
         # (condition, program fd, attach type) of the cgroup floors
         self._cgroup_floors = {
             "skb_floor": (self.floors.load_func(b"floor_egress", BPF.CGROUP_SKB, attach_type=1).fd, 1),
             "connect4_floor": (self.floors.load_func(b"floor_connect4", BPF.CGROUP_SOCK_ADDR, attach_type=10).fd, 10),
             "sockops_floor": (self.floors.load_func(b"floor_sockops", BPF.SOCK_OPS, attach_type=3).fd, 3),
         }
+        self._tracepoint_floors = {"sendlen_floor": (b"sock_send_length", b"floor_sendlen"),
+                                   "destroy_floor": (b"tcp_destroy_sock", b"floor_destroy")}
         self._root = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
         self._links: list[int] = []
         self.sockets(False)
@@ -182,7 +195,8 @@ int floor_sockops(struct bpf_sock_ops *skops) { return skops->op == 99 ? 0 : 1; 
             self.probe._links.close()   # noqa: SLF001
             self.probe._links = None   # noqa: SLF001
         if on:   # bcc keeps the loaded programs
-            self.probe._links = CgroupLinks(self.probe._bpf, sends_at_syscall=self.probe._sends_at_syscall)   # noqa: SLF001
+            self.probe._links = CgroupLinks(self.probe._bpf, sends_at_syscall=self.probe._sends_at_syscall,   # noqa: SLF001
+                                            outcomes_at_tracepoints=self.probe.outcomes_at_tracepoints)
 
     def condition(self, name: str) -> None:
         self.sockets(name in ("sensor", "tracked"))
@@ -192,16 +206,40 @@ int floor_sockops(struct bpf_sock_ops *skops) { return skops->op == 99 ? 0 : 1; 
         if name in self._cgroup_floors:
             fd, attach_type = self._cgroup_floors[name]
             self._links.append(link_create(fd, self._root, attach_type))
-        if b"sock_send_length" in self.floors.raw_tracepoint_fds:
-            self.floors.detach_raw_tracepoint(tp=b"sock_send_length")
-        if name == "sendlen_floor":
-            self.floors.attach_raw_tracepoint(tp=b"sock_send_length", fn_name=b"floor_sendlen")
+        for tracepoint in list(self.floors.raw_tracepoint_fds):
+            self.floors.detach_raw_tracepoint(tp=tracepoint)
+        if name in self._tracepoint_floors:
+            tracepoint, fn = self._tracepoint_floors[name]
+            self.floors.attach_raw_tracepoint(tp=tracepoint, fn_name=fn)
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """Runs and kernel ns of every program loaded (the sensor's and the floors'), by name."""
+        assert self.probe is not None
+        return {**self.probe.program_stats(), **run_stats(self.floors)}
 
     def close(self) -> None:
         self.condition("none")
         os.close(self._root)
         self.floors.cleanup()
         self.sensor.stop()
+
+
+KERNEL_CONDITIONS = ("sensor", "connect4_floor", "destroy_floor", "sockops_floor", "sendlen_floor")
+
+
+def kernel_pass(hooks: Hooks, binary: str, loop: str, ops: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per condition of KERNEL_CONDITIONS, per program that ran in the loop (untracked):
+    its runs per operation and kernel ns per run (bpf_stats must be on). Deterministic
+    where the ratios are not: how often each hook runs, and what its program costs."""
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for name in KERNEL_CONDITIONS:
+        hooks.condition(name)
+        before = hooks.program_stats()
+        ns_per_op(binary, loop, ops)
+        ran = {prog: (count - before[prog][0], ns - before[prog][1]) for prog, (count, ns) in hooks.program_stats().items()}
+        found[name] = {prog.removeprefix("netutil_"): {"runs_per_op": runs / ops, "ns_per_run": ns / runs}
+                       for prog, (runs, ns) in sorted(ran.items()) if runs >= ops / 100}
+    return found
 
 
 def scan(ports: int, execs: int) -> dict[str, Any]:
@@ -259,9 +297,9 @@ def measure(args: argparse.Namespace) -> int:
     tracked_dir = Path(tempfile.mkdtemp(prefix="netutil-bench-", dir="/tmp"))
     tracked = loop_binary(tracked_dir)
     conditions = {"none": untracked, "sensor": untracked, "tracked": tracked, "skb_floor": untracked,
-                  "sendlen_floor": untracked, "connect4_floor": untracked, "sockops_floor": untracked}
+                  "sendlen_floor": untracked, "connect4_floor": untracked, "destroy_floor": untracked,
+                  "sockops_floor": untracked}
     runs: dict[str, dict[str, list[float]]] = {name: {loop: [] for loop in LOOPS} for name in conditions}
-    stats: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="netutil-bench-") as tmp, Store(Path(tmp) / "events.db") as store:
         hooks = Hooks(store)
         try:
@@ -276,15 +314,9 @@ def measure(args: argparse.Namespace) -> int:
                         hooks.condition(name)
                         runs[name][loop].append(ns_per_op(binary, loop, args.ops))
             # The kernel's own figures, in a pass apart: counting costs each run two clock reads.
-            hooks.condition("sensor")
             BPF_STATS.write_text("1\n")
             try:
-                for loop in LOOPS:
-                    before = hooks.probe.program_stats()
-                    ns_per_op(untracked, loop, args.ops)
-                    for prog, (count, ns) in hooks.probe.program_stats().items():
-                        if prog.startswith("netutil_") and count > before[prog][0]:
-                            stats.setdefault(prog, []).append((ns - before[prog][1]) / (count - before[prog][0]))
+                kernel = {loop: kernel_pass(hooks, untracked, loop, args.ops) for loop in LOOPS}
             finally:
                 BPF_STATS.write_text("0\n")
         finally:
@@ -294,9 +326,11 @@ def measure(args: argparse.Namespace) -> int:
     print(f"socket side: {args.rounds} rounds of {args.ops:,} operations, the conditions alternating run by run; "
           "ns per operation: median (min-max); ratio to none: the median of each round's ratio to its own none run")
     result["conditions"] = ratio_table(runs, "ns", paired=True)   # a round's runs are milliseconds apart
-    result["kernel_ns_per_run"] = {name: summary(values) for name, values in sorted(stats.items())}
-    print("  kernel ns per run (sensor, bpf_stats, per program over the three loops): " + ", ".join(
-        f"{name.removeprefix('netutil_')} {v['median']:.0f}" for name, v in result["kernel_ns_per_run"].items()))
+    result["kernel"] = kernel
+    for loop, conditions_seen in kernel.items():
+        print(f"  kernel, {loop} loop (bpf_stats; runs per operation x ns per run): " + "; ".join(
+            f"{name}: " + ", ".join(f"{prog} {v['runs_per_op']:.2f} x {v['ns_per_run']:.0f}" for prog, v in progs.items())
+            for name, progs in conditions_seen.items()))
     result["scan"] = scan(args.ports, 300)
     print(f"  tracked scan: {result['scan']}")
     print(f"  written to {save('sockets', result)}")

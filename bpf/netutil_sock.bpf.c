@@ -7,14 +7,22 @@
 // (a killed sensor leaves nothing attached), in both probe modes:
 //   connect4/6     connect() of any socket: the destination as the caller gave it
 //   post_bind4/6   bind(): the local address
-//   sock_ops       TCP: the connect's outcome, listen(), and the peers a listener accepts
+// and, for a TCP connect's outcome and the peers a tracked listener accepted, one build of two:
+//   OUTCOMES_AT_TRACEPOINTS (btf mode where the kernel has both tracepoints, 5.14+): raw
+//     tracepoints that fire once in a socket's life or on an error, never per packet or
+//     state: sock:inet_sk_error_report (a connect refused, timed out or unreachable) and
+//     tcp:tcp_destroy_sock (how a connect with no error ended; a tracked listener's
+//     connection that ended). User space reads the rest (sock_diag, events/sockdiag.py):
+//     the state of a connect still open, a listener's listen() and its open connections.
+//   else (tracepoint mode): sock_ops, which the kernel calls at about ten points of every
+//     TCP connection of the host, tracked or not (measured: bench/sockets.py).
 // What tracked processes send (DNS questions, unconnected UDP datagrams) is read in
 // netutil_sock_send.bpf.c. (No sendmsg4/6: the kernel runs them under the socket's lock
 // for every unconnected send of every process.)
-// They run in the caller's context (sock_ops' outcomes and accepts in softirq: pid 0), so
-// that an untracked process costs one array lookup (its slot) and nothing else: no
-// syscall hook, kprobe or fentry. sock_ops only asks the kernel for state changes of the
-// sockets of tracked processes (bpf_sock_ops_cb_flags_set).
+// They run in the caller's context (outcomes and accepts in softirq: pid 0), so that an
+// untracked process costs one array lookup (its slot) and nothing else: no syscall hook,
+// kprobe or fentry. sock_ops only asks the kernel for state changes of the sockets of
+// tracked processes (bpf_sock_ops_cb_flags_set).
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -33,12 +41,17 @@
 #define A_ACCEPT 5
 #define A_OUTCOME 6   // the outcome of an earlier connect, by socket cookie (status below)
 #define A_DNS 7       // a port-53 payload of a tracked socket: its first DNS_MAX bytes follow the event
+#define A_PEER_END 8  // a connection on a tracked listener's port ended (OUTCOMES_AT_TRACEPOINTS)
 #define DNS_PORT 53
 
 // sock_event.status, of A_OUTCOME
 #define S_SYN_SENT 1      // the SYN left: the connect found a route (a connect with none is unreachable)
 #define S_ESTABLISHED 2
-#define S_CLOSED 3        // SYN_SENT -> CLOSE: refused (no retransmission) or timed out
+#define S_CLOSED 3        // SYN_SENT -> CLOSE: refused (a reset: retrans 0) or timed out
+// and OUTCOMES_AT_TRACEPOINTS' (S_ESTABLISHED too: a connect answered, at its socket's end)
+#define S_FAILED 4        // the kernel reported an error (sock_event.error: sk_err)
+#define S_UNANSWERED 5    // it ended unanswered with no error: the caller gave up (sock_ops too)
+#define S_NO_SYN 6        // it ended having sent nothing: the connect found no route
 
 struct sock_event {
     u64 ktime_ns;
@@ -56,7 +69,9 @@ struct sock_event {
     u16 status;
     u16 local_port;        // host order
     u16 remote_port;
-    u32 retrans;           // of S_CLOSED: SYNs sent again before the end
+    u32 retrans;           // of S_CLOSED: SYNs sent again before the end (0: a reset came)
+    u32 error;             // of S_FAILED: the socket's error (ECONNREFUSED, ETIMEDOUT, ...)
+    u32 netns;             // of A_PEER_END: its network namespace (inode number)
     u32 local_addr[4];     // network order; IPv4 in [0]
     u32 remote_addr[4];
     char comm[16];
@@ -86,6 +101,11 @@ BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
 // sends). Freed with the socket.
 BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
+#if OUTCOMES_AT_TRACEPOINTS
+// TCP connects a tracked process made (reported ones), by socket cookie, until their
+// outcome; user space writes listen_ports from the listeners it finds (sock_diag).
+BPF_TABLE("lru_hash", u64, u32, connects, CONNECTS_MAX);
+#endif
 
 // User space's verdict on a pending track (F_TRACK_PENDING), by the track's (pid, exec
 // time): TRACK_KEEP (its exec is a row: a renamed utility) or TRACK_END (no row).
@@ -215,6 +235,12 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
         ev.remote_addr[0] = ctx->user_ip4;
     }
     send(&ev);
+#if OUTCOMES_AT_TRACEPOINTS
+    if (action == A_CONNECT && ev.protocol == IPPROTO_TCP) {
+        u32 one = 1;
+        connects.update(&ev.cookie, &one);
+    }
+#endif
     if ((ev.remote_port == DNS_PORT || (action == A_CONNECT && ev.protocol == IPPROTO_TCP)) && ctx->sk) {
         // Its outcome is reported (sock_ops), and a DNS socket's questions (the egress build).
         struct owner *o = reported_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -253,6 +279,95 @@ static __always_inline int on_bind(struct bpf_sock *sk, int v6)
 int netutil_post_bind4(struct bpf_sock *sk) { return on_bind(sk, 0); }
 int netutil_post_bind6(struct bpf_sock *sk) { return on_bind(sk, 1); }
 
+#if OUTCOMES_AT_TRACEPOINTS
+// A socket's common fields (fields.py SPANS "SKE"), read in one span: its addresses into ev.
+static __always_inline void skc_addrs(struct sock_event *ev, u8 *skc)
+{
+    SPAN_FIELD(ev->family, skc, SKE, OFF_SKC_FAMILY);
+    ev->protocol = IPPROTO_TCP;
+    SPAN_FIELD(ev->local_port, skc, SKE, OFF_SKC_NUM);   // host order; 0 once unhashed
+    u16 dport = 0;
+    SPAN_FIELD(dport, skc, SKE, OFF_SKC_DPORT);
+    ev->remote_port = NTOHS(dport);
+    if (ev->family == AF_INET6) {
+        SPAN_FIELD(ev->local_addr, skc, SKE, OFF_SKC_V6_RCV_SADDR);
+        SPAN_FIELD(ev->remote_addr, skc, SKE, OFF_SKC_V6_DADDR);
+    } else {
+        SPAN_FIELD(ev->local_addr[0], skc, SKE, OFF_SKC_RCV_SADDR);
+        SPAN_FIELD(ev->remote_addr[0], skc, SKE, OFF_SKC_DADDR);
+    }
+}
+
+// inet_sk_error_report(sk): an inet socket's error was set (the connect's answer was a
+// reset, its SYNs went unanswered, an ICMP said unreachable; or an established socket's
+// error). Rare on any host: a socket of a connect still waiting costs one hash lookup.
+int netutil_sk_error(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *sk = (void *)ctx->args[0];
+    struct sock_event ev = {};
+    if (FIELD(ev.cookie, sk, OFF_SKC_COOKIE) || !ev.cookie || !connects.lookup(&ev.cookie))
+        return 0;
+    connects.delete(&ev.cookie);
+    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.action = A_OUTCOME;
+    ev.status = S_FAILED;
+    FIELD(ev.error, sk, OFF_SK_ERR);
+    u8 skc[SKE_SPAN] = {};
+    if (!SPAN_READ(skc, sk, SKE))
+        skc_addrs(&ev, skc);
+    send(&ev);
+    return 0;
+}
+
+// tcp_destroy_sock(sk): every TCP socket of the host ends here once, in whatever context
+// (its last close, a timer, softirq). An untracked socket costs one read (its cookie) and
+// one array lookup (listen_ports[0]: tracked listeners in all). A connect that had no error
+// says how it ended (an answer sets rcv_nxt, 0 until then; a SYN counts in segs_out); a
+// connection on a port a tracked process listens on (listen_ports, by port) is handed to
+// user space, which knows the listener and its namespace.
+int netutil_tcp_destroy(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *sk = (void *)ctx->args[0];
+    struct sock_event ev = {};
+    u8 skc[SKE_SPAN] = {};
+    if (FIELD(ev.cookie, sk, OFF_SKC_COOKIE))
+        return 0;
+    if (ev.cookie && connects.lookup(&ev.cookie)) {
+        connects.delete(&ev.cookie);
+        u32 rcv_nxt = 0, segs_out = 0;
+        FIELD(rcv_nxt, sk, OFF_TCP_RCV_NXT);
+        FIELD(segs_out, sk, OFF_TCP_SEGS_OUT);
+        ev.ktime_ns = bpf_ktime_get_ns();
+        ev.action = A_OUTCOME;
+        ev.status = rcv_nxt ? S_ESTABLISHED : segs_out ? S_UNANSWERED : S_NO_SYN;
+        if (!SPAN_READ(skc, sk, SKE))
+            skc_addrs(&ev, skc);
+        send(&ev);
+        return 0;
+    }
+    u32 port = 0;
+    u32 *n = listen_ports.lookup(&port);
+    u16 sport = 0, dport = 0;
+    if (!n || !*n || FIELD(sport, sk, OFF_INET_SPORT))
+        return 0;
+    port = NTOHS(sport);   // the socket's port (skc_num is 0 once it left the port's table)
+    n = listen_ports.lookup(&port);
+    if (!n || !*n || SPAN_READ(skc, sk, SKE))
+        return 0;
+    SPAN_FIELD(dport, skc, SKE, OFF_SKC_DPORT);
+    if (!dport)
+        return 0;   // a listener itself: no peer
+    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.action = A_PEER_END;
+    skc_addrs(&ev, skc);
+    ev.local_port = port;
+    void *net = 0;
+    SPAN_FIELD(net, skc, SKE, OFF_SKC_NET);
+    FIELD(ev.netns, net, OFF_NET_INUM);
+    send(&ev);
+    return 0;
+}
+#else
 // The addresses of a TCP socket as sock_ops sees them.
 static __always_inline void tcp_addrs(struct sock_event *ev, struct bpf_sock_ops *skops)
 {
@@ -276,7 +391,7 @@ static __always_inline void outcome(struct bpf_sock_ops *skops, u16 status)
     ev.action = A_OUTCOME;
     ev.status = status;
     ev.cookie = bpf_get_socket_cookie(skops);
-    ev.retrans = skops->total_retrans;
+    ev.retrans = skops->segs_in ? 0 : skops->total_retrans;   // a reset after SYNs sent again is a refusal
     tcp_addrs(&ev, skops);
     send(&ev);
 }
@@ -296,7 +411,10 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         // Only sockets whose flags a tracked process set above or below.
         u32 old = skops->args[0], now = skops->args[1];
         if (old == BPF_TCP_SYN_SENT && (now == BPF_TCP_ESTABLISHED || now == BPF_TCP_CLOSE)) {
-            outcome(skops, now == BPF_TCP_ESTABLISHED ? S_ESTABLISHED : S_CLOSED);
+            // Closed: a reset answered (a segment came in), the SYNs went unanswered
+            // (sent again), or the caller closed it before either (S_UNANSWERED).
+            outcome(skops, now == BPF_TCP_ESTABLISHED ? S_ESTABLISHED
+                           : skops->segs_in || skops->total_retrans ? S_CLOSED : S_UNANSWERED);
             bpf_sock_ops_cb_flags_set(skops, 0);   // nothing more of this socket
         } else if (old == BPF_TCP_LISTEN) {
             struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
@@ -348,3 +466,4 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
     }
     return 1;
 }
+#endif

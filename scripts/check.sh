@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 QUICK=(
   tests/test_catalog.py tests/test_safety.py tests/test_schema.py tests/kernel/test_contract.py
   tests/events/test_containers.py tests/events/test_ipargs.py tests/events/test_scripts.py tests/events/test_content.py tests/store/test_store.py
-  tests/events/test_dns.py tests/events/test_socket_rows.py
+  tests/events/test_dns.py tests/events/test_socket_rows.py tests/events/test_listeners.py
   tests/host/test_host.py tests/host/test_stdregex.py
   tests/packs/test_cursor.py tests/packs/test_fleet_parsers.py tests/packs/test_jsonl.py
   tests/packs/test_packs.py tests/packs/test_resultlog.py

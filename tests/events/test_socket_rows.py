@@ -4,15 +4,21 @@ socket events checked as rows are."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
+import struct
 import time
 from typing import Any
 
 import pytest
 
+from osquery_netutil.events.sockdiag import SockDiag
 from osquery_netutil.events.sockets import ANSWER_WAIT_S, SYN_WAIT_S, SocketRows
 from osquery_netutil.kernel.records import F_TRACK_PENDING, F_UNJUDGED, ExecRecord
 from osquery_netutil.kernel.sockets import (
-    A_ACCEPT, A_CONNECT, A_DNS, A_OUTCOME, A_SEND, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
+    A_ACCEPT, A_CONNECT, A_DNS, A_OUTCOME, A_SEND, S_CLOSED, S_ESTABLISHED, S_FAILED, S_NO_SYN, S_SYN_SENT,
+    S_UNANSWERED, SockRecord,
 )
 from osquery_netutil.packs import jsonl
 
@@ -113,3 +119,34 @@ def test_fixture_socket_events_are_checked_as_rows_are() -> None:
         jsonl.socket_row({"cmdline": "nc"})
     with pytest.raises(ValueError, match="'remote_port' must be an integer"):
         jsonl.socket_row({"remote_port": "443"})
+
+
+SO_COOKIE = 57   # include/uapi/asm-generic/socket.h (Python names no constant for it)
+
+
+def test_outcomes_read_at_tracepoints_and_an_open_connect_s_state_read_with_sock_diag(
+        rows: tuple[SocketRows, list[Row]]) -> None:
+    """Where the probe reads outcomes at tracepoints: the kernel's error, or how the
+    socket ended; a connect still open when ANSWER_WAIT_S is up is looked up (a real
+    socket of this process, by its cookie): answered; one whose socket is not open sent
+    nothing (no route)."""
+    sockets, out = rows
+    sockets.read_states(SockDiag(), lambda port, listening: None)
+    for cookie, status, error in ((1, S_FAILED, 111), (2, S_FAILED, 110), (3, S_FAILED, 113), (4, S_ESTABLISHED, 0),
+                                  (5, S_UNANSWERED, 0), (6, S_NO_SYN, 0)):
+        sockets.take(record(A_CONNECT, cookie, port=cookie))   # a port each: no two rows fold
+        sockets.take(dataclasses.replace(record(A_OUTCOME, cookie, status), error=error))
+    with socket.socket() as listener, socket.socket() as client:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client.connect(("127.0.0.1", port))
+        cookie = struct.unpack("=Q", client.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+        for c in (cookie, cookie + 1_000_000):   # the open one; one not open
+            sockets.take(dataclasses.replace(record(A_CONNECT, c, remote="127.0.0.1", port=port), pid=os.getpid()))
+        sockets.tick(NOW_NS + int(SYN_WAIT_S * 1e9) + 1)
+        assert cookie in sockets._connects   # noqa: SLF001 (no SYN_SENT event here: it waits for ANSWER_WAIT_S)
+        sockets.tick(NOW_NS + int(ANSWER_WAIT_S * 1e9) + 1)
+    sockets.flush()
+    assert [r["status"] for r in out] == ["refused", "timed out", "unreachable", "succeeded", "in progress",
+                                          "unreachable", "succeeded", "unreachable"]

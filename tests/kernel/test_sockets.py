@@ -124,6 +124,71 @@ def test_a_listener_its_bind_listen_and_the_peer_it_accepted(sensor: Sensor, row
     assert accept["pid"] == server["pid"]
 
 
+def test_an_idle_connection_and_an_idle_peer_are_reported_while_open(sensor: Sensor, workdir: Path) -> None:
+    """A reverse shell waits for its commands, a bind shell for its attacker: connected,
+    nothing sent. The connect is `succeeded` and the listener's peer an `accept` while
+    both connections are still open (btf mode: their state is read with sock_diag, as no
+    tracepoint reports it; tracepoint mode: sock_ops)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+        port, listen_port = server.getsockname()[1], closed_port()
+        script = write_executable(workdir / "idle.sh", f"#!/bin/sh\nnc -d 127.0.0.1 {port} &\n"
+                                  f"nc -d -l 127.0.0.1 {listen_port} >/dev/null &\nwait\n")
+        shells = subprocess.Popen([str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            held, _ = server.accept()
+            deadline = time.monotonic() + 10
+            while True:   # the tracked listener's peer, from this (untracked) process
+                try:
+                    attacker = socket.create_connection(("127.0.0.1", listen_port), timeout=1)
+                    break
+                except ConnectionRefusedError:
+                    assert time.monotonic() < deadline, "nc -l did not listen"
+                    time.sleep(0.1)
+            (connect,) = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == port
+                                     and str(script) in r["origin"])
+            (accept,) = socket_rows(sensor, lambda r: r["action"] == "accept" and r["local_port"] == listen_port
+                                    and str(script) in r["origin"])
+            assert shells.poll() is None, "the connections ended before their rows were made"
+            attacker_port = attacker.getsockname()[1]
+            attacker.close()
+            held.close()
+        finally:
+            os.killpg(shells.pid, signal.SIGKILL)
+            shells.wait(timeout=10)
+    assert (connect["status"], connect["comm"]) == ("succeeded", "nc")
+    assert (accept["remote_address"], accept["remote_port"], accept["comm"]) == ("127.0.0.1", attacker_port, "nc")
+
+
+def test_unanswered_connects_time_out_or_are_given_up(sensor: Sensor, workdir: Path) -> None:
+    """A listener whose accept queue is full drops SYNs unanswered (no reset). A connect
+    allowed one SYN retransmission and 1.5 s (TCP_SYNCNT, TCP_USER_TIMEOUT) times out; one
+    its caller closes after 0.5 s was still in progress (no reset came, no SYN was sent
+    again)."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", port))   # the queue's one place
+        code = ("import socket\n"
+                "a = socket.socket(); a.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)\n"
+                "a.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1500)\n"
+                f"try: a.connect(('127.0.0.1', {port}))\n"
+                "except OSError: pass\n"
+                "b = socket.socket(); b.settimeout(0.5)\n"
+                f"try: b.connect(('127.0.0.1', {port}))\n"
+                "except OSError: pass\n"
+                "b.close()\n")
+        script = write_executable(workdir / "syn.sh", f"#!/bin/sh\n{PYTHON} -c \"{code}\"\n")
+        run(script)
+        filler.close()
+    hits = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == port
+                       and str(script) in r["origin"], count=2)
+    assert sorted((r["status"], r["count"]) for r in hits) == [("in progress", 1), ("timed out", 1)], hits
+
+
 def test_udp_connected_and_unconnected(sensor: Sensor, rows: Collector, workdir: Path) -> None:
     code = ("import socket\n"
             "a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.connect(('127.0.0.1', 9)); a.send(b'x')\n"
@@ -346,8 +411,8 @@ def _links() -> dict[int, dict[str, object]]:
 def test_kill_9_of_the_sensor_leaves_no_program_attached(tmp_path: Path, probe_mode: str) -> None:
     """The socket programs hang on BPF links that die with the process: a sensor killed
     with SIGKILL leaves nothing on the cgroup (bcc's own attach would), nor its raw
-    tracepoint on sock:sock_send_length (btf mode)."""
-    from osquery_netutil.kernel.sockets import EGRESS_PROGRAMS, PROGRAMS
+    tracepoints (btf mode)."""
+    from osquery_netutil.kernel.sockets import EGRESS_PROGRAMS, OUTCOME_TRACEPOINTS, PROGRAMS
 
     tmp_path.chmod(0o700)
     code = ("import re, time\n"
@@ -371,10 +436,12 @@ def test_kill_9_of_the_sensor_leaves_no_program_attached(tmp_path: Path, probe_m
         assert ids <= held.keys()
         cgroup = [i for i in ids if held[i]["type"] == "cgroup"]
         tracepoints = {held[i].get("tp_name") for i in ids if held[i]["type"] == "raw_tracepoint"}
-        if probe_mode == "btf":
-            assert len(cgroup) == len(PROGRAMS) and "sock_send_length" in tracepoints
-        else:
-            assert len(cgroup) == len(PROGRAMS) + len(EGRESS_PROGRAMS) and "sock_send_length" not in tracepoints
+        if probe_mode == "btf":   # outcomes and sends at raw tracepoints: no sock_ops, no egress
+            assert len(cgroup) == len(PROGRAMS)
+            assert tracepoints >= {"sock_send_length", *(tp for tp, _ in OUTCOME_TRACEPOINTS)}
+        else:   # sock_ops and egress
+            assert len(cgroup) == len(PROGRAMS) + 1 + len(EGRESS_PROGRAMS)
+            assert not tracepoints & {"sock_send_length", *(tp for tp, _ in OUTCOME_TRACEPOINTS)}
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from osquery_netutil import __version__
 from osquery_netutil.catalog import Catalog
 from osquery_netutil.events.enrich import Enricher, Row
+from osquery_netutil.events.sockdiag import SockDiag
 from osquery_netutil.events.sockets import SocketRows
 from osquery_netutil.locations import WRITABLE_DIRS
 from osquery_netutil.kernel.preflight import ProbeError
@@ -85,6 +86,8 @@ class Sensor:
             self._sockets = SocketRows(self._add_socket_row, probe.ancestry, self._enricher.origin)
             self._judge_track = probe.judge_track
             probe.start()
+            if probe.outcomes_at_tracepoints and probe.network_mode:
+                self._sockets.read_states(SockDiag(), probe.listen_port)
         except ProbeError as exc:
             self._failure = str(exc)
             self.publish_status()
@@ -202,9 +205,11 @@ class Sensor:
             "events_matched": self.rows_made,
             "events_lost": counters.lost if counters else 0,
             "network_mode": self._probe.network_mode if self._probe is not None else "",
-            "network_note": self._probe.network_note if self._probe is not None else "",
+            "network_note": "; ".join(filter(None, (self._probe.network_note if self._probe is not None else "",
+                                                     self._sockets.problem if self._sockets is not None else ""))),
             "socket_events": counters.sock_events if counters else 0,
-            "socket_events_lost": counters.sock_lost + counters.sock_over_budget + counters.sock_unread if counters else 0,
+            "socket_events_lost": (counters.sock_lost + counters.sock_over_budget + counters.sock_unread if counters else 0)
+            + (self._sockets.lost if self._sockets is not None else 0),
             # watch's judge, when this store has one (its cursor); under osquery, nothing waits here.
             **(cursor.progress() if cursor is not None else {"judge_backlog": 0, "judge_delay_s": 0}),
             "rows_evicted": self.store.evicted if self.store is not None else 0,

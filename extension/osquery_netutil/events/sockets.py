@@ -7,8 +7,12 @@ so what this module keeps needs no lock:
   `exec_eid` of the exec its process was tracked from; an exec that tracks but is no row
   (a script from /tmp) leads on to the tracked exec it inherited, so a utility's child
   (`ssh`'s ProxyCommand, a renamed copy run by `nc -e`) is joined to the utility's row;
-* a TCP connect until its outcome: sock_ops says when its SYN left (none: unreachable,
+* a TCP connect until its outcome. Where the probe reads outcomes at tracepoints, the
+  kernel says how a connect failed (its error) or, at its socket's end, whether it was
+  answered; a connect still open after ANSWER_WAIT_S is looked up with sock_diag (answered,
+  or in progress). With sock_ops, the kernel says when its SYN left (none: unreachable,
   the connect failed before a packet could), then whether it was answered;
+* listeners and the peers they accept, where no sock_ops reports them (listeners.py);
 * identical actions of one process within FOLD_S, folded into one row with a count.
 """
 
@@ -22,10 +26,13 @@ from typing import Any, Callable
 from osquery_netutil.events.containers import CgroupResolver, container_id
 from osquery_netutil.events.dns import question
 from osquery_netutil.events.ipargs import is_public_address
+from osquery_netutil.events.listeners import Listeners
 from osquery_netutil.events.procfs import text
+from osquery_netutil.events.sockdiag import CONNECTED, OPEN, SockDiag
 from osquery_netutil.kernel.records import F_TRACK_PENDING, AncestryEntry, ExecRecord
 from osquery_netutil.kernel.sockets import (
-    A_CONNECT, A_DNS, A_OUTCOME, ACTIONS, S_CLOSED, S_ESTABLISHED, S_SYN_SENT, SockRecord,
+    A_BIND, A_CONNECT, A_DNS, A_OUTCOME, A_PEER_END, ACTIONS, S_CLOSED, S_ESTABLISHED, S_FAILED, S_NO_SYN,
+    S_SYN_SENT, S_UNANSWERED, SockRecord,
 )
 
 Row = dict[str, Any]
@@ -42,6 +49,8 @@ _TRACKED_REMEMBERED = 65536
 _CONNECTS_HELD = 16384
 _CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row
 IPPROTO_TCP = 6
+ECONNREFUSED, ETIMEDOUT = 111, 110
+NOT_OPEN = 0           # a connect's socket is not among the open ones of its namespace
 _TRACK = "_track"      # a held row's tracked exec, until it is handed on
 ENDED = -1             # exec_eid of a track that ended: its exec was judged no row (F_TRACK_PENDING)
 
@@ -77,6 +86,25 @@ class SocketRows:
         self._tracked: OrderedDict[Key, int | Key] = OrderedDict()
         self._connects: OrderedDict[int, _Connect] = OrderedDict()   # by socket cookie
         self._folding: dict[tuple[Any, ...], _Folding] = {}
+        self._diag: SockDiag | None = None   # where outcomes come from tracepoints (read_states)
+        self._listeners: Listeners | None = None
+
+    def read_states(self, diag: SockDiag, listen_port: Callable[[int, bool], None]) -> None:
+        """The probe reads TCP outcomes at tracepoints (no sock_ops): what the kernel does
+        not report (an open connect's state, listeners, their peers) is read with diag.
+        Called once, as the probe starts."""
+        self._listeners = Listeners(diag, listen_port)
+        self._diag = diag
+
+    @property
+    def lost(self) -> int:
+        """Events not made rows here (listeners over their budget)."""
+        return self._listeners.lost if self._listeners is not None else 0
+
+    @property
+    def problem(self) -> str:
+        """Why the last sock_diag question went unanswered, if one did ('' if none)."""
+        return self._diag.last_error if self._diag is not None else ""
 
     def exec_seen(self, rec: ExecRecord, eid: int) -> bool:
         """rec was forwarded and became row eid (0: no row). Returns whether the track it
@@ -110,6 +138,10 @@ class SocketRows:
         """One record from the kernel."""
         if rec.action == A_OUTCOME:
             self._outcome(rec)
+        elif rec.action == A_PEER_END:
+            accepted = self._listeners.peer_ended(rec) if self._listeners is not None else None
+            if accepted is not None:
+                self._fold(self._row(accepted))
         elif rec.action == A_DNS:
             # No payload: the kernel could not read what was sent (sendfile, io_uring): a
             # question with no name. A payload with no question: a later segment of a TCP
@@ -122,16 +154,25 @@ class SocketRows:
             if len(self._connects) > _CONNECTS_HELD:
                 self._settle(self._connects.popitem(last=False)[1])
         else:
+            if rec.action == A_BIND and rec.protocol == IPPROTO_TCP and self._listeners is not None:
+                self._listeners.bound(rec)
             self._fold(self._row(rec))
 
     def tick(self, now_ns: int | None = None) -> None:
         """Settle the connects that waited long enough and hand on the folded rows that are due."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        due = []
         for cookie, pending in list(self._connects.items()):
             waited = (now_ns - pending.rec.ktime_ns) / 1e9
-            if waited >= (ANSWER_WAIT_S if pending.syn_sent else SYN_WAIT_S):
+            if waited >= (ANSWER_WAIT_S if pending.syn_sent or self._diag else SYN_WAIT_S):
                 del self._connects[cookie]
-                self._settle(pending)
+                due.append(pending)
+        states = self._states(due)
+        for pending in due:
+            self._settle(pending, states.get(pending.rec.cookie))
+        if self._listeners is not None:
+            for rec in self._listeners.poll(now_ns):
+                self._fold(self._row(rec))
         self.flush(time.monotonic() - FOLD_S)
 
     def flush(self, before: float = float("inf")) -> None:
@@ -151,9 +192,12 @@ class SocketRows:
 
     def close(self) -> None:
         """Hand on everything held: connects as they stand, folded rows."""
+        states = self._states(list(self._connects.values()))
         for pending in self._connects.values():
-            self._settle(pending)
+            self._settle(pending, states.get(pending.rec.cookie))
         self._connects.clear()
+        if self._listeners is not None:
+            self._listeners.close()
         self.flush()
 
     def _outcome(self, rec: SockRecord) -> None:
@@ -169,11 +213,38 @@ class SocketRows:
         elif rec.status == S_CLOSED:
             # A RST answers at once; a SYN sent again and again went unanswered.
             pending.row["status"] = "timed out" if rec.retrans else "refused"
+        elif rec.status == S_FAILED:
+            pending.row["status"] = {ECONNREFUSED: "refused", ETIMEDOUT: "timed out"}.get(rec.error, "unreachable")
+        elif rec.status in (S_UNANSWERED, S_NO_SYN):
+            # Closed by its caller before an answer; or having sent nothing: no route.
+            pending.row["status"] = "in progress" if rec.status == S_UNANSWERED else "unreachable"
         self._fold(pending.row)
 
-    def _settle(self, pending: _Connect) -> None:
-        """A connect with no final outcome: no SYN left (no route), or no answer yet."""
-        pending.row["status"] = "in progress" if pending.syn_sent else "unreachable"
+    def _states(self, due: list[_Connect]) -> dict[int, int]:
+        """The TCP states of the sockets of connects still open, by cookie (NOT_OPEN: its
+        namespace was asked and it is not there), asked of sock_diag where the probe reads
+        outcomes at tracepoints: one question per process, family and port."""
+        states: dict[int, int] = {}
+        if self._diag is None:
+            return states
+        for pid, family, port in {(p.rec.pid, p.rec.family, p.rec.remote_port) for p in due}:
+            found = self._diag.sockets(pid, family, OPEN, remote_port=port)
+            if found is not None:
+                states |= {p.rec.cookie: NOT_OPEN for p in due if (p.rec.pid, p.rec.family, p.rec.remote_port) == (pid, family, port)}
+                states |= {sock.cookie: sock.state for sock in found}
+        return states
+
+    def _settle(self, pending: _Connect, state: int | None = None) -> None:
+        """A connect with no final outcome by now. With sock_ops: no SYN left (no route),
+        or no answer yet. Else its socket's state: answered, or not yet (also when it could
+        not be asked); a socket not open sent nothing (no route: it never entered the
+        kernel's tables; one that did would have ended with an outcome)."""
+        if self._diag is None:
+            pending.row["status"] = "in progress" if pending.syn_sent else "unreachable"
+        elif state == NOT_OPEN:
+            pending.row["status"] = "unreachable"
+        else:
+            pending.row["status"] = "succeeded" if state and (1 << state) & CONNECTED else "in progress"
         self._fold(pending.row)
 
     def _fold(self, row: Row) -> None:

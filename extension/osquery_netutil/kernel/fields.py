@@ -53,6 +53,26 @@ SEND_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
 }
 SENDS_AT_SYSCALL_MACHINE = "x86_64"
+# The raw tracepoints that tell a TCP connect's outcome and a tracked listener's ended
+# connections (bpf/netutil_sock.bpf.c, OUTCOMES_AT_TRACEPOINTS), by name and program;
+# where the kernel lacks either (before 5.14), sock_ops does.
+OUTCOME_TRACEPOINTS = (("inet_sk_error_report", "netutil_sk_error"), ("tcp_destroy_sock", "netutil_tcp_destroy"))
+OUTCOME_FIELDS: dict[str, tuple[str, str]] = {
+    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
+    "OFF_SKC_NUM": ("sock_common", "skc_num"),
+    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "OFF_SKC_NET": ("sock_common", "skc_net.net"),
+    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    "OFF_SKC_COOKIE": ("sock_common", "skc_cookie"),
+    "OFF_SK_ERR": ("sock", "sk_err"),
+    "OFF_TCP_RCV_NXT": ("tcp_sock", "rcv_nxt"),
+    "OFF_TCP_SEGS_OUT": ("tcp_sock", "segs_out"),
+    "OFF_NET_INUM": ("net", "ns.inum"),
+    "OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+}
 
 
 # The image's change time, which content verdicts are given for: its members have moved
@@ -68,6 +88,9 @@ SPANS: dict[str, dict[str, int]] = {
     "INODE": {"OFF_INODE_SB": 8, "OFF_INODE_INO": 8, "OFF_INODE_CTIME_SEC": 8, "OFF_INODE_CTIME_NSEC": 4},
     "REGS": {"OFF_REGS_NR": 8, "OFF_REGS_ARG2": 8, "OFF_REGS_ARG3": 8, "OFF_REGS_ARG5": 8, "OFF_REGS_ARG6": 8},
     "SKC": {"OFF_SKC_DADDR": 4, "OFF_SKC_DPORT": 2, "OFF_SKC_NUM": 2, "OFF_SKC_FAMILY": 2, "OFF_SKC_V6_DADDR": 16},
+    # a tracked TCP socket's outcome or end: the above, its local addresses and its namespace
+    "SKE": {"OFF_SKC_DADDR": 4, "OFF_SKC_RCV_SADDR": 4, "OFF_SKC_DPORT": 2, "OFF_SKC_NUM": 2, "OFF_SKC_FAMILY": 2,
+            "OFF_SKC_NET": 8, "OFF_SKC_V6_DADDR": 16, "OFF_SKC_V6_RCV_SADDR": 16},
 }
 SPAN_MAX = 160   # bytes of the BPF stack one span may take
 
@@ -103,8 +126,9 @@ def spans(offsets: dict[str, int]) -> dict[str, int]:
 
 def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool, machine: str) -> dict[str, int]:
     """The -D flags of btf mode: its offsets, content verdicts when wanted (a sensor
-    writes them; a bare probe does not), the fentry's when it is wanted, and the send
-    tracepoint's on x86_64 kernels that have it (machine: platform.machine()). Raises BtfError."""
+    writes them; a bare probe does not), the fentry's when it is wanted, the send
+    tracepoint's on x86_64 kernels that have it (machine: platform.machine()), and the
+    outcome tracepoints' where the kernel has both. Raises BtfError."""
     defines = {"PROBE_BTF": 1, "CONTENT_VERDICTS": int(verdicts), **offsets}
     extra: dict[str, tuple[str, str]] = {}
     sends_at_syscall = machine == SENDS_AT_SYSCALL_MACHINE and btf.has_raw_tracepoint(SEND_TRACEPOINT)
@@ -116,5 +140,8 @@ def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool,
     if sends_at_syscall:
         defines["SENDS_AT_SYSCALL"] = 1
         extra |= SEND_FIELDS
+    if all(btf.has_raw_tracepoint(tracepoint) for tracepoint, _ in OUTCOME_TRACEPOINTS):
+        defines["OUTCOMES_AT_TRACEPOINTS"] = 1
+        extra |= OUTCOME_FIELDS
     defines |= {name: btf.offset(*field) for name, field in extra.items()}
     return defines | spans(defines)

@@ -22,12 +22,11 @@ import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from osquery_netutil.kernel.btf import VMLINUX, Btf, BtfError
 from osquery_netutil.kernel.fields import NOT_NAMED_WITHOUT_FENTRY, btf_defines, btf_offsets
-from osquery_netutil.kernel.program import compile_program
+from osquery_netutil.kernel.program import compile_program, run_stats
 from osquery_netutil.kernel.preflight import MODES, BtfRefused, ProbeError, fentry_problem, preflight, tracepoint_preflight
 from osquery_netutil.kernel.sockets import CgroupLinks, SockRecord, SocketsRefused, parse as parse_sock
 from osquery_netutil.kernel.records import (
@@ -85,6 +84,7 @@ class Probe:
         self._on_tick = on_tick
         self._links: CgroupLinks | None = None
         self._sends_at_syscall = False   # built to read sends at sock:sock_send_length (else at egress)
+        self.outcomes_at_tracepoints = False   # built to read TCP outcomes at tracepoints (else sock_ops)
         self.network_mode = ""   # cgroup once the socket programs are attached
         self.network_note = "" if on_socket is not None else "socket events not asked for"
         self._poll_ms = poll_ms
@@ -149,6 +149,7 @@ class Probe:
             raise
         self.mode = "btf"
         self._sends_at_syscall = bool(defines.get("SENDS_AT_SYSCALL"))
+        self.outcomes_at_tracepoints = bool(defines.get("OUTCOMES_AT_TRACEPOINTS"))
 
     def _prepare(self) -> None:
         """Fill the filter and open the ring buffer of the loaded program."""
@@ -164,7 +165,8 @@ class Probe:
         if self._on_socket is None:
             return
         try:
-            self._links = CgroupLinks(self._bpf, sends_at_syscall=self._sends_at_syscall)
+            self._links = CgroupLinks(self._bpf, sends_at_syscall=self._sends_at_syscall,
+                                      outcomes_at_tracepoints=self.outcomes_at_tracepoints)
         except SocketsRefused as exc:
             self.network_note = str(exc)
             return
@@ -284,6 +286,18 @@ class Probe:
         key.ktime_ns, key.pid = rec.track[1], rec.track[0]
         table[key] = ctypes.c_uint32(TRACK_KEEP if keep else TRACK_END)
 
+    def listen_port(self, port: int, listening: bool) -> None:
+        """A tracked listener on port was found (listening) or is gone: the kernel hands
+        over the connections that end on a port while any tracked listener has it
+        (OUTCOMES_AT_TRACEPOINTS: netutil_tcp_destroy). Counted per port, as listeners in
+        several namespaces may share one, and in all at port 0 (no listener can have it)."""
+        bpf = self._bpf   # stop() may clear it meanwhile
+        if bpf is None or not self.outcomes_at_tracepoints:
+            return
+        table = bpf[b"listen_ports"]
+        for key in (ctypes.c_uint32(port & 0xFFFF), ctypes.c_uint32(0)):   # [0]: in all
+            table[key] = ctypes.c_uint32(max(0, table[key].value + (1 if listening else -1)))
+
     def forget_verdicts(self) -> None:
         """Void every verdict given (zeroed slots match no image): each is judged again."""
         verdicts = self._verdicts
@@ -331,12 +345,7 @@ class Probe:
 
         The kernel counts only while sysctl kernel.bpf_stats_enabled is 1.
         """
-        stats = {}
-        for name, fn in self._bpf.funcs.items():
-            info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
-            fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
-            stats[name.decode()] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
-        return stats
+        return run_stats(self._bpf)
 
     def drain(self) -> None:
         """Consume whatever the ring buffer holds now (on the caller's thread)."""

@@ -54,3 +54,14 @@ def compile_program(defines: dict[str, int]) -> Any:
     return_freed_memory()   # clang's freed heap (~25 MB)
     page_out_compiler()     # and its code (~85 MB), which never runs again
     return bpf
+
+
+def run_stats(bpf: Any) -> dict[str, tuple[int, int]]:
+    """Per program bcc loaded: (runs, total ns), as the kernel counts them (only while
+    sysctl kernel.bpf_stats_enabled is 1)."""
+    stats = {}
+    for name, fn in bpf.funcs.items():
+        info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+        fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
+        stats[name.decode()] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+    return stats

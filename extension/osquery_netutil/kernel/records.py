@@ -29,6 +29,7 @@ SIZES: dict[str, int] = {
     "SOCK_BUDGET": 4096,     # socket events one tracked process may send (reset at a tracked exec)
     "SOCK_RINGBUF_PAGES": 512,   # 2 MiB ring buffer for socket events, apart from the execs'
     "LISTENERS_MAX": 4096,   # listening sockets of tracked processes, whose accepts are reported
+    "CONNECTS_MAX": 16384,   # TCP connects of tracked processes waiting for their outcome (an LRU)
     "DNS_MAX": 512,          # bytes of a DNS question's packet payload copied (a question is at most 255 + 16)
     "TRACK_VERDICTS_MAX": 16384,   # user space's verdicts on pending tracks (an LRU: one per unjudged exec)
     "PENDING_NS": 2_000_000_000,   # a pending track with no verdict this long after its exec ends

@@ -24,8 +24,8 @@ from osquery_netutil.kernel import fields
 from osquery_netutil.kernel.preflight import bpf_call
 
 # sock_event.action and .status (mirrors the A_* and S_* defines in the C program).
-A_CONNECT, A_SEND, A_BIND, A_LISTEN, A_ACCEPT, A_OUTCOME, A_DNS = 1, 2, 3, 4, 5, 6, 7
-S_SYN_SENT, S_ESTABLISHED, S_CLOSED = 1, 2, 3
+A_CONNECT, A_SEND, A_BIND, A_LISTEN, A_ACCEPT, A_OUTCOME, A_DNS, A_PEER_END = 1, 2, 3, 4, 5, 6, 7, 8
+S_SYN_SENT, S_ESTABLISHED, S_CLOSED, S_FAILED, S_UNANSWERED, S_NO_SYN = 1, 2, 3, 4, 5, 6
 ACTIONS = {A_CONNECT: "connect", A_SEND: "send", A_BIND: "bind", A_LISTEN: "listen", A_ACCEPT: "accept",
            A_DNS: "dns_query"}
 
@@ -39,8 +39,12 @@ PROGRAMS = (
     ("netutil_connect6", _CGROUP_SOCK_ADDR, 11),
     ("netutil_post_bind4", _CGROUP_SOCK, 12),
     ("netutil_post_bind6", _CGROUP_SOCK, 13),
-    ("netutil_sock_ops", _SOCK_OPS, 3),
 )
+# A TCP connect's outcome and a tracked listener's accepts: raw tracepoints where the
+# build has them (OUTCOMES_AT_TRACEPOINTS), else sock_ops, which every TCP connection of
+# the host passes about ten times.
+OUTCOME_TRACEPOINTS = fields.OUTCOME_TRACEPOINTS
+SOCK_OPS_PROGRAM = ("netutil_sock_ops", _SOCK_OPS, 3)
 # What tracked processes send: a raw tracepoint where the build reads it at the syscall
 # (SENDS_AT_SYSCALL), else two more cgroup programs (netutil_sock_send.bpf.c).
 SEND_TRACEPOINT = (fields.SEND_TRACEPOINT, "netutil_send")
@@ -77,6 +81,8 @@ class SockRecord:
     remote_address: str
     remote_port: int
     retrans: int
+    error: int = 0         # of S_FAILED: the socket's errno
+    netns: int = 0         # of A_PEER_END: the network namespace's inode number
     payload: bytes = b""   # of A_DNS: the first bytes of what the socket sent to port 53
 
 
@@ -106,22 +112,27 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
 
 
 class CgroupLinks:
-    """The socket programs of a loaded probe, linked to the cgroup v2 root (and the send
-    tracepoint attached) until close()."""
+    """The socket programs of a loaded probe, linked to the cgroup v2 root (and its raw
+    tracepoints attached) until close()."""
 
-    def __init__(self, bpf: Any, sends_at_syscall: bool, root: Path | None = None) -> None:
-        """bpf: bcc's BPF object of the probe's program; sends_at_syscall: it was built
-        with SENDS_AT_SYSCALL. Raises SocketsRefused."""
+    def __init__(self, bpf: Any, sends_at_syscall: bool, outcomes_at_tracepoints: bool, root: Path | None = None) -> None:
+        """bpf: bcc's BPF object of the probe's program; sends_at_syscall,
+        outcomes_at_tracepoints: it was built with SENDS_AT_SYSCALL, OUTCOMES_AT_TRACEPOINTS.
+        Raises SocketsRefused."""
         self.root = root or cgroup2_root()
         self._fds: list[int] = []
         self._bpf = bpf
-        self._tracepoint = ""
+        self._tracepoints: list[str] = []
+        cgroup_programs = PROGRAMS + (() if outcomes_at_tracepoints else (SOCK_OPS_PROGRAM,)) \
+            + (() if sends_at_syscall else EGRESS_PROGRAMS)
+        tracepoints = (OUTCOME_TRACEPOINTS if outcomes_at_tracepoints else ()) \
+            + ((SEND_TRACEPOINT,) if sends_at_syscall else ())
         try:
             cgroup = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise SocketsRefused(f"cannot open {self.root}: {exc.strerror}") from exc
         try:
-            for name, prog_type, attach_type in PROGRAMS + (() if sends_at_syscall else EGRESS_PROGRAMS):
+            for name, prog_type, attach_type in cgroup_programs:
                 try:
                     fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
                 except Exception as exc:   # bcc raises bare Exception with the verifier's log
@@ -129,13 +140,12 @@ class CgroupLinks:
                         if "not permitted" in str(exc) else ""
                     raise SocketsRefused(f"{name} did not load{hint} ({str(exc).strip()[:500]})") from exc
                 self._fds.append(link_create(fn.fd, cgroup, attach_type))
-            if sends_at_syscall:
-                tracepoint, name = SEND_TRACEPOINT
+            for tracepoint, name in tracepoints:
                 try:
                     bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=name.encode())
                 except Exception as exc:   # bcc raises bare Exception
-                    raise SocketsRefused(f"{name} did not attach to sock:{tracepoint} ({str(exc).strip()[:500]})") from exc
-                self._tracepoint = tracepoint
+                    raise SocketsRefused(f"{name} did not attach to {tracepoint} ({str(exc).strip()[:500]})") from exc
+                self._tracepoints.append(tracepoint)
         except SocketsRefused:
             self.close()
             raise
@@ -147,9 +157,9 @@ class CgroupLinks:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
-        if self._tracepoint:
-            self._bpf.detach_raw_tracepoint(tp=self._tracepoint.encode())
-            self._tracepoint = ""
+        for tracepoint in self._tracepoints:
+            self._bpf.detach_raw_tracepoint(tp=tracepoint.encode())
+        self._tracepoints = []
 
 
 def address(family: int, words: Any) -> str:
@@ -187,5 +197,7 @@ def parse(raw: bytes, dns_type: Any, wall_offset: float) -> SockRecord:
         remote_address=address(ev.family, ev.remote_addr) if ev.family in (AF_INET, AF_INET6) else "",
         remote_port=ev.remote_port,
         retrans=ev.retrans,
+        error=ev.error,
+        netns=ev.netns,
         payload=payload,
     )
