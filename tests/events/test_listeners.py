@@ -91,3 +91,18 @@ def test_sock_diag_asks_in_the_process_s_own_network_namespace() -> None:
         child.kill()
         child.wait(timeout=10)
     assert diag.sockets(child.pid, socket.AF_INET, LISTENING) is None   # gone: cannot be asked
+
+
+def test_several_bound_sockets_are_looked_for_together() -> None:
+    """Bound sockets of one namespace are looked for with one question (no port filter):
+    each that listens is found, one that does not stays looked for."""
+    listeners = Listeners(SockDiag(), lambda port, listening: None)
+    with socket.socket() as a, socket.socket() as b, socket.socket() as idle:
+        for s in (a, b, idle):
+            s.bind(("127.0.0.1", 0))
+            listeners.bound(bound(s.getsockname()[1]))
+        a.listen()
+        b.listen()
+        found = listeners.poll()
+        assert sorted(r.local_port for r in found) == sorted([a.getsockname()[1], b.getsockname()[1]])
+        assert [port for _, _, port in listeners._bound] == [idle.getsockname()[1]]   # noqa: SLF001

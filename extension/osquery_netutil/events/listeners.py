@@ -24,13 +24,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from osquery_netutil.events.sockdiag import CONNECTED, LISTEN, LISTENING, SockDiag
+from osquery_netutil.events.sockdiag import CONNECTED, LISTEN, LISTENING, DiagSocket, SockDiag
 from osquery_netutil.kernel.records import SIZES
 from osquery_netutil.kernel.sockets import A_ACCEPT, A_LISTEN, SockRecord
 
 LISTEN_WAIT_S = 3.0     # a bound TCP socket of a tracked process is looked for among listeners this long
 PEERS_EVERY_S = 0.5     # a listener's connections are read this often
-LISTENERS_MAX = 256     # listeners followed at once; more are counted as lost
+LISTENERS_MAX = 64      # listeners followed at once (a port-filtered question each, twice a second); more are counted as lost
 _BOUND_MAX = 1024
 Peer = tuple[str, int]
 
@@ -77,7 +77,7 @@ class Listeners:
         """Look for the bound sockets that listen and for new peers of the listeners
         (every PEERS_EVERY_S); the `listen` and `accept` events found."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        found = [rec for rec in (self._listening(key, rec, now_ns) for key, rec in list(self._bound.items())) if rec]
+        found = self._listening(now_ns)
         if now_ns - self._peers_read >= PEERS_EVERY_S * 1e9:
             self._peers_read = now_ns
             for key, listener in list(self._listeners.items()):
@@ -90,27 +90,38 @@ class Listeners:
             self._listen_port(port, False)
         self._listeners.clear()
 
-    def _listening(self, key: tuple[int, int, int], rec: SockRecord, now_ns: int) -> SockRecord | None:
-        if now_ns - rec.ktime_ns > LISTEN_WAIT_S * 1e9:
-            del self._bound[key]
-            return None
-        netns = self._diag.netns(rec.pid)
-        found = self._diag.sockets(rec.pid, rec.family, LISTENING, local_port=rec.local_port)
-        if netns is None or found is None:
-            del self._bound[key]   # its process is gone
-            return None
-        if not found:
-            return None
-        del self._bound[key]
+    def _listening(self, now_ns: int) -> list[SockRecord]:
+        """The bound sockets found listening, as `listen` events: one question per network
+        namespace and family (of one port's listeners when only one is looked for)."""
+        groups: dict[tuple[int, int], list[tuple[tuple[int, int, int], SockRecord]]] = {}
+        for key, rec in list(self._bound.items()):
+            netns = self._diag.netns(rec.pid)
+            if netns is None or now_ns - rec.ktime_ns > LISTEN_WAIT_S * 1e9:
+                del self._bound[key]   # its process is gone; or it did not listen in time
+            else:
+                groups.setdefault((netns, rec.family), []).append((key, rec))
+        found: list[SockRecord] = []
+        for (netns, family), bound in groups.items():
+            port = bound[0][1].local_port if len(bound) == 1 else 0
+            listening = self._diag.sockets(bound[0][1].pid, family, LISTENING, local_port=port) or []
+            for key, rec in bound:
+                socks = [s for s in listening if s.local_port == rec.local_port]
+                if socks:
+                    del self._bound[key]
+                    found += self._listener(netns, rec, socks, now_ns)
+        return found
+
+    def _listener(self, netns: int, rec: SockRecord, socks: list[DiagSocket], now_ns: int) -> list[SockRecord]:
+        """rec's socket listens (one of socks): a listener, and its `listen` event."""
         if (netns, rec.local_port) in self._listeners:
-            return None
+            return []
         if len(self._listeners) >= LISTENERS_MAX:
             self.lost += 1
-            return None
-        sock = next((s for s in found if s.local_address == rec.local_address), found[0])
+            return []
+        sock = next((s for s in socks if s.local_address == rec.local_address), socks[0])
         self._listeners[(netns, rec.local_port)] = _Listener(rec, netns, sock.cookie)
         self._listen_port(rec.local_port, True)
-        return _at(rec, now_ns, action=A_LISTEN, cookie=sock.cookie, local_address=sock.local_address)
+        return [_at(rec, now_ns, action=A_LISTEN, cookie=sock.cookie, local_address=sock.local_address)]
 
     def _read_peers(self, key: tuple[int, int], listener: _Listener, now_ns: int) -> list[SockRecord]:
         bound = listener.bound

@@ -223,14 +223,21 @@ class SocketRows:
     def _states(self, due: list[_Connect]) -> dict[int, int]:
         """The TCP states of the sockets of connects still open, by cookie (NOT_OPEN: its
         namespace was asked and it is not there), asked of sock_diag where the probe reads
-        outcomes at tracepoints: one question per process, family and port."""
+        outcomes at tracepoints: one question per network namespace and family, however
+        many connects a scan left waiting (of one port's sockets when they share one)."""
         states: dict[int, int] = {}
         if self._diag is None:
             return states
-        for pid, family, port in {(p.rec.pid, p.rec.family, p.rec.remote_port) for p in due}:
-            found = self._diag.sockets(pid, family, OPEN, remote_port=port)
+        groups: dict[tuple[int, int], list[_Connect]] = {}
+        for pending in due:
+            netns = self._diag.netns(pending.rec.pid)
+            if netns is not None:
+                groups.setdefault((netns, pending.rec.family), []).append(pending)
+        for (_, family), connects in groups.items():
+            ports = {p.rec.remote_port for p in connects}
+            found = self._diag.sockets(connects[0].rec.pid, family, OPEN, remote_port=ports.pop() if len(ports) == 1 else 0)
             if found is not None:
-                states |= {p.rec.cookie: NOT_OPEN for p in due if (p.rec.pid, p.rec.family, p.rec.remote_port) == (pid, family, port)}
+                states |= {p.rec.cookie: NOT_OPEN for p in connects}
                 states |= {sock.cookie: sock.state for sock in found}
         return states
 
