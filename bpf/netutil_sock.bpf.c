@@ -299,8 +299,8 @@ static __always_inline void skc_addrs(struct sock_event *ev, u8 *skc)
 }
 
 // inet_sk_error_report(sk): an inet socket's error was set (the connect's answer was a
-// reset, its SYNs went unanswered, an ICMP said unreachable; or an established socket's
-// error). Rare on any host: a socket of a connect still waiting costs one hash lookup.
+// reset, its SYNs went unanswered, an ICMP said unreachable; or, of a connect that was
+// answered, a later reset: then it is the answer that is reported). Rare on any host.
 int netutil_sk_error(struct bpf_raw_tracepoint_args *ctx)
 {
     void *sk = (void *)ctx->args[0];
@@ -308,9 +308,11 @@ int netutil_sk_error(struct bpf_raw_tracepoint_args *ctx)
     if (FIELD(ev.cookie, sk, OFF_SKC_COOKIE) || !ev.cookie || !connects.lookup(&ev.cookie))
         return 0;
     connects.delete(&ev.cookie);
+    u32 rcv_nxt = 0;
+    FIELD(rcv_nxt, sk, OFF_TCP_RCV_NXT);
     ev.ktime_ns = bpf_ktime_get_ns();
     ev.action = A_OUTCOME;
-    ev.status = S_FAILED;
+    ev.status = rcv_nxt ? S_ESTABLISHED : S_FAILED;
     FIELD(ev.error, sk, OFF_SK_ERR);
     u8 skc[SKE_SPAN] = {};
     if (!SPAN_READ(skc, sk, SKE))

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -187,6 +188,29 @@ def test_unanswered_connects_time_out_or_are_given_up(sensor: Sensor, workdir: P
     hits = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == port
                        and str(script) in r["origin"], count=2)
     assert sorted((r["status"], r["count"]) for r in hits) == [("in progress", 1), ("timed out", 1)], hits
+
+
+def test_a_connect_answered_then_reset_succeeded(sensor: Sensor, workdir: Path) -> None:
+    """The server answers, then resets the connection (SO_LINGER 0) before the client's
+    outcome is due: the reset is the connection's end, not the connect's answer."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+        port = server.getsockname()[1]
+        code = ("import socket\n"
+                f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+                "try: s.recv(10)\n"
+                "except OSError: pass\n")
+        script = write_executable(workdir / "reset.sh", f"#!/bin/sh\n{PYTHON} -c \"{code}\"\n")
+        client = subprocess.Popen([str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peer, _ = server.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        client.wait(timeout=10)
+    (hit,) = socket_rows(sensor, lambda r: r["action"] == "connect" and r["remote_port"] == port
+                         and str(script) in r["origin"])
+    assert hit["status"] == "succeeded"
 
 
 def test_udp_connected_and_unconnected(sensor: Sensor, rows: Collector, workdir: Path) -> None:
