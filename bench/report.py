@@ -268,6 +268,13 @@ def sockets_section(data: dict[str, Any]) -> list[str]:
              "tcp:tcp_destroy_sock reading a socket's cookie, or only a sock_ops program that returns (the hooks a "
              "connect passes: btf mode reads outcomes at tcp_destroy_sock, tracepoint mode at sock_ops).", "",
              *ratio_rows("condition", conditions, 0)]
+    send = data.get("send_hook")
+    if send:
+        lines += ["", f"The send hook alone (the udp loop, {len(send['none']['udp']['runs'])} rounds; ratio to none "
+                  "and the 95 % interval of the median ratio): " + "; ".join(
+                      f"*{name}* ×{v['udp']['ratio']:.3f} ({v['udp']['ratio_95'][0]:.3f}-{v['udp']['ratio_95'][1]:.3f})"
+                      for name, v in send.items() if name != "none")
+                  + ". *sendlen_empty* is an empty program on sock:sock_send_length: what the hook costs by itself."]
     kernel = data["kernel"]
     lines += ["", "What the kernel counts (bpf_stats, a pass of its own, the loop untracked): per program that ran, its "
               "runs per operation × ns per run. Deterministic where the ratios above are not, but without the hook's "

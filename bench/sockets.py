@@ -33,11 +33,14 @@ conditions alternate run by run, in an order shuffled every round (a fixed order
 charge any drift within a round to the conditions that run last), and every run is
 pinned to one core (--cpu): this VM's two cores differ in speed by up to 45 %.
 Reported: medians over the rounds (min-max) of ns per operation, and the ratio to `none` as
-the median of each round's own ratio (a round's runs are milliseconds apart); kernel ns per
-run and runs per operation of each program (bpf_stats, in a pass of its own) under `sensor`
-and the floors. Then a tracked
-`nmap -sT` of 10,000 loopback ports with exec rows made at the same time: none of those may
-be lost; socket events are folded or counted. Run as root after `scripts/setup.sh --bench`. Writes bench/results/sockets.json.
+the median of each round's own ratio (a round's runs are milliseconds apart). Then the udp
+loop alone for --send-rounds more rounds (none, sensor, sendlen_floor, and sendlen_empty: an
+empty program on sock:sock_send_length, the hook's own cost), with the 95 % interval of the
+median ratio; kernel ns per run and runs per operation of each program (bpf_stats, in a
+pass of its own) under `sensor` and the floors; and a tracked `nmap -sT` of 10,000
+loopback ports with exec rows made at the same time: none of those may be lost; socket
+events are folded or counted. Run as root after `scripts/setup.sh --bench`. Writes
+bench/results/sockets.json.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,6 +164,7 @@ class Hooks:
     FLOOR_C = """
 BPF_ARRAY(slots, u64, 1024);
 int floor_egress(struct __sk_buff *skb) { u32 k = skb->len & 1023; u64 *v = slots.lookup(&k); return v && *v == 7 ? 1 : 1; }
+int floor_sendlen_empty(void *ctx) { return 0; }
 int floor_sendlen(void *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return v && *v == 7; }
 int floor_connect4(struct bpf_sock_addr *ctx) { u32 k = (bpf_get_current_pid_tgid() >> 32) & 1023; u64 *v = slots.lookup(&k); return 1; }
 int floor_sockops(struct bpf_sock_ops *skops) { return skops->op == 99 ? 0 : 1; }
@@ -183,6 +188,7 @@ int floor_destroy(struct bpf_raw_tracepoint_args *ctx) {
             "sockops_floor": (self.floors.load_func(b"floor_sockops", BPF.SOCK_OPS, attach_type=3).fd, 3),
         }
         self._tracepoint_floors = {"sendlen_floor": (b"sock_send_length", b"floor_sendlen"),
+                                   "sendlen_empty": (b"sock_send_length", b"floor_sendlen_empty"),
                                    "destroy_floor": (b"tcp_destroy_sock", b"floor_destroy")}
         self._root = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
         self._links: list[int] = []
@@ -222,6 +228,32 @@ int floor_destroy(struct bpf_raw_tracepoint_args *ctx) {
         os.close(self._root)
         self.floors.cleanup()
         self.sensor.stop()
+
+
+SEND_HOOK_CONDITIONS = ("none", "sensor", "sendlen_empty", "sendlen_floor")
+
+
+def send_hook_pass(hooks: Hooks, binary: str, rounds: int, ops: int) -> dict[str, Any]:
+    """The UDP loop alone, for many more rounds than the others: what the hook sends are
+    read at costs by itself, an empty program on sock:sock_send_length against one doing
+    the array lookup and against the sensor's (untracked), with the 95 % interval of the
+    median ratio (bootstrap): whether any program there could meet a target."""
+    runs: dict[str, dict[str, list[float]]] = {name: {"udp": []} for name in SEND_HOOK_CONDITIONS}
+    order = list(SEND_HOOK_CONDITIONS)
+    shuffle = random.Random(rounds)
+    for _ in range(rounds):
+        shuffle.shuffle(order)
+        for name in order:
+            hooks.condition(name)
+            runs[name]["udp"].append(ns_per_op(binary, "udp", ops))
+    print(f"  the send hook alone: the udp loop, {rounds} rounds")
+    table = ratio_table(runs, "ns", paired=True)
+    for name, entry in table.items():
+        ratios = [c / b for c, b in zip(runs[name]["udp"], runs["none"]["udp"])]
+        medians = sorted(statistics.median(shuffle.choices(ratios, k=len(ratios))) for _ in range(2000))
+        entry["udp"]["ratio_95"] = [medians[50], medians[1949]]
+        print(f"    {name}: {entry['udp']['ratio']:.3f} (95 % {medians[50]:.3f}-{medians[1949]:.3f})")
+    return table
 
 
 KERNEL_CONDITIONS = ("sensor", "connect4_floor", "destroy_floor", "sockops_floor", "sendlen_floor")
@@ -281,6 +313,7 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--ports", type=int, default=10_000)
+    parser.add_argument("--send-rounds", type=int, default=601, help="rounds of the send hook's own pass (udp only)")
     parser.add_argument("--cpu", type=int, default=0, help="the core every run is pinned to")
     args = parser.parse_args()
     global CPU
@@ -313,6 +346,7 @@ def measure(args: argparse.Namespace) -> int:
                     for name, binary in order:
                         hooks.condition(name)
                         runs[name][loop].append(ns_per_op(binary, loop, args.ops))
+            send_hook = send_hook_pass(hooks, untracked, args.send_rounds, args.ops)
             # The kernel's own figures, in a pass apart: counting costs each run two clock reads.
             BPF_STATS.write_text("1\n")
             try:
@@ -326,6 +360,7 @@ def measure(args: argparse.Namespace) -> int:
     print(f"socket side: {args.rounds} rounds of {args.ops:,} operations, the conditions alternating run by run; "
           "ns per operation: median (min-max); ratio to none: the median of each round's ratio to its own none run")
     result["conditions"] = ratio_table(runs, "ns", paired=True)   # a round's runs are milliseconds apart
+    result["send_hook"] = send_hook
     result["kernel"] = kernel
     for loop, conditions_seen in kernel.items():
         print(f"  kernel, {loop} loop (bpf_stats; runs per operation x ns per run): " + "; ".join(
