@@ -9,11 +9,12 @@
 //   post_bind4/6   bind(): the local address
 // and, for a TCP connect's outcome and the peers a tracked listener accepted, one build of two:
 //   OUTCOMES_AT_TRACEPOINTS (btf mode where the kernel has both tracepoints, 5.14+): raw
-//     tracepoints that fire once in a socket's life or on an error, never per packet or
-//     state: sock:inet_sk_error_report (a connect refused, timed out or unreachable) and
-//     tcp:tcp_destroy_sock (how a connect with no error ended; a tracked listener's
-//     connection that ended). User space reads the rest (sock_diag, events/sockdiag.py):
-//     the state of a connect still open, a listener's listen() and its open connections.
+//     tracepoints that fire once in a socket's life or when a socket's error is set,
+//     never per TCP state: sock:inet_sk_error_report (a connect refused, timed out,
+//     unreachable or given up) and tcp:tcp_destroy_sock (how a connect with no error
+//     ended; a tracked listener's connection that ended). User space reads the rest
+//     (sock_diag, events/sockdiag.py): the state of a connect still open, a listener's
+//     listen() and its open connections.
 //   else (tracepoint mode): sock_ops, which the kernel calls at about ten points of every
 //     TCP connection of the host, tracked or not (measured: bench/sockets.py).
 // What tracked processes send (DNS questions, unconnected UDP datagrams) is read in
@@ -48,10 +49,15 @@
 #define S_SYN_SENT 1      // the SYN left: the connect found a route (a connect with none is unreachable)
 #define S_ESTABLISHED 2
 #define S_CLOSED 3        // SYN_SENT -> CLOSE: refused (a reset: retrans 0) or timed out
-// and OUTCOMES_AT_TRACEPOINTS' (S_ESTABLISHED too: a connect answered, at its socket's end)
+// and OUTCOMES_AT_TRACEPOINTS' (S_ESTABLISHED too: a connect answered, at its error or end)
 #define S_FAILED 4        // the kernel reported an error (sock_event.error: sk_err)
-#define S_UNANSWERED 5    // it ended unanswered with no error: the caller gave up (sock_ops too)
+#define S_UNANSWERED 5    // it ended unanswered by the caller's doing: a close, an abort (sock_ops too)
 #define S_NO_SYN 6        // it ended having sent nothing: the connect found no route
+// The errors a caller's own abort of a waiting connect sets (tcp_disconnect: a close with
+// SO_LINGER 0, connect(AF_UNSPEC); tcp_abort: ss -K). Asm-generic values.
+#define ECONNABORTED 103
+#define ECONNRESET 104
+#define EHOSTUNREACH 113
 
 struct sock_event {
     u64 ktime_ns;
@@ -103,8 +109,11 @@ BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 #if OUTCOMES_AT_TRACEPOINTS
 // TCP connects a tracked process made (reported ones), by socket cookie, until their
-// outcome; user space writes listen_ports from the listeners it finds (sock_diag).
+// outcome. User space writes listen_ports and listen_at from the listeners it finds
+// (sock_diag): a port's count gates the namespace's.
 BPF_TABLE("lru_hash", u64, u32, connects, CONNECTS_MAX);
+struct listen_at_key { u32 netns; u32 port; };   // netns: the namespace's inode number
+BPF_HASH(listen_at, struct listen_at_key, u32, LISTENERS_MAX);
 #endif
 
 // User space's verdict on a pending track (F_TRACK_PENDING), by the track's (pid, exec
@@ -298,22 +307,35 @@ static __always_inline void skc_addrs(struct sock_event *ev, u8 *skc)
     }
 }
 
-// inet_sk_error_report(sk): an inet socket's error was set (the connect's answer was a
-// reset, its SYNs went unanswered, an ICMP said unreachable; or, of a connect that was
-// answered, a later reset: then it is the answer that is reported). Rare on any host.
+// Whether a connect was answered: its SYN-ACK set rcv_nxt (0 from tcp_connect_init until
+// then; a peer's sequence number can make it 0 again) and counted the SYN in bytes_acked.
+static __always_inline int answered(void *sk)
+{
+    u32 rcv_nxt = 0;
+    u64 bytes_acked = 0;
+    FIELD(rcv_nxt, sk, OFF_TCP_RCV_NXT);
+    FIELD(bytes_acked, sk, OFF_TCP_BYTES_ACKED);
+    return rcv_nxt || bytes_acked;
+}
+
+// inet_sk_error_report(sk): an inet socket's error was set: the connect's answer was a
+// reset, its SYNs went unanswered, an ICMP said unreachable, or its caller aborted it
+// (ECONNRESET, ECONNABORTED with no answer); of a connect that was answered, a later
+// error (then the answer is reported). Rare for most sockets; an error queue's reports
+// (timestamps, zerocopy) come with no error and are left to tcp_destroy_sock.
 int netutil_sk_error(struct bpf_raw_tracepoint_args *ctx)
 {
     void *sk = (void *)ctx->args[0];
     struct sock_event ev = {};
     if (FIELD(ev.cookie, sk, OFF_SKC_COOKIE) || !ev.cookie || !connects.lookup(&ev.cookie))
         return 0;
+    if (FIELD(ev.error, sk, OFF_SK_ERR) || !ev.error)
+        return 0;
     connects.delete(&ev.cookie);
-    u32 rcv_nxt = 0;
-    FIELD(rcv_nxt, sk, OFF_TCP_RCV_NXT);
     ev.ktime_ns = bpf_ktime_get_ns();
     ev.action = A_OUTCOME;
-    ev.status = rcv_nxt ? S_ESTABLISHED : S_FAILED;
-    FIELD(ev.error, sk, OFF_SK_ERR);
+    ev.status = answered(sk) ? S_ESTABLISHED
+                : ev.error == ECONNRESET || ev.error == ECONNABORTED ? S_UNANSWERED : S_FAILED;
     u8 skc[SKE_SPAN] = {};
     if (!SPAN_READ(skc, sk, SKE))
         skc_addrs(&ev, skc);
@@ -322,11 +344,12 @@ int netutil_sk_error(struct bpf_raw_tracepoint_args *ctx)
 }
 
 // tcp_destroy_sock(sk): every TCP socket of the host ends here once, in whatever context
-// (its last close, a timer, softirq). An untracked socket costs one read (its cookie) and
-// one array lookup (listen_ports[0]: tracked listeners in all). A connect that had no error
-// says how it ended (an answer sets rcv_nxt, 0 until then; a SYN counts in segs_out); a
-// connection on a port a tracked process listens on (listen_ports, by port) is handed to
-// user space, which knows the listener and its namespace.
+// (its last close, a timer, softirq). A socket costs one read (its cookie), a hash lookup
+// if it has a cookie (sock_diag and other BPF programs give sockets one), and one array
+// lookup (listen_ports[0]: tracked listeners in all). A connect that had no error says how
+// it ended (answered; else a SYN counts in segs_out); while a tracked process listens, a
+// connection on its port (listen_ports) and in its namespace (listen_at) is handed to user
+// space, which knows the listener.
 int netutil_tcp_destroy(struct bpf_raw_tracepoint_args *ctx)
 {
     void *sk = (void *)ctx->args[0];
@@ -336,12 +359,11 @@ int netutil_tcp_destroy(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     if (ev.cookie && connects.lookup(&ev.cookie)) {
         connects.delete(&ev.cookie);
-        u32 rcv_nxt = 0, segs_out = 0;
-        FIELD(rcv_nxt, sk, OFF_TCP_RCV_NXT);
+        u32 segs_out = 0;
         FIELD(segs_out, sk, OFF_TCP_SEGS_OUT);
         ev.ktime_ns = bpf_ktime_get_ns();
         ev.action = A_OUTCOME;
-        ev.status = rcv_nxt ? S_ESTABLISHED : segs_out ? S_UNANSWERED : S_NO_SYN;
+        ev.status = answered(sk) ? S_ESTABLISHED : segs_out ? S_UNANSWERED : S_NO_SYN;
         if (!SPAN_READ(skc, sk, SKE))
             skc_addrs(&ev, skc);
         send(&ev);
@@ -353,19 +375,23 @@ int netutil_tcp_destroy(struct bpf_raw_tracepoint_args *ctx)
     if (!n || !*n || FIELD(sport, sk, OFF_INET_SPORT))
         return 0;
     port = NTOHS(sport);   // the socket's port (skc_num is 0 once it left the port's table)
+    if (!port)
+        return 0;   // never bound: [0] is the count in all
     n = listen_ports.lookup(&port);
     if (!n || !*n || SPAN_READ(skc, sk, SKE))
         return 0;
     SPAN_FIELD(dport, skc, SKE, OFF_SKC_DPORT);
-    if (!dport)
+    void *net = 0;
+    SPAN_FIELD(net, skc, SKE, OFF_SKC_NET);
+    if (!dport || FIELD(ev.netns, net, OFF_NET_INUM))
         return 0;   // a listener itself: no peer
+    struct listen_at_key at = {.netns = ev.netns, .port = port};
+    if (!listen_at.lookup(&at))
+        return 0;   // the port of a tracked listener in another namespace
     ev.ktime_ns = bpf_ktime_get_ns();
     ev.action = A_PEER_END;
     skc_addrs(&ev, skc);
     ev.local_port = port;
-    void *net = 0;
-    SPAN_FIELD(net, skc, SKE, OFF_SKC_NET);
-    FIELD(ev.netns, net, OFF_NET_INUM);
     send(&ev);
     return 0;
 }
@@ -392,10 +418,23 @@ static __always_inline void outcome(struct bpf_sock_ops *skops, u16 status)
     ev.ktime_ns = bpf_ktime_get_ns();
     ev.action = A_OUTCOME;
     ev.status = status;
+    ev.error = status == S_FAILED ? EHOSTUNREACH : 0;
     ev.cookie = bpf_get_socket_cookie(skops);
     ev.retrans = skops->segs_in ? 0 : skops->total_retrans;   // a reset after SYNs sent again is a refusal
     tcp_addrs(&ev, skops);
     send(&ev);
+}
+
+// How a connect closed in SYN_SENT: a reset answered (a segment came in), the SYNs went
+// unanswered (sent again), or neither: its caller closed it (in the caller's own context),
+// or an ICMP error did (in another's: softirq; sock_ops is not told the error).
+static __always_inline u16 closed(struct bpf_sock_ops *skops)
+{
+    if (skops->segs_in || skops->total_retrans)
+        return S_CLOSED;
+    struct bpf_sock *sk = skops->sk;
+    struct owner *o = sk ? reported_socks.sk_storage_get(sk, 0, 0) : 0;
+    return o && o->pid == bpf_get_current_pid_tgid() >> 32 ? S_UNANSWERED : S_FAILED;
 }
 
 int netutil_sock_ops(struct bpf_sock_ops *skops)
@@ -413,10 +452,7 @@ int netutil_sock_ops(struct bpf_sock_ops *skops)
         // Only sockets whose flags a tracked process set above or below.
         u32 old = skops->args[0], now = skops->args[1];
         if (old == BPF_TCP_SYN_SENT && (now == BPF_TCP_ESTABLISHED || now == BPF_TCP_CLOSE)) {
-            // Closed: a reset answered (a segment came in), the SYNs went unanswered
-            // (sent again), or the caller closed it before either (S_UNANSWERED).
-            outcome(skops, now == BPF_TCP_ESTABLISHED ? S_ESTABLISHED
-                           : skops->segs_in || skops->total_retrans ? S_CLOSED : S_UNANSWERED);
+            outcome(skops, now == BPF_TCP_ESTABLISHED ? S_ESTABLISHED : closed(skops));
             bpf_sock_ops_cb_flags_set(skops, 0);   // nothing more of this socket
         } else if (old == BPF_TCP_LISTEN) {
             struct listen_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};

@@ -128,10 +128,10 @@ def test_outcomes_read_at_tracepoints_and_an_open_connect_s_state_read_with_sock
         rows: tuple[SocketRows, list[Row]]) -> None:
     """Where the probe reads outcomes at tracepoints: the kernel's error, or how the
     socket ended; a connect still open when ANSWER_WAIT_S is up is looked up (a real
-    socket of this process, by its cookie): answered; one whose socket is not open sent
-    nothing (no route)."""
+    socket of this process, by its cookie): answered. One whose socket is not open is
+    asked again at the next tick (its end may still be in the ring), then in progress."""
     sockets, out = rows
-    sockets.read_states(SockDiag(), lambda port, listening: None)
+    sockets.read_states(SockDiag(), lambda netns, port, listening: None)
     for cookie, status, error in ((1, S_FAILED, 111), (2, S_FAILED, 110), (3, S_FAILED, 113), (4, S_ESTABLISHED, 0),
                                   (5, S_UNANSWERED, 0), (6, S_NO_SYN, 0)):
         sockets.take(record(A_CONNECT, cookie, port=cookie))   # a port each: no two rows fold
@@ -142,11 +142,15 @@ def test_outcomes_read_at_tracepoints_and_an_open_connect_s_state_read_with_sock
         port = listener.getsockname()[1]
         client.connect(("127.0.0.1", port))
         cookie = struct.unpack("=Q", client.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
-        for c in (cookie, cookie + 1_000_000):   # the open one; one not open
+        for c in (cookie, cookie + 1_000_000, cookie + 2_000_000):   # the open one; two not open
             sockets.take(dataclasses.replace(record(A_CONNECT, c, remote="127.0.0.1", port=port), pid=os.getpid()))
         sockets.tick(NOW_NS + int(SYN_WAIT_S * 1e9) + 1)
         assert cookie in sockets._connects   # noqa: SLF001 (no SYN_SENT event here: it waits for ANSWER_WAIT_S)
         sockets.tick(NOW_NS + int(ANSWER_WAIT_S * 1e9) + 1)
+        assert set(sockets._connects) == {cookie + 1_000_000, cookie + 2_000_000}   # noqa: SLF001
+        sockets.take(record(A_OUTCOME, cookie + 2_000_000, S_NO_SYN))   # read from the ring meanwhile
+        sockets.tick(NOW_NS + int(ANSWER_WAIT_S * 1e9) + 2)
     sockets.flush()
-    assert [r["status"] for r in out] == ["refused", "timed out", "unreachable", "succeeded", "in progress",
-                                          "unreachable", "succeeded", "unreachable"]
+    assert sorted((r["remote_port"], r["status"], r["count"]) for r in out) == [
+        (1, "refused", 1), (2, "timed out", 1), (3, "unreachable", 1), (4, "succeeded", 1), (5, "in progress", 1),
+        (6, "unreachable", 1), (port, "in progress", 1), (port, "succeeded", 1), (port, "unreachable", 1)]

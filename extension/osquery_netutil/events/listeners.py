@@ -6,12 +6,12 @@ running for every TCP connection of the host, so these are read with sock_diag
 (sockdiag.py), for the sockets of tracked processes only:
 
 * a TCP socket a tracked process bound (its `bind` event) is looked for among the
-  listeners of its namespace for LISTEN_WAIT_S: found, it is a `listen` row and a
-  listener, whose port the kernel then watches (Probe.listen_port);
+  listeners of its namespace, by its cookie, for LISTEN_WAIT_S: found, it is a `listen`
+  row and a listener, whose namespace and port the kernel then watches (Probe.listen_port);
 * a listener's connections are read every PEERS_EVERY_S: each new peer is an `accept`
   row; and a connection on a watched port that ended before it was read (a one-shot
   `echo cmd | nc host port`) is handed over by the kernel at its end (A_PEER_END), and
-  is an `accept` row then;
+  is an `accept` row then; a listener's peers are those on its port and address;
 * a listener is forgotten once its listening socket and its connections are gone (nc -l
   closes its listener as it accepts, and serves the connection for hours).
 """
@@ -33,6 +33,7 @@ PEERS_EVERY_S = 0.5     # a listener's connections are read this often
 LISTENERS_MAX = 64      # listeners followed at once (a port-filtered question each, twice a second); more are counted as lost
 _BOUND_MAX = 1024
 Peer = tuple[str, int]
+WILDCARDS = ("0.0.0.0", "::")
 
 
 @dataclass
@@ -40,17 +41,21 @@ class _Listener:
     bound: SockRecord     # the bind that made it: its process, track and origin
     netns: int
     cookie: int           # of its listening socket
-    listening: bool = True
-    peers: OrderedDict[Peer, None] = field(default_factory=OrderedDict)   # reported, newest last
-    accepted: int = 0
+    address: str          # its local address (a wildcard takes a peer to any)
+    peers: OrderedDict[Peer, None] = field(default_factory=OrderedDict)   # reported, at most SOCK_BUDGET
+
+    def serves(self, local_address: str) -> bool:
+        """Whether a connection to local_address on its port is one it accepted (a
+        SO_REUSEPORT sibling on the same address cannot be told apart)."""
+        return self.address in WILDCARDS or local_address == self.address
 
 
 class Listeners:
     """Listeners and their peers, as SockRecords for SocketRows to make rows of."""
 
-    def __init__(self, diag: SockDiag, listen_port: Callable[[int, bool], None]) -> None:
-        """listen_port(port, listening): the probe's, so that the kernel hands over the
-        connections that end on the port of a listener (A_PEER_END)."""
+    def __init__(self, diag: SockDiag, listen_port: Callable[[int, int, bool], None]) -> None:
+        """listen_port(netns, port, listening): the probe's, so that the kernel hands
+        over the connections that end on the port of a listener (A_PEER_END)."""
         self._diag = diag
         self._listen_port = listen_port
         self._bound: OrderedDict[tuple[int, int, int], SockRecord] = OrderedDict()   # (pid, family, port)
@@ -67,9 +72,9 @@ class Listeners:
 
     def peer_ended(self, rec: SockRecord) -> SockRecord | None:
         """A connection on a watched port ended (A_PEER_END): an `accept` of the listener
-        of its namespace and port, unless one was reported."""
+        of its namespace, port and address, unless one was reported."""
         listener = self._listeners.get((rec.netns, rec.local_port))
-        if listener is None:
+        if listener is None or not listener.serves(rec.local_address):
             return None
         return self._accepted(listener, rec.remote_address, rec.remote_port, rec.local_address, rec.cookie, rec)
 
@@ -86,13 +91,13 @@ class Listeners:
 
     def close(self) -> None:
         """Stop watching every listener's port."""
-        for _, port in self._listeners:
-            self._listen_port(port, False)
+        for netns, port in self._listeners:
+            self._listen_port(netns, port, False)
         self._listeners.clear()
 
     def _listening(self, now_ns: int) -> list[SockRecord]:
-        """The bound sockets found listening, as `listen` events: one question per network
-        namespace and family (of one port's listeners when only one is looked for)."""
+        """The bound sockets found listening (by their cookie), as `listen` events: one
+        question per network namespace and family (of one port when only one is looked for)."""
         groups: dict[tuple[int, int], list[tuple[tuple[int, int, int], SockRecord]]] = {}
         for key, rec in list(self._bound.items()):
             netns = self._diag.netns(rec.pid)
@@ -103,36 +108,39 @@ class Listeners:
         found: list[SockRecord] = []
         for (netns, family), bound in groups.items():
             port = bound[0][1].local_port if len(bound) == 1 else 0
-            listening = self._diag.sockets(bound[0][1].pid, family, LISTENING, local_port=port) or []
+            listening = {s.cookie: s for s in self._diag.sockets(bound[0][1].pid, family, LISTENING, local_port=port) or ()}
             for key, rec in bound:
-                socks = [s for s in listening if s.local_port == rec.local_port]
-                if socks:
+                sock = listening.get(rec.cookie)
+                if sock is not None:
                     del self._bound[key]
-                    found += self._listener(netns, rec, socks, now_ns)
+                    found += self._listener(netns, rec, sock, now_ns)
         return found
 
-    def _listener(self, netns: int, rec: SockRecord, socks: list[DiagSocket], now_ns: int) -> list[SockRecord]:
-        """rec's socket listens (one of socks): a listener, and its `listen` event."""
-        if (netns, rec.local_port) in self._listeners:
-            return []
-        if len(self._listeners) >= LISTENERS_MAX:
-            self.lost += 1
-            return []
-        sock = next((s for s in socks if s.local_address == rec.local_address), socks[0])
-        self._listeners[(netns, rec.local_port)] = _Listener(rec, netns, sock.cookie)
-        self._listen_port(rec.local_port, True)
-        return [_at(rec, now_ns, action=A_LISTEN, cookie=sock.cookie, local_address=sock.local_address)]
+    def _listener(self, netns: int, rec: SockRecord, sock: DiagSocket, now_ns: int) -> list[SockRecord]:
+        """rec's socket listens: a listener (in place of one that listened there before:
+        `while :; do nc -l -p 4444; done`), and its `listen` event."""
+        key = (netns, rec.local_port)
+        before = self._listeners.get(key)
+        if before is None:
+            if len(self._listeners) >= LISTENERS_MAX:
+                self.lost += 1
+                return []
+            self._listen_port(netns, rec.local_port, True)
+        self._listeners[key] = _Listener(rec, netns, sock.cookie, sock.local_address)
+        return [_at(rec, now_ns, action=A_LISTEN, local_address=sock.local_address)]
 
     def _read_peers(self, key: tuple[int, int], listener: _Listener, now_ns: int) -> list[SockRecord]:
         bound = listener.bound
         found = self._diag.sockets(bound.pid, bound.family, LISTENING | CONNECTED, local_port=bound.local_port)
-        if found is None or self._diag.netns(bound.pid) != listener.netns:
-            found = []   # its process is gone (or moved): nothing more is read of it
-        listener.listening = any(s.state == LISTEN and s.cookie == listener.cookie for s in found)
-        peers = [s for s in found if s.state != LISTEN]
-        if not listener.listening and not peers:
+        if found is None:
+            if self._diag.netns(bound.pid) == listener.netns:
+                return []   # asked in vain: again at the next read
+            found = []      # its process is gone (or moved): nothing more is read of it
+        listening = any(s.state == LISTEN and s.cookie == listener.cookie for s in found)
+        peers = [s for s in found if s.state != LISTEN and listener.serves(s.local_address)]
+        if not listening and not peers:
             del self._listeners[key]
-            self._listen_port(bound.local_port, False)
+            self._listen_port(listener.netns, bound.local_port, False)
             return []
         accepts = (self._accepted(listener, s.remote_address, s.remote_port, s.local_address, s.cookie) for s in peers)
         return [_at(rec, now_ns) for rec in accepts if rec]
@@ -142,13 +150,11 @@ class Listeners:
         peer = (address, port)
         if peer in listener.peers:
             return None
-        listener.peers[peer] = None
-        if len(listener.peers) > SIZES["SOCK_BUDGET"]:
-            listener.peers.popitem(last=False)
-        if listener.accepted >= SIZES["SOCK_BUDGET"]:
-            self.lost += 1
+        if len(listener.peers) >= SIZES["SOCK_BUDGET"]:
+            if ended is not None:
+                self.lost += 1   # counted once, at its end
             return None
-        listener.accepted += 1
+        listener.peers[peer] = None
         rec = dataclasses.replace(listener.bound, action=A_ACCEPT, cookie=cookie, local_address=local_address,
                                   remote_address=address, remote_port=port)
         return dataclasses.replace(rec, time=ended.time, ktime_ns=ended.ktime_ns) if ended else rec

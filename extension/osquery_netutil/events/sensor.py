@@ -80,14 +80,13 @@ class Sensor:
         try:
             probe = Probe(self.catalog.kernel_names(), self._on_exec, forward_prefixes=self._prefixes,
                           mode=self._probe_mode, btf_offsets=self._btf_offsets, content_verdicts=True,
-                          on_socket=self._on_socket if self._want_sockets else None, on_tick=self._on_tick)
+                          on_socket=self._on_socket if self._want_sockets else None, on_tick=self._on_tick,
+                          on_attached=lambda: self._sockets_attached(probe))
             self._enricher = Enricher(self.catalog, probe.ancestry, verdict=probe.remember_verdict,
                                       forget=probe.forget_verdicts)
             self._sockets = SocketRows(self._add_socket_row, probe.ancestry, self._enricher.origin)
             self._judge_track = probe.judge_track
             probe.start()
-            if probe.outcomes_at_tracepoints and probe.network_mode:
-                self._sockets.read_states(SockDiag(), probe.listen_port)
         except ProbeError as exc:
             self._failure = str(exc)
             self.publish_status()
@@ -148,6 +147,13 @@ class Sensor:
                 self._on_row(row)
         if self._sockets is not None:
             self._judge_track(rec, self._sockets.exec_seen(rec, eid))
+
+    def _sockets_attached(self, probe: Probe) -> None:
+        """The probe's socket programs are attached and its reader not yet started: where
+        they read TCP outcomes at tracepoints, what those do not report is read with
+        sock_diag (events/listeners.py)."""
+        if self._sockets is not None and probe.outcomes_at_tracepoints and probe.network_mode:
+            self._sockets.read_states(SockDiag(), probe.listen_port)
 
     def _on_socket(self, rec: SockRecord) -> None:
         assert self._sockets is not None   # made before the probe starts calling

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Collection, Sequence
 
 from osquery_netutil.kernel.sockets import address
 
@@ -29,7 +30,7 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ = 11, 12   # include/uapi/linux/inet_diag.h
+INET_DIAG_BC_JMP, INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ = 1, 11, 12   # include/uapi/linux/inet_diag.h
 CLONE_NEWNET = 0x40000000
 
 # TCP states (include/net/tcp_states.h) and the masks asked for.
@@ -41,9 +42,12 @@ OPEN = CONNECTED | 1 << SYN_SENT | 1 << SYN_RECV
 _REQ = struct.Struct("=BBBxI2s2s16s16sIII")   # inet_diag_req_v2: family, protocol, ext, states, id
 _MSG = struct.Struct("=BBBB2s2s16s16sIII")     # inet_diag_msg: family, state, timer, retrans, id (ports, addrs, if, cookie)
 _NLMSG = struct.Struct("=IHHII")
-_NAMESPACES_KEPT = 8
+_NAMESPACES_KEPT = 8        # netlink sockets kept, one per namespace (each holds its namespace)
+_IDLE_S = 10.0              # and closed once unused this long (a container's namespace is let go)
+_PORTS_PER_QUESTION = 256   # ports one question's filter compares, at most
 _ANSWER_MAX = 100_000       # messages read from one dump at most
 _TIMEOUT_S = 1.0
+NLM_F_DUMP_INTR = 0x10
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,9 @@ class SockDiag:
     """Asks sock_diag about TCP sockets, in a process's network namespace."""
 
     def __init__(self) -> None:
-        self._sockets: OrderedDict[int, socket.socket] = OrderedDict()   # by namespace inode
+        self._sockets: OrderedDict[int, tuple[socket.socket, float]] = OrderedDict()   # by namespace inode: (socket, last used)
         self._seq = 0
-        self.last_error = ""
+        self.last_error = ""   # why the last question that should have had an answer had none
 
     def netns(self, pid: int) -> int | None:
         """The inode number of pid's network namespace; None when pid is gone."""
@@ -74,36 +78,47 @@ class SockDiag:
             return None
 
     def sockets(self, pid: int, family: int, states: int, local_port: int = 0,
-                remote_port: int = 0) -> list[DiagSocket] | None:
+                remote_ports: Collection[int] = ()) -> list[DiagSocket] | None:
         """The TCP sockets of family in pid's network namespace in one of states (a mask
-        of 1 << state), with that local or remote port when given. None when they cannot
-        be asked for (pid gone, netlink refused: last_error says why)."""
+        of 1 << state), with that local port, or one of those remote ports, when given
+        (the kernel filters: a question per _PORTS_PER_QUESTION ports). None when they
+        cannot be asked for: pid gone, or netlink refused (last_error says why)."""
         ns = self.netns(pid)
         if ns is None:
             return None
+        self._close_idle()
         sock = self._socket(pid, ns)
         if sock is None:
             return None
-        self._seq += 1
-        port_op, port = (INET_DIAG_BC_S_EQ, local_port) if local_port else (INET_DIAG_BC_D_EQ, remote_port)
-        # One port comparison: true jumps past its 8 bytes to the end (accept), false 4
-        # bytes beyond it (reject), as inet_diag_bc_audit wants them.
-        bytecode = struct.pack("=BBHBBH", port_op, 8, 12, 0, 0, port) if port else b""
-        attr = struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode if bytecode else b""
-        req = _REQ.pack(family, socket.IPPROTO_TCP, 0, states, b"", b"", b"", b"", 0, 0, 0) + attr
-        msg = _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + req
+        if local_port:
+            filters = [_ports_filter(INET_DIAG_BC_S_EQ, [local_port])]
+        else:
+            ports = sorted(set(remote_ports))
+            filters = [_ports_filter(INET_DIAG_BC_D_EQ, ports[i:i + _PORTS_PER_QUESTION])
+                       for i in range(0, len(ports), _PORTS_PER_QUESTION)] or [b""]
+        found: list[DiagSocket] = []
         try:
-            sock.send(msg)
-            return self._answer(sock)
+            for bytecode in filters:
+                found += self._ask(sock, family, states, bytecode)
         except OSError as exc:
-            self.last_error = f"sock_diag: {exc.strerror or exc}"
             self._drop(ns)
+            if self.netns(pid) is not None:   # not just a process that ended meanwhile
+                self.last_error = f"sock_diag: {exc.strerror or exc}"
             return None
+        self.last_error = ""
+        return found
 
     def close(self) -> None:
-        for sock in self._sockets.values():
+        for sock, _ in self._sockets.values():
             sock.close()
         self._sockets.clear()
+
+    def _ask(self, sock: socket.socket, family: int, states: int, bytecode: bytes) -> list[DiagSocket]:
+        self._seq += 1
+        attr = struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode if bytecode else b""
+        req = _REQ.pack(family, socket.IPPROTO_TCP, 0, states, b"", b"", b"", b"", 0, 0, 0) + attr
+        sock.send(_NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + req)
+        return self._answer(sock)
 
     def _answer(self, sock: socket.socket) -> list[DiagSocket]:
         found: list[DiagSocket] = []
@@ -114,41 +129,69 @@ class SockDiag:
             data = sock.recv(65536)
             at = 0
             while at + _NLMSG.size <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(data, at)
+                length, kind, flags, seq, _pid = _NLMSG.unpack_from(data, at)
                 if length < _NLMSG.size:
                     raise OSError("sock_diag: a malformed message")
                 body = data[at + _NLMSG.size: at + length]
                 at += (length + 3) & ~3
                 if seq != self._seq:
                     continue   # the rest of an answer abandoned earlier
-                if kind == NLMSG_DONE:
-                    return found
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", body)[0]
-                    raise OSError(err, os.strerror(err))
+                if flags & NLM_F_DUMP_INTR:
+                    raise OSError("sock_diag: the tables changed during the answer")
+                if kind in (NLMSG_DONE, NLMSG_ERROR):
+                    err = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
+                    if err > 0:
+                        raise OSError(err, os.strerror(err))
+                    if kind == NLMSG_DONE:
+                        return found
+                    continue   # an acknowledgement
                 if len(body) >= _MSG.size:
                     found.append(_parse(body))
         raise OSError("sock_diag: an answer of more than 100,000 messages")
 
     def _socket(self, pid: int, ns: int) -> socket.socket | None:
-        sock = self._sockets.get(ns)
-        if sock is not None:
+        kept = self._sockets.get(ns)
+        if kept is not None:
+            self._sockets[ns] = (kept[0], time.monotonic())
             self._sockets.move_to_end(ns)
-            return sock
+            return kept[0]
         try:
             sock = _made_in(f"/proc/{pid}/ns/net") if ns != self.netns(os.getpid()) else _netlink()
         except OSError as exc:
-            self.last_error = f"sock_diag in the network namespace of pid {pid}: {exc.strerror or exc}"
+            if self.netns(pid) is not None:
+                self.last_error = f"sock_diag in the network namespace of pid {pid}: {exc.strerror or exc}"
             return None
-        self._sockets[ns] = sock
+        self._sockets[ns] = (sock, time.monotonic())
         if len(self._sockets) > _NAMESPACES_KEPT:
-            self._sockets.popitem(last=False)[1].close()
+            self._sockets.popitem(last=False)[1][0].close()
         return sock
 
+    def _close_idle(self) -> None:
+        idle = time.monotonic() - _IDLE_S
+        for ns, (sock, used) in list(self._sockets.items()):
+            if used < idle:
+                sock.close()
+                del self._sockets[ns]
+
     def _drop(self, ns: int) -> None:
-        sock = self._sockets.pop(ns, None)
-        if sock is not None:
-            sock.close()
+        kept = self._sockets.pop(ns, None)
+        if kept is not None:
+            kept[0].close()
+
+
+def _ports_filter(op: int, ports: Sequence[int]) -> bytes:
+    """inet_diag bytecode: true when the port is one of ports, in the form `ss` gives an
+    `or` (inet_diag_bc_audit follows each op's true branch, so every op must be on it):
+    each comparison (8 bytes: the op, then the port in the next op's `no`) is followed by
+    a JMP to the end (accept) on its true branch; its false branch goes on to the next
+    comparison, the last one's 4 bytes past the end (reject)."""
+    ops = b""
+    for i, port in enumerate(ports):
+        ops += struct.pack("=BBHBBH", op, 8, 12, 0, 0, port)
+        if i < len(ports) - 1:
+            rest = 12 * (len(ports) - 2 - i) + 8   # the comparisons after this JMP
+            ops += struct.pack("=BBH", INET_DIAG_BC_JMP, 4, 4 + rest)
+    return ops
 
 
 def _netlink() -> socket.socket:
@@ -177,11 +220,9 @@ def _made_in(ns_path: str) -> socket.socket:
     try:
         thread = threading.Thread(target=enter, name="netutil-setns", daemon=True)
         thread.start()
-        thread.join(_TIMEOUT_S)
+        thread.join()   # setns and socket do not block; the fd stays open until they are done
     finally:
         os.close(fd)
-    if not made:
-        raise OSError("setns did not return within a second")
     if isinstance(made[0], OSError):
         raise made[0]
     return made[0]

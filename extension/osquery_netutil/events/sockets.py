@@ -9,15 +9,16 @@ so what this module keeps needs no lock:
   (`ssh`'s ProxyCommand, a renamed copy run by `nc -e`) is joined to the utility's row;
 * a TCP connect until its outcome. Where the probe reads outcomes at tracepoints, the
   kernel says how a connect failed (its error) or, at its socket's end, whether it was
-  answered; a connect still open after ANSWER_WAIT_S is looked up with sock_diag (answered,
-  or in progress). With sock_ops, the kernel says when its SYN left (none: unreachable,
-  the connect failed before a packet could), then whether it was answered;
+  answered; a connect still open after ANSWER_WAIT_S is looked up with sock_diag
+  (answered, or in progress). With sock_ops, the kernel says when its SYN left (none:
+  unreachable, the connect failed before a packet could), then whether it was answered;
 * listeners and the peers they accept, where no sock_ops reports them (listeners.py);
 * identical actions of one process within FOLD_S, folded into one row with a count.
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ SETTLED_S = int(ANSWER_WAIT_S + FOLD_S) + 2
 _TRACKED_REMEMBERED = 65536
 _CONNECTS_HELD = 16384
 _CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row
+_DUE_PER_TICK = 256    # connects settled per tick at most (sock_diag questions are bounded by it)
 IPPROTO_TCP = 6
-ECONNREFUSED, ETIMEDOUT = 111, 110
 NOT_OPEN = 0           # a connect's socket is not among the open ones of its namespace
 _TRACK = "_track"      # a held row's tracked exec, until it is handed on
 ENDED = -1             # exec_eid of a track that ended: its exec was judged no row (F_TRACK_PENDING)
@@ -62,6 +63,7 @@ class _Connect:
     rec: SockRecord
     row: Row
     syn_sent: bool = False
+    asked: bool = False    # sock_diag found its socket not open: its outcome may still be in the ring
 
 
 @dataclass
@@ -89,10 +91,10 @@ class SocketRows:
         self._diag: SockDiag | None = None   # where outcomes come from tracepoints (read_states)
         self._listeners: Listeners | None = None
 
-    def read_states(self, diag: SockDiag, listen_port: Callable[[int, bool], None]) -> None:
+    def read_states(self, diag: SockDiag, listen_port: Callable[[int, int, bool], None]) -> None:
         """The probe reads TCP outcomes at tracepoints (no sock_ops): what the kernel does
         not report (an open connect's state, listeners, their peers) is read with diag.
-        Called once, as the probe starts."""
+        Called once, as the probe starts, before its poll thread."""
         self._listeners = Listeners(diag, listen_port)
         self._diag = diag
 
@@ -167,9 +169,16 @@ class SocketRows:
             if waited >= (ANSWER_WAIT_S if pending.syn_sent or self._diag else SYN_WAIT_S):
                 del self._connects[cookie]
                 due.append(pending)
+                if len(due) == _DUE_PER_TICK:
+                    break
         states = self._states(due)
         for pending in due:
-            self._settle(pending, states.get(pending.rec.cookie))
+            state = states.get(pending.rec.cookie)
+            if state == NOT_OPEN and not pending.asked:
+                pending.asked = True   # its end may be in the ring still: read at the next tick
+                self._connects[pending.rec.cookie] = pending
+            else:
+                self._settle(pending, state)
         if self._listeners is not None:
             for rec in self._listeners.poll(now_ns):
                 self._fold(self._row(rec))
@@ -198,6 +207,8 @@ class SocketRows:
         self._connects.clear()
         if self._listeners is not None:
             self._listeners.close()
+        if self._diag is not None:
+            self._diag.close()
         self.flush()
 
     def _outcome(self, rec: SockRecord) -> None:
@@ -214,7 +225,7 @@ class SocketRows:
             # A RST answers at once; a SYN sent again and again went unanswered.
             pending.row["status"] = "timed out" if rec.retrans else "refused"
         elif rec.status == S_FAILED:
-            pending.row["status"] = {ECONNREFUSED: "refused", ETIMEDOUT: "timed out"}.get(rec.error, "unreachable")
+            pending.row["status"] = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "timed out"}.get(rec.error, "unreachable")
         elif rec.status in (S_UNANSWERED, S_NO_SYN):
             # Closed by its caller before an answer; or having sent nothing: no route.
             pending.row["status"] = "in progress" if rec.status == S_UNANSWERED else "unreachable"
@@ -223,8 +234,8 @@ class SocketRows:
     def _states(self, due: list[_Connect]) -> dict[int, int]:
         """The TCP states of the sockets of connects still open, by cookie (NOT_OPEN: its
         namespace was asked and it is not there), asked of sock_diag where the probe reads
-        outcomes at tracepoints: one question per network namespace and family, however
-        many connects a scan left waiting (of one port's sockets when they share one)."""
+        outcomes at tracepoints: per network namespace and family, of those connects'
+        remote ports only (at most _DUE_PER_TICK of them)."""
         states: dict[int, int] = {}
         if self._diag is None:
             return states
@@ -234,8 +245,7 @@ class SocketRows:
             if netns is not None:
                 groups.setdefault((netns, pending.rec.family), []).append(pending)
         for (_, family), connects in groups.items():
-            ports = {p.rec.remote_port for p in connects}
-            found = self._diag.sockets(connects[0].rec.pid, family, OPEN, remote_port=ports.pop() if len(ports) == 1 else 0)
+            found = self._diag.sockets(connects[0].rec.pid, family, OPEN, remote_ports={p.rec.remote_port for p in connects})
             if found is not None:
                 states |= {p.rec.cookie: NOT_OPEN for p in connects}
                 states |= {sock.cookie: sock.state for sock in found}
@@ -243,13 +253,11 @@ class SocketRows:
 
     def _settle(self, pending: _Connect, state: int | None = None) -> None:
         """A connect with no final outcome by now. With sock_ops: no SYN left (no route),
-        or no answer yet. Else its socket's state: answered, or not yet (also when it could
-        not be asked); a socket not open sent nothing (no route: it never entered the
-        kernel's tables; one that did would have ended with an outcome)."""
+        or no answer yet. Else its socket's state: answered, or not (yet): also when it
+        could not be asked, or was not open (twice: a socket that entered the kernel's
+        tables and left them had an outcome, read first)."""
         if self._diag is None:
             pending.row["status"] = "in progress" if pending.syn_sent else "unreachable"
-        elif state == NOT_OPEN:
-            pending.row["status"] = "unreachable"
         else:
             pending.row["status"] = "succeeded" if state and (1 << state) & CONNECTED else "in progress"
         self._fold(pending.row)

@@ -70,6 +70,7 @@ OUTCOME_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_ERR": ("sock", "sk_err"),
     "OFF_TCP_RCV_NXT": ("tcp_sock", "rcv_nxt"),
     "OFF_TCP_SEGS_OUT": ("tcp_sock", "segs_out"),
+    "OFF_TCP_BYTES_ACKED": ("tcp_sock", "bytes_acked"),
     "OFF_NET_INUM": ("net", "ns.inum"),
     "OFF_INET_SPORT": ("inet_sock", "inet_sport"),
 }
@@ -141,7 +142,10 @@ def btf_defines(btf: Btf, offsets: dict[str, int], fentry: bool, verdicts: bool,
         defines["SENDS_AT_SYSCALL"] = 1
         extra |= SEND_FIELDS
     if all(btf.has_raw_tracepoint(tracepoint) for tracepoint, _ in OUTCOME_TRACEPOINTS):
-        defines["OUTCOMES_AT_TRACEPOINTS"] = 1
-        extra |= OUTCOME_FIELDS
+        try:   # a kernel without a member (CONFIG_NET_NS=n: no skc_net.net) keeps sock_ops
+            defines |= {name: btf.offset(*field) for name, field in OUTCOME_FIELDS.items()}
+            defines["OUTCOMES_AT_TRACEPOINTS"] = 1
+        except BtfError:
+            pass
     defines |= {name: btf.offset(*field) for name, field in extra.items()}
     return defines | spans(defines)

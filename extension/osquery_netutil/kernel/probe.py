@@ -55,6 +55,7 @@ class Probe:
         content_verdicts: bool = False,
         on_socket: Callable[[SockRecord], None] | None = None,
         on_tick: Callable[[], None] = lambda: None,
+        on_attached: Callable[[], None] = lambda: None,
     ) -> None:
         """comm_names: forwarded by name. interpreters: their script argument is judged by
         its place (an origin). mode: one of MODES. btf_offsets: the struct offsets btf
@@ -63,7 +64,8 @@ class Probe:
         owner gives its verdict (remember_verdict); a bare probe leaves them off.
         on_socket: gets each socket event of a tracked process (the socket programs are
         attached only then: network_mode says whether they are); on_tick: called on the
-        poll thread after each poll, records or not."""
+        poll thread after each poll, records or not; on_attached: once attached, before
+        the poll thread starts (what the build reads is known then)."""
         if mode not in MODES:
             raise ProbeError(f"unknown probe mode {mode!r}: use one of {', '.join(MODES)}")
         self._requested = mode
@@ -82,6 +84,7 @@ class Probe:
         self._on_exec = on_exec
         self._on_socket = on_socket
         self._on_tick = on_tick
+        self._on_attached = on_attached
         self._links: CgroupLinks | None = None
         self._sends_at_syscall = False   # built to read sends at sock:sock_send_length (else at egress)
         self.outcomes_at_tracepoints = False   # built to read TCP outcomes at tracepoints (else sock_ops)
@@ -118,6 +121,7 @@ class Probe:
             self._prepare()
             self.mode = "tracepoint"
         self._attach_sockets()
+        self._on_attached()
         self._thread = threading.Thread(target=self._poll, name="netutil-probe", daemon=True)
         self._thread.start()
 
@@ -286,17 +290,26 @@ class Probe:
         key.ktime_ns, key.pid = rec.track[1], rec.track[0]
         table[key] = ctypes.c_uint32(TRACK_KEEP if keep else TRACK_END)
 
-    def listen_port(self, port: int, listening: bool) -> None:
-        """A tracked listener on port was found (listening) or is gone: the kernel hands
-        over the connections that end on a port while any tracked listener has it
-        (OUTCOMES_AT_TRACEPOINTS: netutil_tcp_destroy). Counted per port, as listeners in
-        several namespaces may share one, and in all at port 0 (no listener can have it)."""
+    def listen_port(self, netns: int, port: int, listening: bool) -> None:
+        """A tracked listener on port in the network namespace netns (its inode number)
+        was found (listening) or is gone: the kernel hands over the connections that end
+        on a port and namespace while any tracked listener has them
+        (OUTCOMES_AT_TRACEPOINTS: netutil_tcp_destroy). Counted, as listeners may share
+        them (listen_ports: by port, and in all at port 0, which no listener can have;
+        listen_at: by namespace and port)."""
         bpf = self._bpf   # stop() may clear it meanwhile
         if bpf is None or not self.outcomes_at_tracepoints:
             return
-        table = bpf[b"listen_ports"]
-        for key in (ctypes.c_uint32(port & 0xFFFF), ctypes.c_uint32(0)):   # [0]: in all
-            table[key] = ctypes.c_uint32(max(0, table[key].value + (1 if listening else -1)))
+        step = 1 if listening else -1
+        ports, at = bpf[b"listen_ports"], bpf[b"listen_at"]
+        for key in (ctypes.c_uint32(port & 0xFFFF), ctypes.c_uint32(0)):
+            ports[key] = ctypes.c_uint32(max(0, ports[key].value + step))
+        key = at.Key(netns & 0xFFFFFFFF, port & 0xFFFF)
+        count = (at[key].value if key in at else 0) + step
+        if count > 0:
+            at[key] = ctypes.c_uint32(count)
+        elif key in at:
+            del at[key]
 
     def forget_verdicts(self) -> None:
         """Void every verdict given (zeroed slots match no image): each is judged again."""
