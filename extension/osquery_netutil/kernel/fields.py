@@ -44,27 +44,24 @@ NOT_NAMED_WITHOUT_FENTRY = "scripts run without a #! line are not named in the a
 # syscall numbers and argument registers are x86_64's) and where the kernel has it (6.3+);
 # elsewhere the egress program reads them.
 SEND_TRACEPOINT = "sock_send_length"
-SEND_FIELDS: dict[str, tuple[str, str]] = {
+# A socket's addresses and ports (struct sock_common), which both socket builds read.
+SOCK_COMMON_FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
     "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
     "OFF_SKC_NUM": ("sock_common", "skc_num"),
     "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
     "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
-    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
 }
+SEND_FIELDS: dict[str, tuple[str, str]] = {**SOCK_COMMON_FIELDS, "OFF_SK_PROTOCOL": ("sock", "sk_protocol")}
 SENDS_AT_SYSCALL_MACHINE = "x86_64"
 # The raw tracepoints that tell a TCP connect's outcome and a tracked listener's ended
 # connections (bpf/netutil_sock.bpf.c, OUTCOMES_AT_TRACEPOINTS), by name and program;
 # where the kernel lacks either (before 5.14), sock_ops does.
 OUTCOME_TRACEPOINTS = (("inet_sk_error_report", "netutil_sk_error"), ("tcp_destroy_sock", "netutil_tcp_destroy"))
 OUTCOME_FIELDS: dict[str, tuple[str, str]] = {
-    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    **SOCK_COMMON_FIELDS,
     "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
-    "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
-    "OFF_SKC_NUM": ("sock_common", "skc_num"),
-    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
     "OFF_SKC_NET": ("sock_common", "skc_net.net"),
-    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
     "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
     "OFF_SKC_COOKIE": ("sock_common", "skc_cookie"),
     "OFF_SK_ERR": ("sock", "sk_err"),
