@@ -101,10 +101,10 @@ struct listen_key { u64 netns; u32 port; u32 pad; };
 BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);   // their own: a scan cannot cost exec events
 BPF_PERCPU_ARRAY(dns_heap, struct dns_event, 1);       // too big for the stack (egress); also the records' type for user space
 BPF_HASH(listeners, struct listen_key, struct owner, LISTENERS_MAX);
-// Sockets whose connect was reported (their outcome is: TCP_CONNECT_CB); for the egress
-// build, also those a tracked process connected to port 53 (dns: their questions are read
-// there) and the UDP sockets a tracked process made (udp: their unconnected datagrams are
-// sends). Freed with the socket.
+// For the sock_ops build, the sockets whose connect was reported (their outcome is:
+// TCP_CONNECT_CB); for the egress build, those a tracked process connected to port 53
+// (dns: their questions are read there) and the UDP sockets a tracked process made (udp:
+// their unconnected datagrams are sends). Freed with the socket.
 BPF_SK_STORAGE(reported_socks, struct owner);
 BPF_ARRAY(listen_ports, u32, 65536);   // listeners per port: one array lookup per accept on the host
 #if OUTCOMES_AT_TRACEPOINTS
@@ -244,18 +244,24 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, u16 action, i
         ev.remote_addr[0] = ctx->user_ip4;
     }
     send(&ev);
+    int tcp = action == A_CONNECT && ev.protocol == IPPROTO_TCP, dns = ev.remote_port == DNS_PORT;
 #if OUTCOMES_AT_TRACEPOINTS
-    if (action == A_CONNECT && ev.protocol == IPPROTO_TCP) {
+    if (tcp) {   // its outcome is found by cookie (netutil_sk_error, netutil_tcp_destroy)
         u32 one = 1;
         connects.update(&ev.cookie, &one);
     }
+    tcp = 0;
 #endif
-    if ((ev.remote_port == DNS_PORT || (action == A_CONNECT && ev.protocol == IPPROTO_TCP)) && ctx->sk) {
-        // Its outcome is reported (sock_ops), and a DNS socket's questions (the egress build).
+#if SENDS_AT_SYSCALL
+    dns = 0;     // its questions are read at the send, not by the socket's storage
+#endif
+    if ((tcp || dns) && ctx->sk) {
+        // The socket's storage, for the builds that read it: sock_ops (a TCP connect's
+        // outcome) and egress (a DNS socket's questions).
         struct owner *o = reported_socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if (o) {
             own(o, &ev, p);
-            o->dns |= ev.remote_port == DNS_PORT;
+            o->dns |= dns;
         }
     }
     return 1;   // allow: this program only watches
@@ -289,7 +295,8 @@ int netutil_post_bind4(struct bpf_sock *sk) { return on_bind(sk, 0); }
 int netutil_post_bind6(struct bpf_sock *sk) { return on_bind(sk, 1); }
 
 #if OUTCOMES_AT_TRACEPOINTS
-// A socket's common fields (fields.py SPANS "SKE"), read in one span: its addresses into ev.
+// A socket's common fields (fields.py SPANS "SKE"), read in one span: its addresses into ev
+// (of a connection a tracked listener accepted).
 static __always_inline void skc_addrs(struct sock_event *ev, u8 *skc)
 {
     SPAN_FIELD(ev->family, skc, SKE, OFF_SKC_FAMILY);
@@ -336,10 +343,7 @@ int netutil_sk_error(struct bpf_raw_tracepoint_args *ctx)
     ev.action = A_OUTCOME;
     ev.status = answered(sk) ? S_ESTABLISHED
                 : ev.error == ECONNRESET || ev.error == ECONNABORTED ? S_UNANSWERED : S_FAILED;
-    u8 skc[SKE_SPAN] = {};
-    if (!SPAN_READ(skc, sk, SKE))
-        skc_addrs(&ev, skc);
-    send(&ev);
+    send(&ev);   // named by its cookie: its connect's row has the addresses
     return 0;
 }
 
@@ -364,8 +368,6 @@ int netutil_tcp_destroy(struct bpf_raw_tracepoint_args *ctx)
         ev.ktime_ns = bpf_ktime_get_ns();
         ev.action = A_OUTCOME;
         ev.status = answered(sk) ? S_ESTABLISHED : segs_out ? S_UNANSWERED : S_NO_SYN;
-        if (!SPAN_READ(skc, sk, SKE))
-            skc_addrs(&ev, skc);
         send(&ev);
         return 0;
     }

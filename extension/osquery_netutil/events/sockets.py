@@ -52,6 +52,9 @@ _CHAIN_MAX = 32        # links followed from a row-less tracked exec to a row
 _DUE_PER_TICK = 256    # connects settled per tick at most (sock_diag questions are bounded by it)
 IPPROTO_TCP = 6
 NOT_OPEN = 0           # a connect's socket is not among the open ones of its namespace
+# The outcomes that need no more than their status: answered; closed by its caller before
+# an answer; ended having sent nothing (no route).
+_ENDED = {S_ESTABLISHED: "succeeded", S_UNANSWERED: "in progress", S_NO_SYN: "unreachable"}
 _TRACK = "_track"      # a held row's tracked exec, until it is handed on
 ENDED = -1             # exec_eid of a track that ended: its exec was judged no row (F_TRACK_PENDING)
 
@@ -219,16 +222,13 @@ class SocketRows:
             pending.syn_sent = True
             return
         del self._connects[rec.cookie]
-        if rec.status == S_ESTABLISHED:
-            pending.row["status"] = "succeeded"
-        elif rec.status == S_CLOSED:
+        if rec.status == S_CLOSED:
             # A RST answers at once; a SYN sent again and again went unanswered.
             pending.row["status"] = "timed out" if rec.retrans else "refused"
         elif rec.status == S_FAILED:
             pending.row["status"] = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "timed out"}.get(rec.error, "unreachable")
-        elif rec.status in (S_UNANSWERED, S_NO_SYN):
-            # Closed by its caller before an answer; or having sent nothing: no route.
-            pending.row["status"] = "in progress" if rec.status == S_UNANSWERED else "unreachable"
+        else:
+            pending.row["status"] = _ENDED.get(rec.status, "")
         self._fold(pending.row)
 
     def _states(self, due: list[_Connect]) -> dict[int, int]:
